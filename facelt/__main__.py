@@ -1,0 +1,5 @@
+import sys
+
+from facelt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""Evaluate a checkpoint on test + open (the OLTR report) or label single images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from facelt.config import Config, DataConfig, config_from_dict
+from facelt.data.build import build_split
+from facelt.errors import FaceltError
+from facelt.evaluate import (closed_set_report, open_set_report, predict, write_predictions_csv,
+                             _concat)
+from facelt.models.build import build_net
+from facelt.models.net import OLTRNet
+from facelt.train.checkpoint import load_checkpoint, load_model_state
+from facelt.train.distributed import pick_device
+from facelt.utils.io import write_json
+
+
+def net_from_checkpoint(path: str | Path, device: torch.device) -> tuple[OLTRNet, Config, dict]:
+    """Rebuild the network a checkpoint was trained with and load its weights (strictly)."""
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"], where=f"{path} (embedded config)")
+    net = build_net(cfg, int(state["stage"]), int(state["num_classes"]))
+    load_model_state(net, state["model"], str(path))
+    return net.to(device).eval(), cfg, state
+
+
+def _clean(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and np.isnan(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
+                        data: Optional[DataConfig] = None, threshold: Optional[float] = None,
+                        device: str = "auto") -> dict:
+    """Closed- and open-set evaluation; writes ``report.json`` and ``predictions.csv``."""
+    dev = pick_device(device)
+    net, cfg, state = net_from_checkpoint(checkpoint, dev)
+    data = data or cfg.data
+    thr = cfg.eval.threshold if threshold is None else float(threshold)
+    counts = np.asarray(state["class_counts"], dtype=np.int64)
+    test = build_split(data, "test", train=False, check_files=True)
+    if test is None:
+        raise FaceltError("data.test is not set: nothing to evaluate")
+    open_split = build_split(data, "open", train=False, check_files=True)
+    bs, nw = cfg.eval.batch_size, data.num_workers
+    p_test = predict(net, test.dataset, dev, bs, nw, desc="test")
+    if (p_test.labels >= len(counts)).any():
+        raise FaceltError(f"test split has labels >= {len(counts)} (the checkpoint's classes)")
+    p_open = predict(net, open_split.dataset, dev, bs, nw, desc="open") if open_split else None
+    closed = closed_set_report(p_test, counts, cfg.eval.many, cfg.eval.few)
+    opened = open_set_report(p_test, p_open, counts, thr, cfg.eval.many, cfg.eval.few,
+                             cfg.eval.sweep)
+    report = {
+        "closed_set": _clean(closed),
+        "open_set": _clean({k: v for k, v in opened.items() if k != "sweep"}),
+        "threshold": thr,
+        "threshold_sweep": opened["sweep"],
+        "shot_rule": f"many: > {cfg.eval.many} training images, few: < {cfg.eval.few}, "
+                     f"medium: {cfg.eval.few}..{cfg.eval.many} inclusive; bucket accuracy = mean "
+                     f"of per-class accuracies; overall = accuracy over known test images",
+        "checkpoint": str(checkpoint),
+        "stage": int(state["stage"]),
+        "test_images": int(len(p_test.labels)),
+        "open_images": int(len(p_open.labels)) if p_open else 0,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = test.items + (open_split.items if open_split else [])
+    write_predictions_csv(out / "predictions.csv", items, _concat(p_test, p_open), thr)
+    write_json(out / "report.json", report)
+    return report
+
+
+@torch.no_grad()
+def classify_images(checkpoint: str | Path, paths: list[str], threshold: Optional[float] = None,
+                    device: str = "auto") -> list[tuple[str, str, float]]:
+    """(path, class name or label or ``unknown``, max softmax) for each image file."""
+    from facelt.data.images import FolderImages
+    from facelt.data.transforms import build_transforms
+    dev = pick_device(device)
+    net, cfg, state = net_from_checkpoint(checkpoint, dev)
+    thr = cfg.eval.threshold if threshold is None else float(threshold)
+    tf = build_transforms(cfg.data.image_size, cfg.data.channels, train=False,
+                          mean=cfg.data.mean or None, std=cfg.data.std or None)
+    ds = FolderImages(paths, tf, channels=cfg.data.channels)
+    p = predict(net, ds, dev, cfg.eval.batch_size, 0, desc="classify")
+    names = state.get("class_names") or []
+    out = []
+    for path, pred, score in zip(paths, p.pred, p.max_prob):
+        if score < thr:
+            label = "unknown"
+        else:
+            label = names[pred] if names else str(int(pred))
+        out.append((path, label, float(score)))
+    return out

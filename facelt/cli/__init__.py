@@ -1,0 +1,51 @@
+"""The ``facelt`` command line.
+
+The CLI is the only place that knows the engine (``facelt``), the benchmark pipelines
+(``pipelines``) and the MegaFace evaluation (``eval_megaface``) together.  Each sub-command lives
+in its own module with a ``register(subparsers)`` function; they are listed explicitly below.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from facelt.errors import FaceltError
+from facelt.utils.progress import set_quiet
+
+
+def _command_modules():
+    # Explicit imports: no string-based plugin loading.
+    from facelt.cli import train, classify, stats
+    return [train, classify, stats]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facelt",
+        description="Open long-tailed recognition (OLTR) at identity scale.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in _command_modules():
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        set_quiet(True)
+    try:
+        rc = args.func(args)
+    except FaceltError as exc:
+        print(f"facelt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""``facelt classify``: the OLTR report for a checkpoint, or labels for image files."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from facelt.cli.common import add_config_args, config_from_args
+from facelt.errors import FaceltError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="evaluate closed/open set, or classify images",
+                       description="With --out: evaluate test + open splits and write report.json "
+                                   "and predictions.csv. With image paths: print a label (or "
+                                   "'unknown') per image.")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="checkpoint (default: OUT/stage2/checkpoint.pt of the recipe)")
+    p.add_argument("--out", help="report folder")
+    p.add_argument("--threshold", type=float, help="open-set rejection threshold on max softmax")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("images", nargs="*", help="image files to classify")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facelt.classify import classify_images, evaluate_checkpoint
+    cfg = config_from_args(args) if (args.config or args.dataset) else None
+    ckpt = args.checkpoint
+    if ckpt is None:
+        if cfg is None:
+            raise FaceltError("give --checkpoint, or --config/--dataset to use the recipe's run")
+        ckpt = str(Path(cfg.out or f"runs/{cfg.name}") / "stage2" / "checkpoint.pt")
+    if args.images:
+        for path, label, score in classify_images(ckpt, args.images, args.threshold, args.device):
+            print(f"{path}\t{label}\t{score:.4f}")
+        return 0
+    out = args.out or str(Path(ckpt).parent / "eval")
+    report = evaluate_checkpoint(ckpt, out, data=cfg.data if cfg else None,
+                                 threshold=args.threshold, device=args.device)
+    show = {k: report[k] for k in ("closed_set", "open_set", "threshold")}
+    print(json.dumps(show, indent=2))
+    print(f"report: {Path(out) / 'report.json'}")
+    return 0

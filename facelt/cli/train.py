@@ -1,0 +1,32 @@
+"""``facelt train``: the two OLTR stages from a recipe."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from facelt.cli.common import add_config_args, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train stage 1, stage 2 or both",
+                       description="Train the OLTR model in the paper's two stages. Under torchrun "
+                                   "each process trains its share (DDP).")
+    add_config_args(p)
+    p.add_argument("--stage", choices=["1", "2", "all"], default="all")
+    p.add_argument("--out", help="output folder (default: config 'out' or runs/<name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/stageN/checkpoint.pt where it exists")
+    p.add_argument("--init", help="stage-2 start checkpoint (default OUT/stage1/checkpoint.pt)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facelt.train.trainer import train
+    cfg = config_from_args(args)
+    out = Path(args.out or cfg.out or f"runs/{cfg.name}")
+    stages = [1, 2] if args.stage == "all" else [int(args.stage)]
+    results = train(cfg, stages, out, resume=args.resume,
+                    init_checkpoint=Path(args.init) if args.init else None)
+    for r in results:
+        print(f"stage {r.stage}: {r.checkpoint}")
+    return 0

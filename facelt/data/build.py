@@ -1,0 +1,129 @@
+"""Datasets and loaders from a :class:`~facelt.config.DataConfig`.
+
+A split is one of ``train``, ``val``, ``test``, ``open``; it is an OLTR list over an image root
+(``format: list``) or a RecordIO prefix in the insightface layout (``format: rec``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from facelt.config import DataConfig, StageConfig
+from facelt.errors import ConfigError
+from facelt.data.lists import check_files_exist, read_list
+from facelt.data.images import ListDataset
+from facelt.data.transforms import build_transforms
+from facelt.data.samplers import ClassAwareSampler, InstanceSampler
+
+SPLITS = ("train", "val", "test", "open")
+
+
+@dataclass
+class Split:
+    """A dataset with what the engine needs to know about it."""
+
+    name: str
+    dataset: Dataset
+    labels: np.ndarray
+    items: list[str]
+    """Human-readable name of each item (image path or ``prefix#key``) for predictions.csv."""
+
+
+def split_location(cfg: DataConfig, split: str) -> Optional[Path]:
+    value = getattr(cfg, split)
+    if not value:
+        return None
+    p = Path(value)
+    base = cfg.splits_dir or (cfg.root if cfg.format == "rec" else "")
+    if base and not p.is_absolute():
+        p = Path(base) / p
+    return p
+
+
+def _root_for(cfg: DataConfig, split: str) -> Path:
+    if split == "open" and cfg.open_root:
+        return Path(cfg.open_root)
+    return Path(cfg.root) if cfg.root else Path(".")
+
+
+def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = False
+                ) -> Optional[Split]:
+    """The dataset of ``split`` with train (augmenting) or test transforms; None if not configured."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
+    loc = split_location(cfg, split)
+    if loc is None:
+        return None
+    if cfg.format == "list":
+        image_list = read_list(loc)
+        root = _root_for(cfg, split)
+        if check_files:
+            check_files_exist(image_list, root)
+        transform = build_transforms(cfg.image_size, cfg.channels, train=train,
+                                     mean=cfg.mean or None, std=cfg.std or None)
+        ds = ListDataset(image_list, root, transform, channels=cfg.channels)
+        return Split(split, ds, np.asarray(image_list.labels), list(image_list.items))
+    from facelt.data.rec_dataset import RecordDataset
+    ds = RecordDataset(str(loc), train=train)
+    labels = np.asarray(ds.labels, dtype=np.int64)
+    items = [f"{loc}#{k}" for k in ds.keys]
+    return Split(split, ds, labels, items)
+
+
+def infer_num_classes(cfg: DataConfig, train_labels: np.ndarray) -> int:
+    known = train_labels[train_labels >= 0]
+    inferred = int(known.max()) + 1 if known.size else 0
+    if cfg.num_classes and cfg.num_classes < inferred:
+        raise ConfigError(f"data.num_classes = {cfg.num_classes} but the training split has label "
+                          f"{inferred - 1}")
+    return cfg.num_classes or inferred
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    known = labels[labels >= 0]
+    return np.bincount(known, minlength=num_classes)[:num_classes]
+
+
+def train_sampler(stage: StageConfig, labels: np.ndarray, seed: int, rank: int, world: int
+                  ) -> Sampler:
+    if stage.sampler == "class_aware":
+        return ClassAwareSampler(labels, samples_per_class=stage.samples_per_class, seed=seed,
+                                 num_replicas=world, rank=rank)
+    return InstanceSampler(len(labels), shuffle=True, seed=seed, num_replicas=world, rank=rank)
+
+
+def eval_indices(n: int, rank: int, world: int) -> list[int]:
+    """Rank's share of ``range(n)`` with no padding, so sums over ranks count each item once."""
+    return list(range(rank, n, world))
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=None,
+                drop_last: bool = False, pin: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=num_workers, drop_last=drop_last, pin_memory=pin,
+                      persistent_workers=False)
+
+
+def read_class_names(cfg: DataConfig, num_classes: int) -> list[str]:
+    if not cfg.class_names:
+        return []
+    p = Path(cfg.class_names)
+    if not p.is_file():
+        raise ConfigError(f"data.class_names: file not found: {p}")
+    names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ConfigError(f"data.class_names: {p} has {len(names)} names but there are "
+                          f"{num_classes} classes")
+    return names
+
+
+def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in workers
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+    random.seed(seed)

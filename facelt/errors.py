@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every error a user can cause (bad config key, malformed list line, corrupt record, mismatched
+feature files ...) is raised as a :class:`FaceltError` whose message names the file, line, key or
+record and says what was expected.  The CLI prints the message and exits with status 2 instead of
+showing a traceback.
+"""
+
+
+class FaceltError(Exception):
+    """An error caused by the user's input, with a message meant to be read by that user."""
+
+
+class ConfigError(FaceltError):
+    """A config file or ``--set`` override is wrong (unknown key, wrong type, bad value)."""
+
+
+class DataError(FaceltError):
+    """A data file (list, image, RecordIO, feature file) is missing or malformed."""
+
+
+class CheckpointError(FaceltError):
+    """A checkpoint is missing, corrupt, unsafe or from another model."""

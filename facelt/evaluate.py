@@ -1,0 +1,89 @@
+"""Closed-set and open-set evaluation as the OLTR benchmark does it.
+
+* closed set: top-1 on the (balanced) test split, overall and per shot bucket (many > ``many``
+  training images, few < ``few``, medium in between, both bounds medium), each bucket the mean of its
+  classes' accuracies;
+* open set: test + open images, predicting ``unknown`` (-1) when the max softmax is below the
+  threshold; the same buckets over known images with rejection, the OpenMax-style F-measure with the
+  reference's fixed rule, the fraction of open images rejected, and a threshold sweep.
+
+Predictions stream batch by batch; only (max prob, argmax) per image is kept, never B x K beyond a batch.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from facelt.data.build import make_loader
+from facelt.metrics import (open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
+                            threshold_sweep)
+from facelt.utils.io import atomic_path
+from facelt.utils.progress import progress
+
+
+@dataclass
+class Predictions:
+    max_prob: np.ndarray
+    pred: np.ndarray
+    labels: np.ndarray
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
+            num_workers: int = 0, desc: str = "eval") -> Predictions:
+    """Max softmax probability and arg-max class of every item of ``dataset`` (in order)."""
+    was_training = net.training
+    net.eval()
+    loader = make_loader(dataset, batch_size, num_workers)
+    probs, preds, labels = [], [], []
+    for x, y, _ in progress(loader, desc=desc, unit="batch"):
+        out = net(x.to(device, non_blocking=True))
+        p = torch.softmax(out["logits"].float(), dim=1)
+        m, a = p.max(dim=1)
+        probs.append(m.cpu().numpy())
+        preds.append(a.cpu().numpy())
+        labels.append(np.asarray(y))
+    net.train(was_training)
+    if not probs:
+        return Predictions(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return Predictions(np.concatenate(probs), np.concatenate(preds).astype(np.int64),
+                       np.concatenate(labels).astype(np.int64))
+
+
+def closed_set_report(p: Predictions, train_counts: np.ndarray, many: int, few: int) -> dict:
+    return shot_accuracy(p.pred, p.labels, train_counts, many=many, few=few)
+
+
+def open_set_report(test: Predictions, open_: Optional[Predictions], train_counts: np.ndarray,
+                    threshold: float, many: int, few: int, sweep: list[float]) -> dict:
+    both = _concat(test, open_)
+    rejected = reject(both.max_prob, both.pred, threshold)
+    known = both.labels >= 0
+    rep = shot_accuracy(rejected[known], both.labels[known], train_counts, many=many, few=few)
+    rep["f_measure"] = open_set_f_measure(rejected, both.labels)
+    rep["open_rejected"] = open_set_accuracy(rejected, both.labels) if (~known).any() else None
+    rep["sweep"] = threshold_sweep(both.max_prob, both.pred, both.labels, sweep)
+    return rep
+
+
+def _concat(a: Predictions, b: Optional[Predictions]) -> Predictions:
+    if b is None:
+        return a
+    return Predictions(np.concatenate([a.max_prob, b.max_prob]), np.concatenate([a.pred, b.pred]),
+                       np.concatenate([a.labels, b.labels]))
+
+
+def write_predictions_csv(path: Path, items: list[str], p: Predictions, threshold: float) -> None:
+    """``path,label,pred,score`` per image; pred -1 where rejected as unknown."""
+    pred = reject(p.max_prob, p.pred, threshold)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "pred", "score"])
+        for item, lab, pr, sc in zip(items, p.labels, pred, p.max_prob):
+            w.writerow([item, int(lab), int(pr), f"{float(sc):.6f}"])

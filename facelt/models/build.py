@@ -1,0 +1,62 @@
+"""Build the network of a training stage from the typed config (explicit tables, no string imports)."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from facelt.config import Config, StageConfig
+from facelt.errors import ConfigError
+from facelt.models.attention import ModulatedAttention
+from facelt.models.backbones import build_backbone
+from facelt.models.heads import CosineHead, LinearHead, MarginHead, MetaEmbeddingHead
+from facelt.models.necks import FaceNeck, PoolNeck
+from facelt.models.net import OLTRNet
+
+
+def _backbone(cfg: Config) -> nn.Module:
+    name = cfg.model.backbone
+    if name.startswith("iresnet"):
+        from facelt.models.iresnet import build_iresnet
+        if cfg.data.channels != 3:
+            raise ConfigError(f"model.backbone {name} expects 3-channel images (data.channels = 3)")
+        return build_iresnet(name)
+    return build_backbone(name, in_channels=cfg.data.channels, face_stem=cfg.model.face_stem)
+
+
+def feature_map_size(backbone: nn.Module, channels: int, image_size: int) -> int:
+    """Spatial size of the backbone's last map for an input of ``image_size`` (one dry run)."""
+    import torch
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, channels, image_size, image_size))
+    backbone.train(was_training)
+    if out.shape[-1] != out.shape[-2]:
+        raise ConfigError(f"backbone map is not square: {tuple(out.shape)}")
+    return int(out.shape[-1])
+
+
+def _head(stage: StageConfig, dim: int, num_classes: int) -> nn.Module:
+    if stage.head == "linear":
+        return LinearHead(dim, num_classes)
+    if stage.head == "cosine":
+        return CosineHead(dim, num_classes, scale=stage.cos_scale)
+    if stage.head == "meta":
+        return MetaEmbeddingHead(dim, num_classes, reach_scale=stage.reach_scale,
+                                 cos_scale=stage.cos_scale)
+    return MarginHead(dim, num_classes, kind=stage.head, s=stage.margin_scale, m=stage.margin)
+
+
+def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None = None) -> OLTRNet:
+    """Backbone -> optional modulated attention -> neck -> the stage's head."""
+    st = cfg.stage(stage)
+    backbone = _backbone(cfg)
+    channels = backbone.out_channels
+    attention = ModulatedAttention(channels) if st.attention else None
+    if cfg.model.neck == "pool":
+        neck = PoolNeck(channels)
+    else:
+        size = feature_map_size(backbone, cfg.data.channels, image_size or cfg.data.image_size)
+        neck = FaceNeck(channels, size, embedding_dim=cfg.model.embedding_dim,
+                        dropout=cfg.model.dropout)
+    head = _head(st, neck.out_dim, num_classes)
+    return OLTRNet(backbone, neck, head, attention=attention)

@@ -1,0 +1,351 @@
+"""The two-stage OLTR training loop (one module; both stages, CPU or CUDA, 1 or N processes).
+
+Stage 1: the plain model (backbone + linear classifier, cross-entropy, instance-balanced sampling).
+Stage 2: start from stage 1's backbone; centroids = per-class mean feature over the training set;
+the meta-embedding head with the cosine classifier; CE + w * discriminative-centroid loss;
+class-aware sampling; per-module learning rates; optionally a frozen backbone.
+
+Outputs of a stage in ``OUT/stageN/``: ``checkpoint.pt`` (every epoch and at the end, with everything
+needed to resume), ``best.pt`` (best overall top-1 on val), ``metrics.jsonl`` (a JSON line per
+epoch) and ``config.yaml`` (the resolved config).
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from facelt.config import Config, StageConfig
+from facelt.data.build import (Split, build_split, class_counts, infer_num_classes, make_loader,
+                               read_class_names, train_sampler)
+from facelt.errors import CheckpointError, FaceltError
+from facelt.evaluate import closed_set_report, predict
+from facelt.losses import DiscCentroidLoss
+from facelt.models.build import build_net
+from facelt.models.net import OLTRNet, param_groups
+from facelt.train import distributed as D
+from facelt.train.centroids import class_means
+from facelt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from facelt.utils.io import append_jsonl, write_text
+from facelt.utils.progress import progress
+
+BACKBONE_PREFIXES = ("backbone.", "neck.")
+
+
+class NonFiniteLoss(FaceltError):
+    pass
+
+
+@dataclass
+class StageResult:
+    stage: int
+    out_dir: Path
+    checkpoint: Path
+    epochs_run: int
+    last_metrics: dict
+
+
+def stage_dir(out: Path, stage: int) -> Path:
+    return Path(out) / f"stage{stage}"
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    import random
+    random.seed(seed)
+
+
+def _optimizer(net: OLTRNet, st: StageConfig) -> torch.optim.Optimizer:
+    groups = param_groups(net)
+    lrs = {"backbone": st.backbone_lr, "attention": st.attention_lr,
+           "classifier": st.classifier_lr, "centroids": st.centroids_lr}
+    params = []
+    for name, ps in groups.items():
+        ps = [p for p in ps if p.requires_grad]
+        if ps:
+            params.append({"params": ps, "lr": lrs[name], "name": name})
+    return torch.optim.SGD(params, lr=st.classifier_lr, momentum=st.momentum,
+                           weight_decay=st.weight_decay)
+
+
+def _freeze_backbone(net: OLTRNet) -> None:
+    for module in (net.backbone, net.neck):
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def _set_train_mode(net: OLTRNet, st: StageConfig) -> None:
+    net.train()
+    if st.freeze_backbone:  # frozen BN statistics too
+        net.backbone.eval()
+        net.neck.eval()
+
+
+def _unwrap(model: nn.Module) -> OLTRNet:
+    return model.module if hasattr(model, "module") else model
+
+
+class StageTrainer:
+    """Runs one stage; construct, then :meth:`run`."""
+
+    def __init__(self, cfg: Config, stage: int, out: Path, resume: bool = False,
+                 init_checkpoint: Optional[Path] = None, dist: Optional[D.DistInfo] = None):
+        self.cfg = cfg
+        self.stage = stage
+        self.st = cfg.stage(stage)
+        self.out = Path(out)
+        self.dir = stage_dir(self.out, stage)
+        self.resume = resume
+        self.init_checkpoint = init_checkpoint
+        self.dist = dist or D.setup(cfg.device)
+        self.device = self.dist.device
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ data
+    def _data(self) -> None:
+        cfg = self.cfg
+        check = self.dist.is_primary
+        self.train_split: Split = build_split(cfg.data, "train", train=True, check_files=check)
+        if self.train_split is None:
+            raise FaceltError("data.train is not set: nothing to train on")
+        self.num_classes = infer_num_classes(cfg.data, self.train_split.labels)
+        self.counts = class_counts(self.train_split.labels, self.num_classes)
+        self.val_split = build_split(cfg.data, "val", train=False, check_files=check)
+        self.class_names = read_class_names(cfg.data, self.num_classes)
+        D.barrier()
+
+    # ------------------------------------------------------------------ model
+    def _init_from_stage1(self, net: OLTRNet) -> None:
+        src = self.init_checkpoint or stage_dir(self.out, 1) / "checkpoint.pt"
+        state = load_checkpoint(src)
+        if state.get("num_classes") != self.num_classes:
+            raise CheckpointError(f"{src}: trained for {state.get('num_classes')} classes, this "
+                                  f"config has {self.num_classes}")
+        prefixes = BACKBONE_PREFIXES
+        if self.st.attention and any(k.startswith("attention.") for k in state["model"]):
+            prefixes = prefixes + ("attention.",)
+        load_model_state(net, state["model"], str(src), prefixes=prefixes)
+
+    def _build(self) -> None:
+        cfg, st = self.cfg, self.st
+        _seed_everything(cfg.seed)
+        net = build_net(cfg, self.stage, self.num_classes)
+        if cfg.model.pretrained and self.stage == 1:
+            from facelt.models.pretrained import load_pretrained_backbone
+            load_pretrained_backbone(net.backbone, cfg.model.pretrained, cfg.model.pretrained_format)
+        if st.init_from == "stage1":
+            self._init_from_stage1(net)
+        if st.freeze_backbone:
+            _freeze_backbone(net)
+        net.to(self.device)
+        self.net = net
+        self.optimizer = _optimizer(net, st)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=max(1, st.lr_step),
+                                                         gamma=st.lr_gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.centroid_loss = (DiscCentroidLoss(margin=st.centroid_margin,
+                                               repel_weight=st.centroid_repel_weight)
+                              if st.head == "meta" and st.centroid_loss_weight > 0 else None)
+
+    def _init_centroids(self) -> None:
+        if self.st.head != "meta":
+            return
+        eval_split = build_split(self.cfg.data, "train", train=False)
+        means, counts = class_means(self.net, eval_split.dataset, self.num_classes,
+                                    self.cfg.eval.batch_size, self.cfg.data.num_workers, self.dist)
+        self.net.head.init_centroids(means.to(self.device))
+        empty = int((counts == 0).sum())
+        if empty and self.dist.is_primary:
+            print(f"warning: {empty} classes have no training image; their centroids are zero")
+
+    def _wrap(self) -> nn.Module:
+        if not self.dist.distributed:
+            return self.net
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        dev = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(self.net, device_ids=dev)
+
+    # ------------------------------------------------------------------ checkpoint
+    def _state(self, epoch: int, complete: bool, metrics: dict) -> dict:
+        return {
+            "config": self.cfg.to_dict(), "stage": self.stage, "epoch": epoch,
+            "complete": complete, "num_classes": self.num_classes,
+            "class_counts": [int(c) for c in self.counts], "class_names": list(self.class_names),
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(), "best": self.best, "metrics": metrics,
+        }
+
+    def _try_resume(self) -> int:
+        ckpt = self.dir / "checkpoint.pt"
+        if not ckpt.exists():
+            return 0
+        if not self.resume:
+            raise FaceltError(f"{ckpt} already exists: pass --resume to continue that run, or "
+                              f"choose another --out (nothing was overwritten)")
+        state = load_checkpoint(ckpt, map_location=self.device)
+        if state.get("stage") != self.stage:
+            raise CheckpointError(f"{ckpt}: holds stage {state.get('stage')}, expected {self.stage}")
+        load_model_state(self.net, state["model"], str(ckpt))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        self.best = state.get("best", self.best)
+        self.last_metrics = state.get("metrics", {})
+        return int(state["epoch"]) + 1
+
+    # ------------------------------------------------------------------ loop
+    def _loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        ce = F.cross_entropy(out["logits"].float(), y)
+        parts = {"ce": ce.detach()}
+        loss = ce
+        if self.centroid_loss is not None:
+            cl = self.centroid_loss(out["features"].float(), y, self.net.head.centroids)
+            loss = loss + self.st.centroid_loss_weight * cl
+            parts["centroid"] = cl.detach()
+        return loss, parts
+
+    def _validate(self) -> dict:
+        if self.val_split is None or not self.dist.is_primary:
+            return {}
+        p = predict(self.net, self.val_split.dataset, self.device, self.cfg.eval.batch_size,
+                    self.cfg.data.num_workers, desc="val")
+        rep = closed_set_report(p, self.counts, self.cfg.eval.many, self.cfg.eval.few)
+        return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+                for k, v in rep.items()}
+
+    def _epoch(self, model: nn.Module, loader, sampler, epoch: int) -> dict:
+        st = self.st
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        _set_train_mode(self.net, st)
+        steps = len(loader) if not st.max_steps_per_epoch else min(len(loader),
+                                                                   st.max_steps_per_epoch)
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, centroid, correct
+        seen = 0
+        t0 = time.time()
+        bar = progress(total=steps, desc=f"stage {self.stage} epoch {epoch + 1}/{st.epochs}",
+                       unit="batch", disable=not self.dist.is_primary)
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext())
+        for step, (x, y, _) in enumerate(loader):
+            if step >= steps:
+                break
+            x = x.to(self.device, non_blocking=True)
+            y = torch.as_tensor(y, device=self.device).long()
+            with autocast:
+                out = model(x, y)
+            loss, parts = self._loss(out, y)
+            bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
+            D.all_reduce_sum(bad)
+            if bad.item() > 0:
+                raise NonFiniteLoss(
+                    f"non-finite loss at stage {self.stage}, epoch {epoch + 1}, step {step + 1}: "
+                    f"training stopped; the last good checkpoint ({self.dir / 'checkpoint.pt'}) is "
+                    f"kept. Lower the learning rates or check the data.")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if st.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), st.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = y.shape[0]
+            seen += n
+            sums += torch.tensor([loss.item() * n, parts["ce"].item() * n,
+                                  float(parts.get("centroid", torch.tensor(0.0))) * n,
+                                  (out["logits"].argmax(1) == y).sum().item()], dtype=torch.float64)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / max(time.time() - t0, 1e-9):.0f}")
+        bar.close()
+        totals = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)])
+        D.all_reduce_sum(totals)
+        n = max(totals[4].item(), 1.0)
+        dt = time.time() - t0
+        return {"loss": totals[0].item() / n, "ce": totals[1].item() / n,
+                "centroid_loss": totals[2].item() / n, "train_acc": totals[3].item() / n,
+                "images": int(totals[4].item()), "seconds": round(dt, 3),
+                "images_per_s": round(totals[4].item() / max(dt, 1e-9), 1)}
+
+    def run(self) -> StageResult:
+        self._data()
+        self._build()
+        self.best = {"val_overall": None, "epoch": None}
+        self.last_metrics: dict = {}
+        start = self._try_resume()
+        ckpt_path = self.dir / "checkpoint.pt"
+        if start == 0:
+            self._init_centroids()
+        if start >= self.st.epochs:
+            if self.dist.is_primary:
+                print(f"stage {self.stage}: already complete at {ckpt_path}")
+            return StageResult(self.stage, self.dir, ckpt_path, 0, self.last_metrics)
+        if self.dist.is_primary:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        model = self._wrap()
+        sampler = train_sampler(self.st, self.train_split.labels, self.cfg.seed,
+                                self.dist.rank, self.dist.world_size)
+        per_rank = max(1, self.st.batch_size // self.dist.world_size)
+        loader = make_loader(self.train_split.dataset, per_rank, self.cfg.data.num_workers,
+                             sampler=sampler, drop_last=len(sampler) >= per_rank,
+                             pin=self.device.type == "cuda")
+        run_epochs = 0
+        for epoch in range(start, self.st.epochs):
+            train_m = self._epoch(model, loader, sampler, epoch)
+            self.scheduler.step()
+            val_m = self._validate()
+            metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m,
+                       "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
+                       "val": val_m}
+            complete = epoch + 1 == self.st.epochs
+            if self.dist.is_primary:
+                v = val_m.get("overall")
+                if v is not None and (self.best["val_overall"] is None or v > self.best["val_overall"]):
+                    self.best = {"val_overall": v, "epoch": epoch + 1}
+                    best_state = self._state(epoch, complete, metrics)
+                    for k in ("optimizer", "scheduler", "scaler"):
+                        best_state.pop(k)
+                    save_checkpoint(self.dir / "best.pt", best_state)
+                save_checkpoint(ckpt_path, self._state(epoch, complete, metrics))
+                append_jsonl(self.dir / "metrics.jsonl", metrics)
+                print(_summary(metrics), flush=True)
+            D.barrier()
+            self.last_metrics = metrics
+            run_epochs += 1
+        return StageResult(self.stage, self.dir, ckpt_path, run_epochs, self.last_metrics)
+
+
+def _summary(m: dict) -> str:
+    val = m.get("val") or {}
+    parts = [f"stage {m['stage']} epoch {m['epoch']}", f"loss {m['loss']:.4f}",
+             f"train acc {m['train_acc']:.3f}", f"{m['images_per_s']:.0f} img/s"]
+    if val.get("overall") is not None:
+        parts.append("val " + " ".join(f"{k} {val[k]:.3f}" for k in ("overall", "many", "medium", "few")
+                                        if val.get(k) is not None))
+    return " | ".join(parts)
+
+
+def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
+          init_checkpoint: Optional[Path] = None) -> list[StageResult]:
+    """Run the requested stages in order, in this process (one rank of torchrun or alone)."""
+    dist = D.setup(cfg.device)
+    results = []
+    try:
+        for s in stages:
+            trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
+                                   init_checkpoint=init_checkpoint if s == 2 else None)
+            results.append(trainer.run())
+    finally:
+        D.teardown()
+    return results
