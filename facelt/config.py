@@ -49,6 +49,9 @@ class DataConfig:
     """Per-channel normalisation mean (default: ImageNet for RGB, 0.5 for grey)."""
     std: list[float] = field(default_factory=list)
     num_workers: int = 2
+    augment: bool = True
+    """Random training augmentation (crop/flip/colour for lists, flip for faces); false: the test
+    transform is used for training too (deterministic runs)."""
 
 
 @dataclass
@@ -77,7 +80,19 @@ class StageConfig:
     sampler: Literal["instance", "class_aware"] = "instance"
     samples_per_class: int = 4
     """Class-aware sampler: consecutive samples drawn from one class."""
-    head: Literal["linear", "cosine", "meta", "arcface", "cosface"] = "linear"
+    head: Literal["linear", "cosine", "meta", "arcface", "cosface", "lws"] = "linear"
+    """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020)."""
+    loss: Literal["ce", "focal", "balanced_softmax", "logit_adjusted"] = "ce"
+    """Classification loss on the logits."""
+    focal_gamma: float = 2.0
+    la_tau: float = 1.0
+    """Logit-adjusted loss: logits + tau * log prior."""
+    aux_loss: Literal["none", "range", "lifted"] = "none"
+    """Feature loss added to the classification loss (the paper's Table 3 baselines)."""
+    aux_loss_weight: float = 0.01
+    reinit_classifier: bool = True
+    """With ``init_from: stage1``: start the classifier afresh (cRT, OLTR). False keeps stage 1's
+    linear classifier (LWS needs it)."""
     attention: bool = False
     """Modulated attention after the backbone's last stage."""
     init_from: Literal["none", "stage1"] = "none"

@@ -64,12 +64,12 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
         root = _root_for(cfg, split)
         if check_files:
             check_files_exist(image_list, root)
-        transform = build_transforms(cfg.image_size, cfg.channels, train=train,
+        transform = build_transforms(cfg.image_size, cfg.channels, train=train and cfg.augment,
                                      mean=cfg.mean or None, std=cfg.std or None)
         ds = ListDataset(image_list, root, transform, channels=cfg.channels)
         return Split(split, ds, np.asarray(image_list.labels), list(image_list.items))
     from facelt.data.rec_dataset import RecordDataset
-    ds = RecordDataset(str(loc), train=train)
+    ds = RecordDataset(str(loc), train=train and cfg.augment)
     labels = np.asarray(ds.labels, dtype=np.int64)
     items = [f"{loc}#{k}" for k in ds.keys]
     return Split(split, ds, labels, items)

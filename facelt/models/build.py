@@ -7,7 +7,7 @@ from facelt.config import Config, StageConfig
 from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention
 from facelt.models.backbones import build_backbone
-from facelt.models.heads import CosineHead, LinearHead, MarginHead, MetaEmbeddingHead
+from facelt.models.heads import CosineHead, LinearHead, LWSHead, MarginHead, MetaEmbeddingHead
 from facelt.models.necks import FaceNeck, PoolNeck
 from facelt.models.net import OLTRNet
 
@@ -40,6 +40,8 @@ def _head(stage: StageConfig, dim: int, num_classes: int) -> nn.Module:
         return LinearHead(dim, num_classes)
     if stage.head == "cosine":
         return CosineHead(dim, num_classes, scale=stage.cos_scale)
+    if stage.head == "lws":
+        return LWSHead(dim, num_classes)
     if stage.head == "meta":
         return MetaEmbeddingHead(dim, num_classes, reach_scale=stage.reach_scale,
                                  cos_scale=stage.cos_scale)

@@ -135,6 +135,14 @@ class StageTrainer:
         if self.st.attention and any(k.startswith("attention.") for k in state["model"]):
             prefixes = prefixes + ("attention.",)
         load_model_state(net, state["model"], str(src), prefixes=prefixes)
+        if not self.st.reinit_classifier:  # keep stage 1's classifier (e.g. LWS)
+            own = net.state_dict()
+            head = {k: v for k, v in state["model"].items()
+                    if k.startswith("head.") and k in own and own[k].shape == v.shape}
+            if not head:
+                raise CheckpointError(f"{src}: no classifier weights fit the stage-{self.stage} "
+                                      f"head '{self.st.head}' (reinit_classifier is false)")
+            net.load_state_dict(head, strict=False)
 
     def _build(self) -> None:
         cfg, st = self.cfg, self.st
@@ -156,6 +164,12 @@ class StageTrainer:
         self.centroid_loss = (DiscCentroidLoss(margin=st.centroid_margin,
                                                repel_weight=st.centroid_repel_weight)
                               if st.head == "meta" and st.centroid_loss_weight > 0 else None)
+        self.cls_loss = None
+        self.aux_loss = None
+        if st.loss != "ce" or st.aux_loss != "none":
+            from facelt.objectives import build_aux_loss, build_loss
+            self.cls_loss = build_loss(st, self.counts).to(self.device)
+            self.aux_loss = build_aux_loss(st)
 
     def _init_centroids(self) -> None:
         if self.st.head != "meta":
@@ -207,9 +221,12 @@ class StageTrainer:
 
     # ------------------------------------------------------------------ loop
     def _loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        ce = F.cross_entropy(out["logits"].float(), y)
+        logits = out["logits"].float()
+        ce = self.cls_loss(logits, y) if self.cls_loss is not None else F.cross_entropy(logits, y)
         parts = {"ce": ce.detach()}
         loss = ce
+        if self.aux_loss is not None:
+            loss = loss + self.st.aux_loss_weight * self.aux_loss(out["features"].float(), y)
         if self.centroid_loss is not None:
             cl = self.centroid_loss(out["features"].float(), y, self.net.head.centroids)
             loss = loss + self.st.centroid_loss_weight * cl

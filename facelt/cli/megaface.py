@@ -1,0 +1,107 @@
+"""``facelt megaface-eval`` (MegaFace challenge-1 identification) and ``facelt megaface-convert``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from facelt.errors import ConfigError, DataError
+
+NOISE_ENV = "FACELT_NOISE_LISTS"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``megaface-eval`` and ``megaface-convert``."""
+    p = subparsers.add_parser(
+        "megaface-eval", help="MegaFace challenge-1 identification from feature files",
+        description="Rank-1 / CMC of FaceScrub-style probes against 10..1M distractors, with "
+                    "pseudo-shot buckets and attribute breakdown.  Features are stacked float32 .npy "
+                    "files (rows aligned with their lists).")
+    p.add_argument("--gallery", required=True, metavar="SIZE[,SIZE...]",
+                   help="distractors per gallery: 10, 100, 1K, 10K, 100K, 1M or an integer; a comma "
+                        "list evaluates nested galleries in one pass")
+    p.add_argument("--probe-features", required=True, type=Path, metavar="P.npy")
+    p.add_argument("--probe-list", required=True, type=Path, metavar="P.csv",
+                   help="CSV with header path,identity[,attribute...]; row i describes feature row i")
+    p.add_argument("--distractor-features", required=True, type=Path, metavar="D.npy")
+    p.add_argument("--distractor-list", type=Path, metavar="D.txt",
+                   help="one relative path per distractor row (or devkit JSON {\"path\": [...]}); "
+                        "needed for --noise-lists and --gallery-order")
+    p.add_argument("--gallery-order", type=Path, metavar="LIST",
+                   help="take galleries as the first N distractors named in LIST instead of a seeded "
+                        "permutation")
+    p.add_argument("--train-features", type=Path, metavar="T.npy",
+                   help="training features for the pseudo-shot buckets")
+    p.add_argument("--noise-lists", nargs="?", const="", default=None, type=str, metavar="DIR",
+                   help="refined protocol: drop the probes/distractors named in DIR/facescrub_noises.txt "
+                        f"and DIR/megaface_noises.txt (DIR defaults to ${NOISE_ENV}, else the probe "
+                        "list's folder)")
+    p.add_argument("--index", choices=("flat", "ivf", "hnsw", "sq8"), default="flat",
+                   help="flat = exact (default); others approximate, reported against exact")
+    p.add_argument("--nprobe", type=int, default=32, help="IVF cells visited (ivf, sq8)")
+    p.add_argument("--seed", type=int, default=0, help="gallery permutation seed")
+    p.add_argument("--threshold", type=float, default=0.7,
+                   help="pseudo-shot cosine threshold (strictly greater counts)")
+    p.add_argument("--chunk-rows", type=int, default=65536, help="rows read per chunk")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="use raw inner products instead of L2-normalising features")
+    p.add_argument("--out", type=Path, default=Path("megaface_report"), metavar="DIR")
+    p.set_defaults(func=run)
+
+    c = subparsers.add_parser(
+        "megaface-convert", help="MegaFace devkit .bin folder <-> stacked .npy + manifest",
+        description="bin2npy: every *.bin under SRC -> DST.npy and a manifest of image paths; "
+                    "npy2bin: SRC.npy + manifest -> DST/<path>_<algo>.bin")
+    c.add_argument("direction", choices=("bin2npy", "npy2bin"))
+    c.add_argument("src", type=Path)
+    c.add_argument("dst", type=Path)
+    c.add_argument("--manifest", type=Path, required=True, help="row manifest (written or read)")
+    c.add_argument("--algo", default="facelt", help="algorithm tag in the .bin names (npy2bin)")
+    c.set_defaults(func=run_convert)
+
+
+def _noise_dir(arg: Optional[str], probe_list: Path) -> Optional[Path]:
+    import os
+    if arg is None:
+        return None
+    if arg:
+        return Path(arg)
+    env = os.environ.get(NOISE_ENV)
+    return Path(env) if env else probe_list.resolve().parent
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    from eval_megaface.protocol import parse_gallery_sizes
+    from eval_megaface.report import write_report
+
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    cfg = EvalConfig(
+        gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=args.probe_features,
+        probe_list=args.probe_list, distractor_features=args.distractor_features,
+        distractor_list=args.distractor_list, gallery_order_list=args.gallery_order,
+        train_features=args.train_features, noise_dir=_noise_dir(args.noise_lists, args.probe_list),
+        index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
+        normalize=not args.no_normalize, nprobe=args.nprobe)
+    report = run_evaluation(cfg)
+    write_report(report, args.out)
+    for r in report.get("results") or [report]:
+        r1 = "n/a" if r["rank1"] is None else f"{100 * r['rank1']:.2f}%"
+        print(f"gallery {r['gallery']:>9,}: rank-1 {r1} over {r['trials']:,} trials")
+    print(f"report: {args.out / 'report.json'}", file=sys.stderr)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from eval_megaface.devkit import bins_to_npy, npy_to_bins
+
+    if args.direction == "bin2npy":
+        n = bins_to_npy(args.src, args.dst, args.manifest)
+    else:
+        if not args.src.is_file():
+            raise DataError(f"{args.src}: not found")
+        n = npy_to_bins(args.src, args.manifest, args.dst, algo=args.algo)
+    print(f"{n} rows converted")
+    return 0

@@ -1,0 +1,166 @@
+"""OLTR split lists: ``relative/path label`` a line.
+
+The format of the public OLTR benchmark files (``Places_LT_train.txt``, ``ImageNet_LT_open.txt`` ...):
+one image a line, the path relative to a data root, then whitespace, then an integer label; open-set
+images carry label ``-1``.  Paths may contain spaces, so a line is split on its *last* run of
+whitespace.  Blank lines and lines starting with ``#`` are ignored.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from facelt.errors import DataError
+from facelt.utils.io import atomic_path
+from facelt.utils.progress import progress
+
+OPEN_LABEL = -1
+_LABEL_RE = re.compile(r"[+-]?[0-9]+\Z")
+_EXPECTED = '"<path> <integer label>" (label >= 0, or -1 for an open-set image)'
+
+
+@dataclass(frozen=True, eq=False)
+class ImageList:
+    """An image list: paths relative to a data root and their int64 labels (-1 = open set).
+
+    ``line_numbers`` (1-based, optional) maps each item back to its line in ``path`` so errors found
+    later (a missing image) can point at the line to fix.
+    """
+
+    path: Path
+    items: list[str]
+    labels: np.ndarray
+    line_numbers: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels, dtype=np.int64)
+        if labels.ndim != 1 or len(labels) != len(self.items):
+            raise ValueError(f"ImageList {self.path}: {len(self.items)} items but labels of shape "
+                             f"{labels.shape}")
+        object.__setattr__(self, "labels", labels)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_classes(self) -> int:
+        """Max label + 1 over the labelled (>= 0) items; 0 for an all-open list."""
+        known = self.labels[self.labels >= 0]
+        return int(known.max()) + 1 if known.size else 0
+
+    def class_counts(self, num_classes: Optional[int] = None) -> np.ndarray:
+        """Images per class (int64, length ``num_classes`` or :attr:`num_classes`); open items skipped."""
+        own = self.num_classes
+        n = own if num_classes is None else int(num_classes)
+        if n < own:
+            raise DataError(f"{self.path}: labels go up to {own - 1} but num_classes is {n}")
+        return np.bincount(self.labels[self.labels >= 0], minlength=n).astype(np.int64)
+
+    def line_of(self, index: int) -> str:
+        """Human-readable location of item ``index``: ``'<file> line N'`` or ``'<file> item N'``."""
+        if self.line_numbers is not None:
+            return f"{self.path} line {int(self.line_numbers[index])}"
+        return f"{self.path} item {index}"
+
+
+def _bad_line(path: Path, lineno: int, text: str, why: str) -> DataError:
+    return DataError(f"{path}, line {lineno}: {why} in {text!r}; expected {_EXPECTED}")
+
+
+def read_list(path: str | os.PathLike) -> ImageList:
+    """Read an OLTR list file; raise :class:`DataError` naming file, line and text on a bad line."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise DataError(f"list file {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"list file {path} is a directory, expected a text file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"list file {path} is not UTF-8 text ({e})") from None
+
+    items: list[str] = []
+    labels: list[int] = []
+    linenos: list[int] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise _bad_line(path, lineno, raw, "one field only")
+        item, tok = parts
+        if not _LABEL_RE.match(tok):
+            raise _bad_line(path, lineno, raw, f"label {tok!r} is not an integer")
+        label = int(tok)
+        if label < OPEN_LABEL:
+            raise _bad_line(path, lineno, raw, f"label {label} is negative but not -1")
+        items.append(item)
+        labels.append(label)
+        linenos.append(lineno)
+    return ImageList(path=path, items=items, labels=np.asarray(labels, dtype=np.int64),
+                     line_numbers=np.asarray(linenos, dtype=np.int64))
+
+
+def write_list(path: str | os.PathLike, items: Sequence[str], labels: Sequence[int] | np.ndarray) -> None:
+    """Write an OLTR list atomically (temp file, then rename); the result reads back unchanged."""
+    path = Path(path)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(items) != len(labels):
+        raise DataError(f"cannot write {path}: {len(items)} paths but {len(labels)} labels")
+    lines = []
+    for i, (item, label) in enumerate(zip(items, labels.tolist())):
+        item = str(item)
+        if not item or item != item.strip() or "\n" in item or "\r" in item or item.startswith("#"):
+            raise DataError(f"cannot write {path}: path {i} {item!r} is empty, starts with '#', or has "
+                            f"leading/trailing whitespace or a line break, so it would not read back")
+        if label < OPEN_LABEL:
+            raise DataError(f"cannot write {path}: label {label} of {item!r} is below -1")
+        lines.append(f"{item} {label}\n")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+
+
+def check_files_exist(image_list: ImageList, root: str | os.PathLike, max_report: int = 10) -> None:
+    """Raise one :class:`DataError` listing the first ``max_report`` missing images and the total."""
+    root = Path(root)
+    missing: list[int] = []
+    for i, item in enumerate(progress(image_list.items, desc="checking images", unit="img")):
+        if not os.path.isfile(root / item):
+            missing.append(i)
+    if missing:
+        shown = "\n".join(f"  {root / image_list.items[i]} ({image_list.line_of(i)})"
+                          for i in missing[:max_report])
+        more = f"\n  ... and {len(missing) - max_report} more" if len(missing) > max_report else ""
+        raise DataError(f"{len(missing)} of {len(image_list)} images listed in {image_list.path} are "
+                        f"missing under root {root}:\n{shown}{more}")
+
+
+def list_stats(image_list: ImageList, many: int = 100, few: int = 20) -> dict[str, int]:
+    """Class-size statistics over the classes that appear.
+
+    ``many`` = classes with more than ``many`` images, ``few`` = fewer than ``few``, ``medium`` the
+    rest (the OLTR convention: many > 100, medium 20..100, few < 20).  ``images`` counts every item,
+    ``open`` the items labelled -1.
+    """
+    counts = image_list.class_counts()
+    counts = counts[counts > 0]
+    n_many = int((counts > many).sum())
+    n_few = int((counts < few).sum())
+    return {
+        "classes": int(counts.size),
+        "images": len(image_list),
+        "open": int((image_list.labels < 0).sum()),
+        "min_per_class": int(counts.min()) if counts.size else 0,
+        "max_per_class": int(counts.max()) if counts.size else 0,
+        "many": n_many,
+        "medium": int(counts.size) - n_many - n_few,
+        "few": n_few,
+    }

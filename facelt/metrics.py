@@ -1,0 +1,106 @@
+"""Long-tailed and open-set metrics (numpy in, floats out).
+
+Conventions: label -1 marks an open-set (unseen-class) sample; prediction -1 means "rejected as
+unknown".  Shot buckets follow the OLTR paper and reference code: many-shot classes have more than
+100 training images, few-shot fewer than 20, medium-shot 20..100 inclusive.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+OPEN = -1
+
+
+def _as_int_pair(preds: Sequence[int], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(preds, dtype=np.int64).ravel()
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if p.shape != y.shape:
+        raise ValueError(f"{p.size} predictions for {y.size} labels")
+    return p, y
+
+
+def shot_of_counts(train_counts: Sequence[int], many: int = 100, few: int = 20) -> np.ndarray:
+    """Bucket name per class: 'many' if count > many, 'few' if count < few, else 'medium'."""
+    counts = np.asarray(train_counts).ravel()
+    return np.where(counts > many, "many", np.where(counts < few, "few", "medium"))
+
+
+def per_class_accuracy(preds: Sequence[int], labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """Accuracy of each known class over its samples; nan for classes absent from ``labels``."""
+    p, y = _as_int_pair(preds, labels)
+    known = y >= 0
+    p, y = p[known], y[known]
+    if y.size and y.max() >= num_classes:
+        raise ValueError(f"label {int(y.max())} out of range for {num_classes} classes")
+    total = np.bincount(y, minlength=num_classes).astype(np.float64)
+    correct = np.bincount(y[p == y], minlength=num_classes).astype(np.float64)
+    return np.where(total > 0, correct / np.maximum(total, 1.0), np.nan)
+
+
+def shot_accuracy(preds: Sequence[int], labels: Sequence[int], train_counts: Sequence[int],
+                  many: int = 100, few: int = 20) -> dict[str, float]:
+    """Overall sample accuracy over known samples and the mean per-class accuracy per shot bucket."""
+    p, y = _as_int_pair(preds, labels)
+    known = y >= 0
+    overall = float(np.mean(p[known] == y[known])) if known.any() else float("nan")
+    per_class = per_class_accuracy(p, y, len(train_counts))
+    shots = shot_of_counts(train_counts, many, few)
+    out = {"overall": overall}
+    for bucket in ("many", "medium", "few"):
+        accs = per_class[(shots == bucket) & ~np.isnan(per_class)]
+        out[bucket] = float(accs.mean()) if accs.size else float("nan")
+    return out
+
+
+def reject(probs_max: Sequence[float], preds: Sequence[int], threshold: float) -> np.ndarray:
+    """Predictions with -1 wherever the max softmax probability is below ``threshold``."""
+    probs = np.asarray(probs_max, dtype=np.float64).ravel()
+    out = np.asarray(preds, dtype=np.int64).ravel().copy()
+    if probs.shape != out.shape:
+        raise ValueError(f"{probs.size} probabilities for {out.size} predictions")
+    out[probs < threshold] = OPEN
+    return out
+
+
+def open_set_f_measure(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """OLTR open-set F-measure (the reference's fixed rule).
+
+    TP: known and correct.  FP: known and wrong, a rejected known sample included.  FN: open and
+    not rejected.  ``F = 2PR / (P + R)``, 0 where undefined.
+    """
+    p, y = _as_int_pair(preds, labels)
+    known = y >= 0
+    tp = int(np.sum(known & (p == y)))
+    fp = int(np.sum(known & (p != y)))
+    fn = int(np.sum(~known & (p != OPEN)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def open_set_accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """Fraction of open samples rejected (nan when there are none)."""
+    p, y = _as_int_pair(preds, labels)
+    open_ = y == OPEN
+    return float(np.mean(p[open_] == OPEN)) if open_.any() else float("nan")
+
+
+def threshold_sweep(max_probs: Sequence[float], raw_preds: Sequence[int], labels: Sequence[int],
+                    thresholds: Iterable[float]) -> list[dict[str, float]]:
+    """F-measure, accuracy on known samples (rejections count as wrong) and open rejection rate
+    for each rejection threshold, in the order given."""
+    _, y = _as_int_pair(raw_preds, labels)
+    known = y >= 0
+    rows = []
+    for t in thresholds:
+        preds = reject(max_probs, raw_preds, float(t))
+        closed = float(np.mean(preds[known] == y[known])) if known.any() else float("nan")
+        rows.append({"threshold": float(t),
+                     "f_measure": open_set_f_measure(preds, y),
+                     "closed_accuracy_known": closed,
+                     "open_rejection": open_set_accuracy(preds, y)})
+    return rows

@@ -1,0 +1,66 @@
+"""OLTR modulated attention: ``f_att = f + SA(f) * NL(f)``.
+
+``NL`` is an embedded-Gaussian non-local block (Wang et al., 2018) without its residual: theta, phi
+and g are 1x1 convolutions to ``C / reduction`` channels, the affinity ``softmax(theta^T phi)`` is
+taken over the ``h*w`` positions, and an output 1x1 convolution maps back to ``C``.  That output
+convolution starts at zero, so the whole block starts as the identity.
+
+``SA`` is a spatial softmax attention: a 1x1 convolution scores every position of the input map and
+a softmax over the ``h*w`` positions turns the scores into a ``(B, 1, h, w)`` mask that modulates
+the non-local response.  As in the OLTR reference the scores are computed from ``f`` itself; the
+reference used a Linear over a flattened 7x7 map, the 1x1 convolution works at any ``h, w``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class NonLocal(nn.Module):
+    """Embedded-Gaussian non-local response ``W_z(softmax(theta^T phi) g)``, zero at init."""
+
+    def __init__(self, channels: int, reduction: int = 2) -> None:
+        super().__init__()
+        inter = max(1, channels // reduction)
+        self.theta = nn.Conv2d(channels, inter, 1)
+        self.phi = nn.Conv2d(channels, inter, 1)
+        self.g = nn.Conv2d(channels, inter, 1)
+        self.out = nn.Conv2d(inter, channels, 1, bias=False)
+        for conv in (self.theta, self.phi, self.g):
+            nn.init.kaiming_normal_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        theta = self.theta(x).flatten(2).transpose(1, 2)     # (B, hw, C')
+        phi = self.phi(x).flatten(2)                           # (B, C', hw)
+        g = self.g(x).flatten(2).transpose(1, 2)             # (B, hw, C')
+        affinity = torch.softmax(torch.bmm(theta, phi), dim=-1)  # (B, hw, hw)
+        y = torch.bmm(affinity, g).transpose(1, 2).reshape(b, -1, h, w)
+        return self.out(y)
+
+
+class SpatialAttention(nn.Module):
+    """A softmax over positions of a 1x1-conv score: ``(B, C, h, w) -> (B, 1, h, w)``, sums to 1."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.score = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        scores = self.score(x).flatten(1)                      # (B, hw)
+        return torch.softmax(scores, dim=1).view(b, 1, h, w)
+
+
+class ModulatedAttention(nn.Module):
+    """``f + SA(f) * NL(f)``: the OLTR modulated attention after the last backbone stage."""
+
+    def __init__(self, channels: int, reduction: int = 2) -> None:
+        super().__init__()
+        self.nonlocal_block = NonLocal(channels, reduction)
+        self.spatial = SpatialAttention(channels)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f + self.spatial(f) * self.nonlocal_block(f)

@@ -1,0 +1,159 @@
+"""Classifier heads.  Every head's ``forward(v, labels=None)`` returns ``(logits, aux)``.
+
+Distances to class centroids are computed as ``||v||^2 - 2 v C^T + ||C||^2`` with one matmul, so
+a batch against K = 74.5K identities costs ``B x K`` memory, never ``B x K x d``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facelt.errors import ConfigError
+
+Aux = dict[str, torch.Tensor]
+
+
+def squared_distances(v: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` squared Euclidean distances from one matmul, clamped at 0 against rounding."""
+    v_sq = v.pow(2).sum(1, keepdim=True)                      # (B, 1)
+    c_sq = centroids.pow(2).sum(1).unsqueeze(0)               # (1, K)
+    d2 = torch.addmm(v_sq + c_sq, v, centroids.t(), beta=1.0, alpha=-2.0)
+    return d2.clamp_min(0.0)
+
+
+def _nearest_squared(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return squared_distances(v, centroids).min(dim=1)
+
+
+def nearest_centroid(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance to the nearest centroid and its index: ``((B,), (B,))``."""
+    d2, idx = _nearest_squared(v, centroids)
+    return d2.sqrt(), idx
+
+
+def squash(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise ``(||x|| / (1 + ||x||)) * x / ||x||``, written as ``x / (1 + ||x||)`` (0 at 0)."""
+    return x / (1.0 + x.norm(dim=1, keepdim=True))
+
+
+class LinearHead(nn.Module):
+    """Plain linear classifier (stage 1): ``logits = W v + b``."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
+        return self.fc(v), {}
+
+
+class CosineHead(nn.Module):
+    """Cosine classifier with squashing: ``logits = scale * squash(x) @ normalize(W)^T``."""
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.scale = scale
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-bound, bound))
+
+    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
+        return self.scale * squash(v) @ F.normalize(self.weight, dim=1).t(), {}
+
+
+class MetaEmbeddingHead(nn.Module):
+    """OLTR dynamic meta-embedding followed by the cosine classifier.
+
+    ``memory = softmax(T_hal(v)) @ C``, ``e = tanh(T_sel(v))``, ``gamma = min_k ||v - c_k||``,
+    ``v_meta = (reach_scale / gamma) * (v + e * memory)``, ``logits = cosine(v_meta)``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, reach_scale: float = 10.0,
+                 cos_scale: float = 16.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.reach_scale = reach_scale
+        self.eps = eps
+        self.centroids = nn.Parameter(torch.zeros(num_classes, in_dim))
+        self.hallucinator = nn.Linear(in_dim, num_classes)
+        self.selector = nn.Linear(in_dim, in_dim)
+        self.cosine = CosineHead(in_dim, num_classes, scale=cos_scale)
+
+    @torch.no_grad()
+    def init_centroids(self, centroids: torch.Tensor) -> None:
+        """Copy per-class mean features ``(K, d)`` into the centroid memory."""
+        if tuple(centroids.shape) != tuple(self.centroids.shape):
+            raise ValueError(f"centroids have shape {tuple(centroids.shape)}, "
+                             f"expected {tuple(self.centroids.shape)} (num_classes, feature dim)")
+        self.centroids.copy_(centroids)
+
+    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
+        d2_min, nearest = _nearest_squared(v, self.centroids)
+        gamma = d2_min.clamp_min(self.eps ** 2).sqrt()          # (B,), never 0
+        reachability = self.reach_scale / gamma
+        memory = torch.softmax(self.hallucinator(v), dim=1) @ self.centroids
+        selector = torch.tanh(self.selector(v))
+        meta = reachability.unsqueeze(1) * (v + selector * memory)
+        logits, _ = self.cosine(meta)
+        aux = {"direct": v, "memory": memory, "selector": selector,
+               "reachability": reachability, "meta": meta, "nearest": nearest}
+        return logits, aux
+
+
+class MarginHead(nn.Module):
+    """ArcFace ``s*cos(theta + m)`` or CosFace ``s*(cos(theta) - m)`` margin softmax head.
+
+    Features and class weights are L2-normalised; the margin goes on the target logit only when
+    ``labels`` are given (training); samples labelled -1 get no margin.  ArcFace uses the
+    standard non-easy-margin rule: where ``theta + m`` would pass pi (``cos <= cos(pi - m)``) the
+    target logit becomes ``cos - sin(pi - m) * m``.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, kind: str = "arcface", s: float = 64.0,
+                 m: float | None = None) -> None:
+        super().__init__()
+        if kind not in ("arcface", "cosface"):
+            raise ConfigError(f"margin head kind must be 'arcface' or 'cosface', got {kind!r}")
+        self.kind = kind
+        self.s = s
+        self.m = (0.5 if kind == "arcface" else 0.35) if m is None else m
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim).normal_(0.0, 0.01))
+        self.cos_m, self.sin_m = math.cos(self.m), math.sin(self.m)
+        self.th = math.cos(math.pi - self.m)
+        self.mm = math.sin(math.pi - self.m) * self.m
+
+    def _target_logit(self, cos: torch.Tensor) -> torch.Tensor:
+        if self.kind == "cosface":
+            return cos - self.m
+        sin = (1.0 - cos * cos).clamp_min(1e-12).sqrt()
+        phi = cos * self.cos_m - sin * self.sin_m
+        return torch.where(cos > self.th, phi, cos - self.mm)
+
+    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
+        cos = F.normalize(v, dim=1) @ F.normalize(self.weight, dim=1).t()
+        cos = cos.clamp(-1.0, 1.0)
+        if labels is None:
+            return self.s * cos, {}
+        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
+        cols = labels[rows]
+        target = self._target_logit(cos[rows, cols])
+        cos = cos.index_put((rows, cols), target)
+        return self.s * cos, {}
+
+
+class LWSHead(nn.Module):
+    """Learnable weight scaling (Kang et al., ICLR 2020): stage 1's linear classifier, frozen, with
+    one learnable scale per class: ``logits_k = s_k * (w_k . v + b_k)``.
+
+    Its ``fc`` has the parameter names of :class:`LinearHead`, so stage 1's classifier loads into it.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, num_classes)
+        self.fc.requires_grad_(False)
+        self.scales = nn.Parameter(torch.ones(num_classes))
+
+    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
+        return self.fc(v) * self.scales, {}

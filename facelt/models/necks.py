@@ -1,0 +1,51 @@
+"""Necks: a backbone's feature map -> the direct feature vector ``v``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facelt.errors import ConfigError
+
+
+class PoolNeck(nn.Module):
+    """Global average pooling and flatten: ``(B, C, h, w) -> (B, C)``."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim: int = in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(x), 1)
+
+
+class FaceNeck(nn.Module):
+    """insightface's "E" output layer: BN2d -> Dropout -> Flatten -> Linear(C*s*s, d) -> BN1d.
+
+    As in insightface, the batch norms use eps 2e-5 and the last one has its scale fixed at 1
+    (MXNet ``fix_gamma=True``): its weight is a constant, not trained.
+    """
+
+    def __init__(self, in_channels: int, spatial: int, embedding_dim: int = 512,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"face neck dropout must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.spatial = spatial
+        self.bn2d = nn.BatchNorm2d(in_channels, eps=2e-5)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels * spatial * spatial, embedding_dim)
+        self.bn1d = nn.BatchNorm1d(embedding_dim, eps=2e-5)
+        nn.init.constant_(self.bn1d.weight, 1.0)
+        self.bn1d.weight.requires_grad_(False)
+        self.out_dim: int = embedding_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[1:]) != (self.in_channels, self.spatial, self.spatial):
+            raise ConfigError(
+                f"face neck expects feature maps of shape ({self.in_channels}, {self.spatial}, "
+                f"{self.spatial}), got {tuple(x.shape[1:])}: check the image size "
+                "(112x112 with the face stem gives 7x7)")
+        x = torch.flatten(self.dropout(self.bn2d(x)), 1)
+        return self.bn1d(self.fc(x))

@@ -1,0 +1,33 @@
+"""Shared fixtures: a small generated long-tailed open-set dataset and a fast recipe over it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FACELT_QUIET", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    from pipelines.demo_data import DemoSpec, make_demo_dataset
+    out = tmp_path_factory.mktemp("demo_data")
+    make_demo_dataset(out, DemoSpec(num_classes=6, open_classes=2, max_count=120, min_count=4,
+                                    val_per_class=3, test_per_class=6, open_per_class=6,
+                                    image_size=24, seed=0))
+    return out
+
+
+def demo_overrides(data: Path, epochs: int = 2) -> list[str]:
+    return [f"data.root={data}", f"data.splits_dir={data}", "data.image_size=24",
+            "data.num_workers=0", f"stage1.epochs={epochs}", f"stage2.epochs={epochs}",
+            "stage1.batch_size=32", "stage2.batch_size=32", "device=cpu", "eval.batch_size=64"]
+
+
+@pytest.fixture
+def demo_config_path() -> Path:
+    return ROOT / "configs" / "demo_list.yaml"

@@ -1,0 +1,54 @@
+"""Discriminative-centroid loss: value and gradients on a 2-sample, 2-class, 2-D case by hand."""
+from __future__ import annotations
+
+import torch
+
+from facelt.losses import DiscCentroidLoss
+
+
+def _case():
+    # c0 = [0, 0], c1 = [2, 0]; v0 = [1, 0] (class 0), v1 = [2, 1] (class 1)
+    feats = torch.tensor([[1.0, 0.0], [2.0, 1.0]], requires_grad=True)
+    cents = torch.tensor([[0.0, 0.0], [2.0, 0.0]], requires_grad=True)
+    return feats, cents, torch.tensor([0, 1])
+
+
+def test_value_and_gradients_by_hand():
+    feats, cents, labels = _case()
+    loss = DiscCentroidLoss(margin=10.0, repel_weight=0.01)(feats, labels, cents)
+    # attract: (||v0-c0||^2 + ||v1-c1||^2) / (2B) = (1 + 1) / 4 = 0.5
+    # other-class distances: ||v0-c1||^2 = 1, ||v1-c0||^2 = 5 -> sum 6 / (B*K = 4) = 1.5
+    # repel = 10 - 1.5 = 8.5; loss = 0.5 + 0.01 * 8.5 = 0.585
+    assert abs(loss.item() - 0.585) < 1e-6
+    loss.backward()
+    # d attract / d v_i = (v_i - c_{y_i}) / B           -> v0: [0.5, 0],  v1: [0, 0.5]
+    # d repel-term / d v_i = -w/4 * 2 (v_i - c_other)   -> v0: -0.0025*[-2,0] = [0.005, 0]
+    #                                                     v1: -0.0025*[4, 2] = [-0.01, -0.005]
+    assert torch.allclose(feats.grad, torch.tensor([[0.505, 0.0], [-0.01, 0.495]]), atol=1e-6)
+    # d attract / d c_k = -sum_{y_i=k} (v_i - c_k) / B   -> c0: [-0.5, 0], c1: [0, -0.5]
+    # d repel-term / d c_k = -w/4 * 2 (c_k - v_other)    -> c0: -0.0025*[-4,-2] = [0.01, 0.005]
+    #                                                     c1: -0.0025*[2, 0] = [-0.005, 0]
+    assert torch.allclose(cents.grad, torch.tensor([[-0.49, 0.005], [-0.005, -0.5]]), atol=1e-6)
+
+
+def test_repel_hinge_is_off_past_the_margin():
+    feats, cents, labels = _case()
+    # margin 1 < mean other distance 1.5: repel clamps to 0, only the attract term remains
+    loss = DiscCentroidLoss(margin=1.0, repel_weight=0.01)(feats, labels, cents)
+    assert abs(loss.item() - 0.5) < 1e-6
+    loss.backward()
+    assert torch.allclose(feats.grad, torch.tensor([[0.5, 0.0], [0.0, 0.5]]))
+    assert torch.allclose(cents.grad, torch.tensor([[-0.5, 0.0], [0.0, -0.5]]))
+
+
+def test_matches_brute_force_on_random_batch():
+    torch.manual_seed(0)
+    feats = torch.randn(6, 4, dtype=torch.float64)
+    cents = torch.randn(5, 4, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 3, 4, 0])
+    attract = sum(((feats[i] - cents[labels[i]]) ** 2).sum() for i in range(6)) / 12
+    other = sum(((feats[i] - cents[k]) ** 2).sum() for i in range(6) for k in range(5)
+                if k != labels[i])
+    expected = attract + 0.1 * max(0.0, 20.0 - other / 30)
+    got = DiscCentroidLoss(margin=20.0, repel_weight=0.1)(feats, labels, cents)
+    assert abs(got.item() - float(expected)) < 1e-9
