@@ -15,8 +15,8 @@ from facelt.utils.progress import set_quiet
 
 def _command_modules():
     # Explicit imports: no string-based plugin loading.
-    from facelt.cli import classify, rec, stats, train
-    return [train, classify, stats, rec]
+    from facelt.cli import align, classify, rec, stats, train
+    return [train, classify, stats, rec, align]
 
 
 def build_parser() -> argparse.ArgumentParser:
