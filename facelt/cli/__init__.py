@@ -15,8 +15,8 @@ from facelt.utils.progress import set_quiet
 
 def _command_modules():
     # Explicit imports: no string-based plugin loading.
-    from facelt.cli import align, classify, rec, stats, train
-    return [train, classify, stats, rec, align]
+    from facelt.cli import align, classify, prepare, rec, stats, train
+    return [train, classify, stats, prepare, rec, align]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = "--quiet" in argv  # accepted before or after the sub-command
+    argv = [a for a in argv if a != "--quiet"]
     args = parser.parse_args(argv)
-    if args.quiet:
+    if quiet:
         set_quiet(True)
     try:
         rc = args.func(args)
