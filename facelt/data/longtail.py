@@ -1,6 +1,6 @@
 """Long-tailed benchmark splits in the OLTR list format: describe, locate, validate, build.
 
-Two jobs for benchmarks of class folders (ImageNet-LT, Places-LT); the benchmark parameters live in
+Two jobs for benchmarks built from a dataset of class folders; the benchmark parameters live in
 ``pipelines/`` and nothing here knows a benchmark by name.
 
 **Describe / locate / validate.**  :class:`BenchmarkSpec` names a benchmark's list files, class
@@ -8,8 +8,8 @@ count and input format; :func:`resolve_split_paths` says where they are expected
 :func:`validate_split_paths` reads every list, checks labels, and checks that every listed image
 exists, raising ONE :class:`~facelt.errors.DataError` with the count and the first missing paths.
 
-**Build** (Liu et al., CVPR 2019, Sec. 5: "sampling a subset following the Pareto distribution with
-the power value alpha = 6", "maximally 1280 images per class and minimally 5").  The per-class
+**Build** (Liu et al., CVPR 2019: a subset "following the Pareto distribution" with power alpha,
+between a maximum and a minimum number of images a class).  The per-class
 count curve of :func:`pareto_counts`, exactly:
 
 1. Pareto(alpha, x_m = 1) quantiles on the even grid ``u_i = i / K`` (``i = 0..K-1``; ``u = 1``,
@@ -23,9 +23,9 @@ count curve of :func:`pareto_counts`, exactly:
 4. Integers by largest remainder, so the total is exactly ``T`` (or the rounded real sum), the
    largest count exactly ``max`` and the smallest exactly ``min``.  Sorted, largest first.
 
-The curve has no randomness: the seed only picks which images fill it.  For 1,000 classes,
-1280..5 and ``T`` = 115,846 (ImageNet-LT's published size) ``p`` is 1.029, i.e. within 3 % of the
-pure Pareto rescale, whose own total (p = 1) would be 121,937.
+The curve has no randomness: the seed only picks which images fill it.  With a target total,
+``p`` measures how far the curve departs from the plain Pareto rescale (``p = 1``); the
+benchmark pipelines document their ``p`` and how the result compares with the released lists.
 
 Counts go to classes in the benchmark's class order, largest first (``order="descending"``), or in
 a seeded random permutation (``order="shuffled"``).  Images: within each class the files are
@@ -38,7 +38,7 @@ only the published statistics are targeted.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -90,7 +90,6 @@ class BenchmarkSpec:
     class_names_from: str = "test"
     class_name_source: str = ""
     recipe: Optional[LongTailRecipe] = None
-    published: Mapping[str, int] = field(default_factory=dict)
     rebuild_hint: str = ""
 
 
@@ -126,7 +125,8 @@ def _check_labels(spec: BenchmarkSpec, split: str, lst: ImageList) -> None:
 
 
 def validate_split_paths(spec: BenchmarkSpec, paths: Mapping[str, Path],
-                         splits: Sequence[str] = SPLITS, max_report: int = 10) -> dict[str, ImageList]:
+                         splits: Sequence[str] = SPLITS,
+                         max_report: int = 10) -> dict[str, ImageList]:
     """Read and check the lists of ``splits``; every listed image must exist.
 
     Raises one :class:`DataError` naming every missing list file, or one naming the number of
@@ -155,7 +155,8 @@ def validate_split_paths(spec: BenchmarkSpec, paths: Mapping[str, Path],
                     shown.append(f"{root / item} ({lst.line_of(i)})")
     if n_missing:
         roots = sorted({Path(paths["open_root" if s == "open" else "root"]) for s in lists})
-        bad_roots = "".join(f"\n  (image root {r} is not a folder)" for r in roots if not r.is_dir())
+        bad_roots = "".join(f"\n  (image root {r} is not a folder)"
+                            for r in roots if not r.is_dir())
         more = f"\n  ... and {n_missing - len(shown)} more" if n_missing > len(shown) else ""
         raise DataError(f"{spec.name}: {n_missing} of {n_total} listed images are missing; first "
                         f"{len(shown)}:{bad_roots}\n  " + "\n  ".join(shown) + more)
@@ -197,7 +198,7 @@ def _pareto_shape(num_classes: int, alpha: float) -> np.ndarray:
 
 
 def _largest_remainder(real: np.ndarray, total: int) -> np.ndarray:
-    """Integers summing to ``total``: floors, then +1 to the largest fractional parts (ends fixed)."""
+    """Integers summing to ``total``: floors, +1 to the largest fractional parts (ends fixed)."""
     base = np.floor(real + 1e-9).astype(np.int64)
     short = int(total - base.sum())
     if not 0 <= short <= len(real) - 2:
@@ -229,7 +230,8 @@ def pareto_exponent(num_classes: int, max_count: int, min_count: int, alpha: flo
     hi_total = max_count * (num_classes - 1) + min_count
     if not lo_total < total < hi_total:
         raise ValueError(f"total {total} is not reachable for {num_classes} classes of "
-                         f"{min_count}..{max_count} images (exclusive range {lo_total}..{hi_total})")
+                         f"{min_count}..{max_count} images "
+                         f"(exclusive range {lo_total}..{hi_total})")
     z = _pareto_shape(num_classes, alpha)
     lo, hi = 0.0, 1.0
     while _curve(z, max_count, min_count, hi).sum() > total:  # the sum falls as p grows
@@ -283,8 +285,8 @@ def scan_class_folders(root: str | os.PathLike,
     for name in progress(folders, desc=f"listing {root.name}", unit="class"):
         with os.scandir(root / name) as it:
             files = [e.name for e in it
-                     if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in extensions
-                     and e.is_file()]
+                     if not e.name.startswith(".")
+                     and os.path.splitext(e.name)[1].lower() in extensions and e.is_file()]
         files.sort()
         index[name] = files
     if not index:
