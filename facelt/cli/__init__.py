@@ -15,8 +15,8 @@ from facelt.utils.progress import set_quiet
 
 def _command_modules():
     # Explicit imports: no string-based plugin loading.
-    from facelt.cli import align, classify, prepare, rec, stats, train
-    return [train, classify, stats, prepare, rec, align]
+    from facelt.cli import align, classify, compare, megaface, prepare, rec, stats, train
+    return [train, classify, compare, prepare, stats, rec, align, megaface]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,282 @@
+"""Stacked feature files: a float32 ``(rows, dim)`` ``.npy`` plus a row manifest.
+
+The evaluation never loads a big feature file whole.  :class:`FeatureFile` validates the ``.npy``
+header and then reads rows with positional reads (``os.preadv``) into a caller's reusable buffer, so
+streaming a 2 GB gallery costs one chunk of memory and leaves no file pages mapped into the process
+(a memory map is still there for random access: :meth:`FeatureFile.memmap`).
+
+Writing goes through :func:`write_feature_memmap` (a writable ``.npy`` memmap under a ``.partial``
+name) and :func:`finalize_feature_memmap` (flush, fsync, rename), and :func:`extract_features` is the
+resumable extraction driver: flip-sum then L2-normalise (insightface's convention), a sidecar
+progress file after every batch, so a killed run picks up where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+import numpy as np
+
+from facelt.errors import DataError
+from facelt.utils.io import write_json
+
+FEATURE_DTYPE = np.dtype("<f4")
+PARTIAL_SUFFIX = ".partial"
+PROGRESS_SUFFIX = ".progress.json"
+
+
+def l2_normalize(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows of ``x`` divided by their L2 norm (zero rows stay zero); in place when ``out is x``."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
+    norms[norms == 0] = 1.0
+    return np.divide(x, norms[:, None], out=out)
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    """A validated stacked feature file: C-ordered little-endian float32, shape ``(rows, dim)``."""
+
+    path: Path
+    rows: int
+    dim: int
+    offset: int  # byte offset of row 0 (after the .npy header)
+
+    @classmethod
+    def open(cls, path: Union[str, os.PathLike]) -> "FeatureFile":
+        """Read and check the ``.npy`` header; :class:`DataError` naming the file if it is wrong."""
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"feature file {p}: not found")
+        try:
+            with open(p, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                offset = fh.tell()
+        except ValueError as exc:
+            raise DataError(f"feature file {p}: not a valid .npy file ({exc})") from None
+        if dtype != FEATURE_DTYPE:
+            raise DataError(f"feature file {p}: dtype {dtype}, expected little-endian float32")
+        if len(shape) != 2:
+            raise DataError(f"feature file {p}: shape {shape}, expected 2-D (rows, dim)")
+        if fortran and shape[0] > 1 and shape[1] > 1:
+            raise DataError(f"feature file {p}: Fortran-ordered; expected C order (one row a feature)")
+        rows, dim = int(shape[0]), int(shape[1])
+        expected = offset + rows * dim * 4
+        size = p.stat().st_size
+        if size < expected:
+            raise DataError(f"feature file {p}: {size} bytes, header promises {rows}x{dim} float32 "
+                            f"({expected} bytes): truncated")
+        return cls(p, rows, dim, offset)
+
+    def memmap(self) -> np.ndarray:
+        """A read-only memory map of the whole array (random access; pages count towards RSS)."""
+        return np.load(self.path, mmap_mode="r")
+
+    def read(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``[start, stop)`` as a float32 array (into ``out[:stop-start]`` when given)."""
+        n = stop - start
+        buf = _buffer(out, n, self.dim)
+        with open(self.path, "rb", buffering=0) as fh:
+            self._pread(fh.fileno(), buf, start)
+        return buf
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows at the given indices (ascending order reads fastest: one read per consecutive run)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        buf = _buffer(out, len(rows), self.dim)
+        if len(rows) == 0:
+            return buf
+        if rows.min() < 0 or rows.max() >= self.rows:
+            raise IndexError(f"{self.path}: row index out of range 0..{self.rows - 1}")
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [len(rows)]))
+        with open(self.path, "rb", buffering=0) as fh:
+            fd = fh.fileno()
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                self._pread(fd, buf[a:b], int(rows[a]))
+        return buf
+
+    def _pread(self, fd: int, buf: np.ndarray, first_row: int) -> None:
+        want = buf.nbytes
+        view = memoryview(buf.reshape(-1).view(np.uint8))
+        pos = self.offset + first_row * self.dim * 4
+        got = 0
+        while got < want:
+            n = os.preadv(fd, [view[got:]], pos + got)
+            if n <= 0:
+                raise DataError(f"feature file {self.path}: unexpected end of file at byte {pos + got}")
+            got += n
+
+
+def _buffer(out: Optional[np.ndarray], n: int, dim: int) -> np.ndarray:
+    if out is None:
+        return np.empty((n, dim), dtype=np.float32)
+    if out.dtype != np.float32 or out.ndim != 2 or out.shape[1] != dim or out.shape[0] < n \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"buffer of shape {out.shape} / {out.dtype} cannot hold {n}x{dim} float32")
+    return out[:n]
+
+
+def iter_row_chunks(ff: FeatureFile, rows: np.ndarray, chunk_rows: int
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(row_indices, features)`` for ``rows`` in chunks, sorted within each chunk.
+
+    The features array is a view of one buffer reused across chunks: copy it to keep it.
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be >= 1")
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    buf = np.empty((min(chunk_rows, max(len(rows), 1)), ff.dim), dtype=np.float32)
+    for a in range(0, len(rows), chunk_rows):
+        idx = rows[a:a + chunk_rows]
+        yield idx, ff.read_rows(idx, out=buf)
+
+
+def read_manifest(path: Union[str, os.PathLike]) -> list[str]:
+    """Row manifest / distractor list: one relative path a line, or the devkit's JSON ``{"path": [...]}``.
+
+    Blank lines and ``#`` comment lines are skipped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"list file {p}: not found")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"list file {p}: looks like JSON but does not parse ({exc})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("path"), list):
+            raise DataError(f'list file {p}: JSON list files must be {{"path": [relative paths ...]}}')
+        return [str(x) for x in obj["path"]]
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def write_manifest(path: Union[str, os.PathLike], items: Iterable[str]) -> None:
+    """Write a row manifest atomically, one path a line."""
+    from facelt.utils.io import write_text
+    write_text(path, "".join(f"{x}\n" for x in items))
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+def partial_path(path: Union[str, os.PathLike]) -> Path:
+    """Where an unfinished feature file lives until :func:`finalize_feature_memmap`."""
+    p = Path(path)
+    return p.with_name(p.name + PARTIAL_SUFFIX)
+
+
+def write_feature_memmap(path: Union[str, os.PathLike], rows: int, dim: int,
+                         reuse: bool = False) -> np.memmap:
+    """A writable float32 ``(rows, dim)`` ``.npy`` memmap at ``partial_path(path)``.
+
+    ``reuse=True`` reopens an existing partial file of the same shape (for resuming) instead of
+    creating a fresh one.  Call :func:`finalize_feature_memmap` when every row is written.
+    """
+    if rows < 0 or dim < 1:
+        raise ValueError(f"bad feature shape ({rows}, {dim})")
+    tmp = partial_path(path)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if reuse and tmp.exists():
+        mm = np.load(tmp, mmap_mode="r+")
+        if mm.shape == (rows, dim) and mm.dtype == FEATURE_DTYPE:
+            return mm
+        raise DataError(f"partial feature file {tmp}: shape {mm.shape} {mm.dtype}, expected "
+                        f"({rows}, {dim}) float32; delete it to start over")
+    return np.lib.format.open_memmap(tmp, mode="w+", dtype=FEATURE_DTYPE, shape=(rows, dim))
+
+
+def finalize_feature_memmap(mm: np.memmap, path: Union[str, os.PathLike]) -> Path:
+    """Flush and fsync the partial file behind ``mm`` and rename it onto ``path`` (atomic)."""
+    final = Path(path)
+    src = Path(mm.filename)
+    mm.flush()
+    with open(src, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(src, final)
+    return final
+
+
+# ------------------------------------------------------------------------------------- extraction
+
+Batches = Union[Iterable[Any], Callable[[int], Iterable[Any]]]
+
+
+def _flip(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x[..., ::-1])
+    return x.flip(-1)  # torch.Tensor (N, C, H, W): horizontal flip
+
+
+def _to_numpy(y: Any) -> np.ndarray:
+    if hasattr(y, "detach"):
+        y = y.detach().float().cpu().numpy()
+    return np.asarray(y, dtype=np.float32)
+
+
+def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
+                     out_path: Union[str, os.PathLike], num_rows: int, dim: int,
+                     flip: bool = True, resume: bool = True, normalize: bool = True) -> Path:
+    """Embed every batch into rows of ``out_path`` (a stacked ``.npy``), resumably.
+
+    ``embed_fn(batch) -> (B, dim)`` (numpy or torch).  ``batches_iter`` yields batches in row order;
+    it may instead be a callable ``f(first_row)`` returning an iterator that starts at that row, so
+    a resumed run does not load the images it already did (a plain iterable is consumed and its
+    finished batches skipped without embedding).  With ``flip`` a row is ``embed(x) + embed(flip(x))``
+    (horizontal flip of the last axis); with ``normalize`` it is then L2-normalised.  After each
+    batch the rows are flushed and ``<out>.progress.json`` records how many are done.
+    """
+    out = Path(out_path)
+    sidecar = out.with_name(out.name + PROGRESS_SUFFIX)
+    settings = {"num_rows": int(num_rows), "dim": int(dim), "flip": bool(flip),
+                "normalize": bool(normalize)}
+    done = 0
+    if resume and sidecar.exists() and partial_path(out).exists():
+        state = json.loads(sidecar.read_text())
+        if {k: state.get(k) for k in settings} != settings:
+            raise DataError(f"progress file {sidecar}: written with {state}, now asked for "
+                            f"{settings}; delete it and {partial_path(out)} to start over")
+        done = int(state["rows_done"])
+    mm = write_feature_memmap(out, num_rows, dim, reuse=done > 0)
+    try:
+        batches = batches_iter(done) if callable(batches_iter) else batches_iter
+        row = done if callable(batches_iter) else 0
+        for batch in batches:
+            n = len(batch)
+            if row + n <= done:  # already written in an earlier run
+                row += n
+                continue
+            if row < done:
+                raise DataError(f"batches do not line up with the {done} rows already written in "
+                                f"{partial_path(out)}: a batch spans rows {row}..{row + n - 1}")
+            if row + n > num_rows:
+                raise DataError(f"batches hold more than num_rows={num_rows} rows")
+            emb = _to_numpy(embed_fn(batch))
+            if flip:
+                emb = emb + _to_numpy(embed_fn(_flip(batch)))
+            if emb.shape != (n, dim):
+                raise DataError(f"embed_fn returned shape {emb.shape} for a batch of {n}; "
+                                f"expected ({n}, {dim})")
+            mm[row:row + n] = l2_normalize(emb) if normalize else emb
+            mm.flush()
+            row += n
+            write_json(sidecar, {**settings, "rows_done": row})
+        if row != num_rows:
+            raise DataError(f"batches ended after {row} rows; expected num_rows={num_rows} "
+                            f"(progress kept in {sidecar}: rerun to resume)")
+        final = finalize_feature_memmap(mm, out)
+    finally:
+        del mm
+    with contextlib.suppress(FileNotFoundError):
+        sidecar.unlink()
+    return final

@@ -1,0 +1,133 @@
+"""Writing a MegaFace report: ``report.json``, ``report.md``, ``cmc.png``, ``pseudo_shots.png``.
+
+Every file is written to a temporary name and renamed into place (``facelt.utils.io.atomic_path``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from facelt.utils.io import atomic_path, write_json, write_text
+
+from eval_megaface.pseudo_shots import BUCKETS
+
+
+def _results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return report.get("results") or [report]
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.2f}%"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human-readable summary of a report dictionary."""
+    meta = report.get("meta", {})
+    res = _results(report)
+    lines = ["# MegaFace challenge-1 identification", ""]
+    lines += [f"- protocol: {meta.get('protocol', 'n/a')}",
+              f"- probes: {meta.get('probes', 'n/a')} images of {meta.get('identities', 'n/a')} identities"
+              f" ({meta.get('probes_removed', 0)} removed as noise)",
+              f"- distractor rows: {meta.get('distractor_rows', 'n/a')}"
+              f" ({meta.get('distractors_removed', 0)} removed as noise); gallery order: "
+              f"{meta.get('gallery_order', 'n/a')}",
+              f"- search: {res[0].get('index', 'flat')}; a trial (p, g) is a hit at rank k when fewer "
+              f"than k distractors score >= sim(p, g) (ties count as misses)", ""]
+    lines += ["| gallery | trials | rank-1 | rank-5 | rank-10 |", "|---:|---:|---:|---:|---:|"]
+    for r in res:
+        cmc = r.get("cmc") or [None] * 10
+        lines.append(f"| {r['gallery']:,} | {r['trials']:,} | {_pct(cmc[0])} | {_pct(cmc[4])} | "
+                     f"{_pct(cmc[9])} |")
+    if any(r.get("approx") for r in res):
+        lines += ["", "| gallery | exact rank-1 | rank-1 delta | top-1 agreement |", "|---:|---:|---:|---:|"]
+        for r in res:
+            a = r.get("approx") or {}
+            delta = a.get("rank1_delta")
+            lines.append(f"| {r['gallery']:,} | {_pct(a.get('exact_rank1'))} | "
+                         f"{'n/a' if delta is None else f'{100 * delta:+.2f} pt'} | "
+                         f"{_pct(a.get('top1_agreement'))} |")
+    if res[0].get("pseudo_shots"):
+        thr = meta.get("pseudo_shot_threshold")
+        lines += ["", f"## Pseudo-shots (training images with cosine > {thr})", "",
+                  "| gallery | " + " | ".join(f"{b} (probes)" for b in BUCKETS) + " |",
+                  "|---:|" + "---:|" * len(BUCKETS)]
+        for r in res:
+            ps = r["pseudo_shots"]
+            lines.append(f"| {r['gallery']:,} | " + " | ".join(
+                f"{_pct(ps[b]['rank1'])} ({ps[b]['probes']})" for b in BUCKETS) + " |")
+        lines += ["", "Buckets: many > 5, few 2..5, one 1, zero 0; rank-1 over the trials whose probe "
+                  "image is in the bucket."]
+    for column in res[0].get("groups", {}):
+        values = list(res[0]["groups"][column])
+        lines += ["", f"## By {column}", "", "| gallery | " + " | ".join(values) + " |",
+                  "|---:|" + "---:|" * len(values)]
+        for r in res:
+            lines.append(f"| {r['gallery']:,} | " + " | ".join(
+                _pct(r["groups"][column].get(v)) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_cmc(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    """CMC curves (rank 1..10), one per gallery size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in _results(report):
+        if r.get("cmc"):
+            ax.plot(range(1, len(r["cmc"]) + 1), [100 * x for x in r["cmc"]], marker="o",
+                    label=f"{r['gallery']:,} distractors")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate (%)")
+    ax.set_title("MegaFace challenge 1: CMC")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    try:
+        _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_buckets(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    """Rank-1 per pseudo-shot bucket, grouped bars per gallery size."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    res = [r for r in _results(report) if r.get("pseudo_shots")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(1, len(res))
+    for j, r in enumerate(res):
+        vals = [100 * (r["pseudo_shots"][b]["rank1"] or 0.0) for b in BUCKETS]
+        ax.bar([i + j * width for i in range(len(BUCKETS))], vals, width,
+               label=f"{r['gallery']:,} distractors")
+    ax.set_xticks([i + width * (len(res) - 1) / 2 for i in range(len(BUCKETS))])
+    ax.set_xticklabels([f"{b}\n({res[0]['pseudo_shots'][b]['probes']} probes)" if res else b
+                        for b in BUCKETS])
+    ax.set_ylabel("rank-1 (%)")
+    ax.set_title("Rank-1 by pseudo-shot bucket")
+    if res:
+        ax.legend()
+    try:
+        _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out_dir: Union[str, os.PathLike]) -> list[Path]:
+    """Write ``report.json``, ``report.md``, ``cmc.png`` and (with pseudo-shots) ``pseudo_shots.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json", out / "report.md", out / "cmc.png"]
+    write_json(written[0], report)
+    write_text(written[1], render_markdown(report))
+    plot_cmc(report, written[2])
+    if report.get("pseudo_shots"):
+        written.append(out / "pseudo_shots.png")
+        plot_buckets(report, written[-1])
+    return written

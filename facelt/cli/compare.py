@@ -1,0 +1,47 @@
+"""``facelt compare``: train or reuse each method on one recipe and evaluate all the same way."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from facelt.cli.common import add_config_args, configs_dir
+
+
+def _methods_dir(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    here = configs_dir() / "methods"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[2] / "configs" / "methods"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="the paper's baselines and later methods on one engine",
+                       description="Train (or reuse) each method's checkpoint on the recipe's data, "
+                                   "evaluate all with one protocol and write report.json, "
+                                   "report.md and report.png under --out.")
+    add_config_args(p)
+    p.add_argument("--methods", default="",
+                   help="comma-separated method names (configs/methods/<name>.yaml); "
+                        "default: every method there")
+    p.add_argument("--methods-dir", help="folder of method YAML files (default configs/methods)")
+    p.add_argument("--out", required=True, help="output folder (runs/<method>/ and the report)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue incomplete training runs under --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from facelt.compare import compare
+    from facelt.config import resolve_config_path
+    recipe = resolve_config_path(args.dataset, args.config, configs_dir())
+    mdir = _methods_dir(args.methods_dir)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or sorted(
+        p.stem for p in mdir.glob("*.yaml"))
+    overrides = list(args.overrides)
+    if getattr(args, "data_root", None):
+        overrides.append(f"data.root={args.data_root}")
+    compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0

@@ -1,0 +1,191 @@
+"""MegaFace formats: devkit .bin files, stacked feature files, resumable extraction, noise lists."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eval_megaface.devkit import bins_to_npy, image_path_of_bin, npy_to_bins, read_bin, write_bin
+from eval_megaface.evaluate import EvalConfig, run_evaluation
+from eval_megaface.features import (FeatureFile, extract_features, finalize_feature_memmap,
+                                    partial_path, read_manifest, write_feature_memmap)
+from eval_megaface.noise import noise_mask, read_noise_list
+from facelt.errors import DataError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NOISES = SHARED / "megaface"
+
+
+# ----------------------------------------------------------------------------------- devkit .bin
+
+def test_hand_built_bin_2x3_is_parsed(tmp_path):
+    p = tmp_path / "m.bin"
+    p.write_bytes(struct.pack("<4i", 2, 3, 12, 5) + struct.pack("<6f", 1, 2, 3, 4, 5, 6))
+    got = read_bin(p)
+    assert got.dtype == np.float32
+    assert got.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_bin_with_padded_stride_and_wrong_type(tmp_path):
+    p = tmp_path / "pad.bin"  # rows of 2 floats stored with a 12-byte stride (one float of padding)
+    p.write_bytes(struct.pack("<4i", 2, 2, 12, 5) + struct.pack("<6f", 1, 2, -9, 3, 4, -9))
+    assert read_bin(p).tolist() == [[1, 2], [3, 4]]
+    q = tmp_path / "u8.bin"
+    q.write_bytes(struct.pack("<4i", 1, 4, 4, 0) + bytes(4))
+    with pytest.raises(DataError, match=r"u8\.bin: matrix type 0, expected 5"):
+        read_bin(q)
+    r = tmp_path / "short.bin"
+    r.write_bytes(struct.pack("<4i", 3, 1, 4, 5) + struct.pack("<2f", 1, 2))
+    with pytest.raises(DataError, match="short.bin"):
+        read_bin(r)
+
+
+def test_write_bin_uses_the_insightface_header(tmp_path):
+    v = np.array([0.25, -1.5, 3.0], np.float32)
+    p = tmp_path / "a" / "x.jpg_facelt.bin"
+    write_bin(p, v)
+    raw = p.read_bytes()
+    assert struct.unpack("<4i", raw[:16]) == (3, 1, 4, 5)  # rows = d, cols = 1, stride 4, CV_32F
+    assert struct.unpack("<3f", raw[16:]) == (0.25, -1.5, 3.0)
+    assert read_bin(p).reshape(-1).tolist() == v.tolist()
+
+
+def test_bin_folder_npy_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((5, 8)).astype(np.float32)
+    np.save(tmp_path / "f.npy", feats)
+    items = ["375/37531198@N00/4174611825_0.jpg", "375/37531198@N00/4174611825_1.jpg",
+             "Aaron_Eckhart/Aaron_Eckhart_136.png", "b/img.jpeg", "c/d/e.png"]
+    (tmp_path / "f.txt").write_text("\n".join(items) + "\n")
+    assert npy_to_bins(tmp_path / "f.npy", tmp_path / "f.txt", tmp_path / "bins", algo="r100") == 5
+    assert (tmp_path / "bins" / "Aaron_Eckhart" / "Aaron_Eckhart_136.png_r100.bin").is_file()
+    assert bins_to_npy(tmp_path / "bins", tmp_path / "g.npy", tmp_path / "g.txt") == 5
+    back = np.load(tmp_path / "g.npy")
+    names = read_manifest(tmp_path / "g.txt")
+    assert sorted(names) == sorted(items)
+    for name, row in zip(names, back):
+        assert np.array_equal(row, feats[items.index(name)])
+    assert image_path_of_bin("a/b.JPG_my_algo.bin") == "a/b.JPG"
+
+
+# -------------------------------------------------------------------------------- feature files
+
+def test_feature_file_validation_and_reads(tmp_path):
+    a = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "ok.npy", a)
+    ff = FeatureFile.open(tmp_path / "ok.npy")
+    assert (ff.rows, ff.dim) == (10, 4)
+    assert np.array_equal(ff.read(3, 6), a[3:6])
+    assert np.array_equal(ff.read_rows(np.array([0, 1, 2, 7, 9])), a[[0, 1, 2, 7, 9]])
+    assert np.array_equal(ff.memmap(), a)
+    np.save(tmp_path / "f64.npy", a.astype(np.float64))
+    with pytest.raises(DataError, match=r"f64\.npy: dtype float64"):
+        FeatureFile.open(tmp_path / "f64.npy")
+    np.save(tmp_path / "v.npy", a.reshape(-1))
+    with pytest.raises(DataError, match=r"v\.npy: shape \(40,\)"):
+        FeatureFile.open(tmp_path / "v.npy")
+    raw = (tmp_path / "ok.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[:-8])
+    with pytest.raises(DataError, match="truncated"):
+        FeatureFile.open(tmp_path / "cut.npy")
+
+
+def test_write_feature_memmap_is_invisible_until_finalized(tmp_path):
+    out = tmp_path / "feat.npy"
+    mm = write_feature_memmap(out, 3, 2)
+    mm[:] = [[1, 2], [3, 4], [5, 6]]
+    assert not out.exists() and partial_path(out).exists()
+    finalize_feature_memmap(mm, out)
+    assert not partial_path(out).exists()
+    assert FeatureFile.open(out).read(0, 3).tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def _expected_rows(images: np.ndarray, w: np.ndarray) -> np.ndarray:
+    flat = images.reshape(len(images), -1) @ w
+    flipped = images[..., ::-1].reshape(len(images), -1) @ w
+    s = flat + flipped
+    return s / np.linalg.norm(s, axis=1, keepdims=True)
+
+
+def test_extract_features_flip_normalise_and_resume(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((10, 1, 2, 3)).astype(np.float32)  # N, C, H, W
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    calls = []
+
+    def embed(x):
+        calls.append(len(x))
+        return x.reshape(len(x), -1) @ w
+
+    def batches(start=0):
+        for a in range(start, 10, 3):
+            yield images[a:a + 3]
+
+    def dying():
+        for i, b in enumerate(batches()):
+            if i == 2:
+                raise KeyboardInterrupt  # the run is killed after two batches
+            yield b
+
+    out = tmp_path / "f.npy"
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(embed, dying(), out, num_rows=10, dim=4)
+    assert not out.exists()
+    assert '"rows_done": 6' in (tmp_path / "f.npy.progress.json").read_text()
+    calls.clear()
+    extract_features(embed, batches, out, num_rows=10, dim=4)  # callable: starts at row 6
+    assert calls == [3, 3, 1, 1]  # only rows 6..9 embedded, each batch plus its flip
+    np.testing.assert_allclose(np.load(out), _expected_rows(images, w), rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "f.npy.progress.json").exists() and not partial_path(out).exists()
+
+    plain = tmp_path / "plain.npy"
+    extract_features(embed, batches(), plain, num_rows=10, dim=4, flip=False, normalize=False)
+    np.testing.assert_allclose(np.load(plain), images.reshape(10, -1) @ w, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- noise lists
+
+needs_shared = pytest.mark.skipif(not NOISES.is_dir(), reason=f"shared test data not found at {NOISES}")
+
+
+@needs_shared
+def test_shared_noise_lists_read():
+    fs = read_noise_list(NOISES / "facescrub_noises.txt")
+    mf = read_noise_list(NOISES / "megaface_noises.txt")
+    assert len(fs) == 605 and len(mf) == 719
+    assert fs[0] == "Aaron_Eckhart_136.png" and mf[0] == "375/37531198@N00/4174611825_0.jpg"
+    assert not any(x.startswith("#") for x in fs + mf)
+
+
+@needs_shared
+def test_refined_protocol_drops_exactly_the_listed_rows(tmp_path):
+    # probes: a clean and a noisy image of two identities (Aaron_Eckhart_136/221 are listed noise)
+    probe_paths = ["Aaron_Eckhart/Aaron_Eckhart_1.png", "Aaron_Eckhart/Aaron_Eckhart_136.png",
+                   "Aaron_Eckhart/Aaron_Eckhart_2.png", "Aaron_Eckhart/Aaron_Eckhart_221.png",
+                   "Zed/Zed_1.png", "Zed/Zed_2.png"]
+    assert noise_mask(probe_paths, read_noise_list(NOISES / "facescrub_noises.txt")).tolist() == \
+        [False, True, False, True, False, False]
+    dist_paths = ["FlickrFinal2/375/37531198@N00/4174611825_0.jpg", "375/37531198@N00/4174611825_9.jpg",
+                  "925/92596048@N00/3910487430_2.jpg", "5/37531198@N00/4174611825_0.jpg"]
+    assert noise_mask(dist_paths, read_noise_list(NOISES / "megaface_noises.txt")).tolist() == \
+        [True, False, True, False]
+
+    # end to end: Aaron's images are e1, Zed's e2/e3; the noisy distractors are e1 (they would tie
+    # with Aaron's genuine pairs), the clean ones far away.
+    e = np.eye(4, dtype=np.float32)
+    np.save(tmp_path / "p.npy", np.stack([e[0], e[0], e[0], e[0], e[1], e[2]]))
+    (tmp_path / "p.csv").write_text("path,identity\n" + "".join(
+        f"{p},{p.split('/')[0]}\n" for p in probe_paths))
+    np.save(tmp_path / "d.npy", np.stack([e[0], e[3], e[0], e[3]]))
+    (tmp_path / "d.txt").write_text("\n".join(dist_paths) + "\n")
+    cfg = dict(probe_features=tmp_path / "p.npy", probe_list=tmp_path / "p.csv",
+               distractor_features=tmp_path / "d.npy", distractor_list=tmp_path / "d.txt")
+    raw = run_evaluation(EvalConfig(gallery_sizes=[4], **cfg))
+    assert raw["trials"] == 4 * 3 + 2 and raw["rank1"] == 0.0  # every Aaron pair ties a distractor
+    refined = run_evaluation(EvalConfig(gallery_sizes=[2], noise_dir=NOISES, **cfg))
+    assert refined["meta"]["probes_removed"] == 2 and refined["meta"]["distractors_removed"] == 2
+    assert refined["trials"] == 2 + 2 and refined["rank1"] == 0.5  # Aaron's 2 clean: hits; Zed: 0
+    with pytest.raises(DataError, match="gallery size 3 exceeds the 2 distractors .* removing 2 noisy"):
+        run_evaluation(EvalConfig(gallery_sizes=[3], noise_dir=NOISES, **cfg))
