@@ -62,7 +62,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
         "closed_set": _clean(closed),
         "open_set": _clean({k: v for k, v in opened.items() if k != "sweep"}),
         "threshold": thr,
-        "threshold_sweep": opened["sweep"],
+        "threshold_sweep": [_clean(r) for r in opened["sweep"]],
+        "per_class": _per_class(p_test, counts),
         "shot_rule": f"many: > {cfg.eval.many} training images, few: < {cfg.eval.few}, "
                      f"medium: {cfg.eval.few}..{cfg.eval.many} inclusive; bucket accuracy = mean "
                      f"of per-class accuracies; overall = accuracy over known test images",
@@ -76,7 +77,16 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
     items = test.items + (open_split.items if open_split else [])
     write_predictions_csv(out / "predictions.csv", items, _concat(p_test, p_open), thr)
     write_json(out / "report.json", report)
+    from facelt.reporting import write_classification_report
+    write_classification_report(report, out)
     return report
+
+
+def _per_class(p, counts: np.ndarray) -> list[dict]:
+    from facelt.metrics import per_class_accuracy
+    acc = per_class_accuracy(p.pred, p.labels, len(counts))
+    return [{"class": k, "train_count": int(counts[k]),
+             "accuracy": None if np.isnan(acc[k]) else float(acc[k])} for k in range(len(counts))]
 
 
 @torch.no_grad()

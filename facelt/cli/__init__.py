@@ -15,8 +15,9 @@ from facelt.utils.progress import set_quiet
 
 def _command_modules():
     # Explicit imports: no string-based plugin loading.
-    from facelt.cli import align, classify, compare, megaface, prepare, rec, stats, train
-    return [train, classify, compare, prepare, stats, rec, align, megaface]
+    from facelt.cli import (align, classify, compare, demo, extract, megaface, prepare, rec,
+                            report, stats, train)
+    return [demo, train, classify, compare, prepare, stats, rec, align, extract, megaface, report]
 
 
 def build_parser() -> argparse.ArgumentParser:

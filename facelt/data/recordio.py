@@ -698,12 +698,13 @@ def _from_headers(reader: RecordReader):
     labels = np.empty(keys.size, np.int64)
     for i, key in enumerate(keys.tolist()):
         value = _first_label(reader.read_header(key))
-        if value < 0 or value != int(value):
+        if value < -1 or value != int(value):
             raise DataError(f"{reader.where(key, reader.offset_of(key))}: label {value} is not a "
-                            "class index (integer >= 0)")
+                            "class index (integer >= 0, or -1 for an open-set image)")
         labels[i] = int(value)
     ranges = None
-    if labels.size and (np.diff(labels) >= 0).all() and (np.diff(keys) == 1).all():
+    if (labels.size and labels.min() >= 0 and (np.diff(labels) >= 0).all()
+            and (np.diff(keys) == 1).all()):
         k = int(labels[-1]) + 1
         starts = np.searchsorted(labels, np.arange(k), "left")
         ends = np.searchsorted(labels, np.arange(k), "right")
