@@ -21,10 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", required=True, metavar="SIZE[,SIZE...]",
                    help="distractors per gallery: 10, 100, 1K, 10K, 100K, 1M or an integer; a comma "
                         "list evaluates nested galleries in one pass")
-    p.add_argument("--probe-features", required=True, type=Path, metavar="P.npy")
+    p.add_argument("--probe-features", type=Path, metavar="P.npy",
+                   help="probe features (or give --checkpoint with --probe-images / --probe-rec)")
     p.add_argument("--probe-list", required=True, type=Path, metavar="P.csv",
                    help="CSV with header path,identity[,attribute...]; row i describes feature row i")
-    p.add_argument("--distractor-features", required=True, type=Path, metavar="D.npy")
+    p.add_argument("--distractor-features", type=Path, metavar="D.npy")
+    x = p.add_argument_group("extract first (instead of feature files)")
+    x.add_argument("--checkpoint", help="facelt checkpoint: extract features into OUT/features/")
+    x.add_argument("--probe-images", type=Path, metavar="DIR",
+                   help="probe image root; the probe list's `path` column is relative to it")
+    x.add_argument("--probe-rec", help="probe rec prefix (rows in rec order = probe list order)")
+    x.add_argument("--distractor-images", type=Path, metavar="DIR", help="distractor image folder")
+    x.add_argument("--distractor-rec", help="distractor rec prefix")
+    x.add_argument("--train-rec", help="training rec prefix (for pseudo-shots)")
+    x.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--distractor-list", type=Path, metavar="D.txt",
                    help="one relative path per distractor row (or devkit JSON {\"path\": [...]}); "
                         "needed for --noise-lists and --gallery-order")
@@ -78,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    if args.checkpoint:
+        _extract_first(args)
+    if args.probe_features is None or args.distractor_features is None:
+        raise ConfigError("give --probe-features and --distractor-features, or --checkpoint with "
+                          "--probe-images/--probe-rec and --distractor-images/--distractor-rec")
     cfg = EvalConfig(
         gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=args.probe_features,
         probe_list=args.probe_list, distractor_features=args.distractor_features,
@@ -92,6 +107,45 @@ def run(args: argparse.Namespace) -> int:
         print(f"gallery {r['gallery']:>9,}: rank-1 {r1} over {r['trials']:,} trials")
     print(f"report: {args.out / 'report.json'}", file=sys.stderr)
     return 0
+
+
+def _extract_first(args: argparse.Namespace) -> None:
+    """Embed the probe / distractor / training images with ``--checkpoint`` (resumable)."""
+    import csv
+
+    from facelt.classify import net_from_checkpoint
+    from facelt.cli.extract import dataset_for, extract_checkpoint_features
+    from facelt.data.images import FolderImages
+    from facelt.data.transforms import build_transforms
+    from facelt.train.distributed import pick_device
+    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device("auto"))
+    feats = Path(args.out) / "features"
+    jobs = []
+    if args.probe_rec or args.probe_images:
+        if args.probe_rec:
+            ds, rows = dataset_for(cfg, rec=args.probe_rec)
+        else:
+            with open(args.probe_list, newline="") as fh:
+                rows = [r["path"] for r in csv.DictReader(fh)]
+            tf = build_transforms(cfg.data.image_size, cfg.data.channels, train=False,
+                                  mean=cfg.data.mean or None, std=cfg.data.std or None)
+            ds = FolderImages([args.probe_images / r for r in rows], tf, channels=cfg.data.channels)
+        jobs.append(("probe_features", "probes", ds, rows))
+    if args.distractor_rec or args.distractor_images:
+        ds, rows = dataset_for(cfg, rec=args.distractor_rec,
+                               images=str(args.distractor_images) if args.distractor_images else None)
+        jobs.append(("distractor_features", "distractors", ds, rows))
+    if args.train_rec:
+        ds, rows = dataset_for(cfg, rec=args.train_rec)
+        jobs.append(("train_features", "train", ds, rows))
+    if not jobs:
+        raise ConfigError("--checkpoint needs --probe-images/--probe-rec, --distractor-images/"
+                          "--distractor-rec or --train-rec")
+    for attr, name, ds, rows in jobs:
+        out = feats / f"{name}.npy"
+        if not out.exists():
+            extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
+        setattr(args, attr, out)
 
 
 def run_convert(args: argparse.Namespace) -> int:
