@@ -61,6 +61,8 @@ def test_imagenet_lt_recipe_runs(tiny_benchmark, tmp_path):
                  *_over(tiny_benchmark, [])]) == 0
     s2 = load_checkpoint(tmp_path / "stage2" / "checkpoint.pt")
     assert s2["num_classes"] == 1000 and s2["model"]["head.centroids"].shape == (1000, 512)
+    # class names from the train folders (train/c<label>/...); classes without images keep their index
+    assert s2["class_names"][:4] == ["c0", "c1", "c2", "3"] and len(s2["class_names"]) == 1000
     assert main(["classify", "--dataset", "imagenet_lt", *_over(tiny_benchmark, []),
                  "--checkpoint", str(tmp_path / "stage2" / "checkpoint.pt"),
                  "--out", str(tmp_path / "eval")]) == 0

@@ -109,9 +109,14 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=Non
                       persistent_workers=False)
 
 
-def read_class_names(cfg: DataConfig, num_classes: int) -> list[str]:
+def read_class_names(cfg: DataConfig, num_classes: int, train: Optional[Split] = None) -> list[str]:
+    """Class names in label order: from ``data.class_names`` (a file, one name a line), or with
+    ``@folders`` the folder each class's training images sit in (``train/<wnid>/x.JPEG`` ->
+    ``<wnid>``; ImageNet wnids, Places categories), or none."""
     if not cfg.class_names:
         return []
+    if cfg.class_names == "@folders":
+        return _folder_names(cfg, num_classes, train)
     p = Path(cfg.class_names)
     if not p.is_file():
         raise ConfigError(f"data.class_names: file not found: {p}")
@@ -120,6 +125,25 @@ def read_class_names(cfg: DataConfig, num_classes: int) -> list[str]:
         raise ConfigError(f"data.class_names: {p} has {len(names)} names but there are "
                           f"{num_classes} classes")
     return names
+
+
+def _folder_names(cfg: DataConfig, num_classes: int, train: Optional[Split]) -> list[str]:
+    if cfg.format != "list" or train is None:
+        raise ConfigError("data.class_names: '@folders' needs a list-format training split")
+    names: list[Optional[str]] = [None] * num_classes
+    for item, label in zip(train.items, train.labels.tolist()):
+        if label < 0:
+            continue
+        folder = Path(item).parent.name
+        if not folder:
+            raise ConfigError(f"data.class_names '@folders': {item} (label {label}) is not in a "
+                              f"class folder")
+        if names[label] is None:
+            names[label] = folder
+        elif names[label] != folder:
+            raise ConfigError(f"data.class_names '@folders': label {label} has images in both "
+                              f"'{names[label]}' and '{folder}'")
+    return [n if n is not None else str(k) for k, n in enumerate(names)]
 
 
 def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in workers

@@ -121,7 +121,7 @@ class StageTrainer:
         self.num_classes = infer_num_classes(cfg.data, self.train_split.labels)
         self.counts = class_counts(self.train_split.labels, self.num_classes)
         self.val_split = build_split(cfg.data, "val", train=False, check_files=check)
-        self.class_names = read_class_names(cfg.data, self.num_classes)
+        self.class_names = read_class_names(cfg.data, self.num_classes, self.train_split)
         D.barrier()
 
     # ------------------------------------------------------------------ model
