@@ -205,3 +205,33 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(demo_data, tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert a["metrics"]["loss"] == b["metrics"]["loss"]
+
+
+def test_bad_inputs_stop_before_training_and_keep_earlier_outputs(trained, demo_data, tmp_path,
+                                                                   capsys):
+    """A missing image or a malformed list line is reported (file, line, count) before any
+    training step, and an earlier run's outputs are left as they were."""
+    import shutil
+    cfg, out = trained
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    first = (data / "demo_train.txt").read_text().splitlines()[0].split()[0]
+    (data / first).unlink()
+    (data / "images" / "train" / "id001" / "0000.png").unlink()
+    run = tmp_path / "run"
+    rc = main(["train", "--config", cfg, "--out", str(run), *_sets(demo_overrides(data))])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert first in err and "2" in err and "demo_train.txt" in err
+    assert not (run / "stage1" / "checkpoint.pt").exists()
+
+    lines = (data / "demo_train.txt").read_text().splitlines()
+    lines[3] = "images/train/id000/0003.png three"
+    (data / "demo_train.txt").write_text("\n".join(lines) + "\n")
+    before = (out / "stage1" / "checkpoint.pt").read_bytes()
+    rc = main(["train", "--config", cfg, "--out", str(out), "--resume", "--stage", "1",
+               *_sets(demo_overrides(data))])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "demo_train.txt" in err and "line 4" in err and "three" in err
+    assert (out / "stage1" / "checkpoint.pt").read_bytes() == before
