@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from facelt.errors import CheckpointError, ConfigError
+from facelt.train.checkpoint import diff_state
 
 IRESNET_LAYERS: dict[str, list[int]] = {
     "iresnet18": [2, 2, 2, 2],
@@ -194,16 +195,12 @@ def load_insightface_backbone(module: IResNet, path: str | os.PathLike,
             unexpected.append(key)
 
     # BN step counters are bookkeeping only; older exports omit them and torch fills them in.
-    missing = [k for k in trunk_expected
-               if k not in trunk_in and not k.endswith("num_batches_tracked")]
-    missing += [f"neck.{k}" for k in neck_expected
-                if k not in neck_in and not k.endswith("num_batches_tracked")]
-    unexpected += [f"neck.{k}" for k in neck_in if k not in neck_expected]
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(trunk_expected[k].shape)}"
-                  for k, v in trunk_in.items() if v.shape != trunk_expected[k].shape]
-    mismatched += [f"neck.{k}: file {tuple(v.shape)} vs model {tuple(neck_expected[k].shape)}"
-                   for k, v in neck_in.items()
-                   if k in neck_expected and v.shape != neck_expected[k].shape]
+    opt = ("num_batches_tracked",)
+    trunk = diff_state(trunk_expected, trunk_in, optional_suffixes=opt)
+    necks = diff_state(neck_expected, neck_in, optional_suffixes=opt)
+    missing = trunk.missing + [f"neck.{k}" for k in necks.missing]
+    unexpected += [f"neck.{k}" for k in necks.unexpected]
+    mismatched = trunk.mismatched + [f"neck.{m}" for m in necks.mismatched]
     if missing or unexpected or mismatched:
         parts = []
         if missing:

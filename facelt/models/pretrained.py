@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from facelt.errors import CheckpointError
+from facelt.train.checkpoint import diff_state
 
 TORCHVISION_RESNET152_URL = "https://download.pytorch.org/models/resnet152-394f9c45.pth"
 OLTR_CAFFE_RESNET152_URL = ("https://drive.google.com/uc?export=download&"
@@ -156,11 +157,8 @@ def load_pretrained_backbone(backbone: nn.Module, path: str | os.PathLike, fmt: 
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
     own = backbone.state_dict()
-    optional = {k for k in own if k.endswith("num_batches_tracked")}
-    missing = sorted(k for k in own if k not in sd and k not in optional)
-    unexpected = sorted(k for k in sd if k not in own)
-    mismatched = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in sd and sd[k].shape != own[k].shape]
+    diff = diff_state(own, sd, optional_suffixes=("num_batches_tracked",))
+    missing, unexpected, mismatched = diff.missing, diff.unexpected, diff.mismatched
     if mismatched:
         raise CheckpointError(f"{path}: {len(mismatched)} tensor(s) have the wrong shape for this "
                               f"backbone (another depth or width?): {_listing(mismatched)}")
