@@ -52,3 +52,25 @@ def test_matches_brute_force_on_random_batch():
     expected = attract + 0.1 * max(0.0, 20.0 - other / 30)
     got = DiscCentroidLoss(margin=20.0, repel_weight=0.1)(feats, labels, cents)
     assert abs(got.item() - float(expected)) < 1e-9
+
+
+def test_closed_form_repel_matches_brute_force_distances():
+    """The loss never forms the B x K distances; a brute-force double loop must agree, with the
+    repel term active (large margin) and inactive, values and gradients."""
+    import torch
+    from facelt.losses import DiscCentroidLoss
+    torch.manual_seed(0)
+    B, K, d = 6, 9, 5
+    for margin in (1e4, 0.0):
+        v = torch.randn(B, d, dtype=torch.float64, requires_grad=True)
+        c = torch.randn(K, d, dtype=torch.float64, requires_grad=True)
+        y = torch.randint(0, K, (B,))
+        loss = DiscCentroidLoss(margin=margin, repel_weight=0.01)(v, y, c)
+        gv, gc = torch.autograd.grad(loss, (v, c))
+        own = sum(((v[i] - c[y[i]]) ** 2).sum() for i in range(B))
+        other = sum(((v[i] - c[k]) ** 2).sum() for i in range(B) for k in range(K) if k != y[i])
+        ref = own / (2 * B) + 0.01 * torch.clamp(margin - other / (B * K), min=0)
+        rv, rc = torch.autograd.grad(ref, (v, c))
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(gv, rv)
+        torch.testing.assert_close(gc, rc)
