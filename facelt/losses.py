@@ -7,7 +7,9 @@
 Only the SUM of the ``B x K`` distances is needed, and it has a closed form:
 ``sum_ik ||v_i - c_k||^2 = K sum_i ||v_i||^2 - 2 (sum_i v_i) . (sum_k c_k) + B sum_k ||c_k||^2``,
 so the loss costs O((B + K) d) -- no ``B x K`` matmul at all (at K = 74.5K that is 3 of the 18
-``B x d x K`` products of a stage-2 step saved). Sums run in float64 against cancellation.
+``B x d x K`` products of a stage-2 step saved). Distances do not change when every point moves by
+the same vector, so features and centroids are first centred on the (constant) centroid mean: the
+middle term then vanishes and the sum has no cancellation in float32.
 Gradients flow by autograd to features and centroids.
 """
 from __future__ import annotations
@@ -31,10 +33,13 @@ class DiscCentroidLoss(nn.Module):
         labels = labels.long()
         own = (features - centroids.index_select(0, labels)).pow(2).sum()
         attract = own / (2.0 * batch)
-        v, c = features.double(), centroids.double()
-        all_sum = (num_classes * v.pow(2).sum() - 2.0 * (v.sum(0) * c.sum(0)).sum()
-                   + batch * c.pow(2).sum())
-        other_sum = all_sum - own.double()                                # own-class entries out
-        mean_other = (other_sum / (batch * num_classes)).to(features.dtype)
+        centre = centroids.detach().mean(0)
+        v = features - centre
+        c = (centroids - centre).reshape(-1)
+        all_sum = (num_classes * torch.dot(v.reshape(-1), v.reshape(-1))
+                   - 2.0 * torch.dot(v.sum(0), c.view(num_classes, -1).sum(0))
+                   + batch * torch.dot(c, c))
+        other_sum = all_sum - own                                         # own-class entries out
+        mean_other = other_sum / (batch * num_classes)
         repel = (self.margin - mean_other).clamp_min(0.0)
         return attract + self.repel_weight * repel
