@@ -157,18 +157,23 @@ def _checkpoint_of(out: Path, spec: MethodSpec) -> Path:
 
 
 def _recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
+    """The first recipe key where ``saved`` differs from ``cfg``; a key the saved config lacks
+    (written before the key existed) counts at its default."""
     now = cfg.to_dict()
+    defaults = Config().to_dict()
     keys = [("seed",), ("model",), (f"stage{stage}",), ("data", "train"), ("data", "image_size"),
             ("data", "channels"), ("data", "num_classes")]
     for key in keys:
-        a, b = saved, now
+        a, b, d = saved, now, defaults
         for part in key:
             a = a.get(part) if isinstance(a, dict) else None
             b = b.get(part) if isinstance(b, dict) else None
+            d = d.get(part) if isinstance(d, dict) else None
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                if a.get(k) != b.get(k):
-                    return f"{'.'.join(key)}.{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}"
+                old = a[k] if k in a else (d or {}).get(k)
+                if old != b.get(k):
+                    return f"{'.'.join(key)}.{k}: checkpoint {old!r}, now {b.get(k)!r}"
         elif a != b:
             return f"{'.'.join(key)}: checkpoint {a!r}, now {b!r}"
     return None

@@ -80,8 +80,14 @@ class StageConfig:
     sampler: Literal["instance", "class_aware"] = "instance"
     samples_per_class: int = 4
     """Class-aware sampler: consecutive samples drawn from one class."""
-    head: Literal["linear", "cosine", "meta", "arcface", "cosface", "lws"] = "linear"
-    """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020)."""
+    head: Literal["linear", "cosine", "meta", "arcface", "cosface", "lws", "fslwf"] = "linear"
+    """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020);
+    ``fslwf``: cosine classifier + attention-based few-shot weight generator (Gidaris & Komodakis
+    2018, see facelt/models/fslwf.py)."""
+    fslwf_novel_max_count: int = 20
+    """``fslwf``: classes with fewer training images are novel; their weights are generated."""
+    fslwf_fake_novel_prob: float = 0.5
+    """``fslwf``: probability that a class of a training batch is treated as fake novel."""
     loss: Literal["ce", "focal", "balanced_softmax", "logit_adjusted"] = "ce"
     """Classification loss on the logits."""
     focal_gamma: float = 2.0

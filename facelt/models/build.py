@@ -7,6 +7,7 @@ from facelt.config import Config, StageConfig
 from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention
 from facelt.models.backbones import build_backbone
+from facelt.models.fslwf import FSLwFHead
 from facelt.models.heads import CosineHead, LinearHead, LWSHead, MarginHead, MetaEmbeddingHead
 from facelt.models.necks import FaceNeck, PoolNeck
 from facelt.models.net import OLTRNet
@@ -42,6 +43,9 @@ def _head(stage: StageConfig, dim: int, num_classes: int) -> nn.Module:
         return CosineHead(dim, num_classes, scale=stage.cos_scale)
     if stage.head == "lws":
         return LWSHead(dim, num_classes)
+    if stage.head == "fslwf":
+        return FSLwFHead(dim, num_classes, novel_max_count=stage.fslwf_novel_max_count,
+                         fake_novel_prob=stage.fslwf_fake_novel_prob)
     if stage.head == "meta":
         return MetaEmbeddingHead(dim, num_classes, reach_scale=stage.reach_scale,
                                  cos_scale=stage.cos_scale)

@@ -172,12 +172,15 @@ class StageTrainer:
             self.aux_loss = build_aux_loss(st)
 
     def _init_centroids(self) -> None:
-        if self.st.head != "meta":
+        head = self.net.head
+        if not hasattr(head, "init_centroids"):  # heads that keep per-class mean features
             return
         eval_split = build_split(self.cfg.data, "train", train=False)
         means, counts = class_means(self.net, eval_split.dataset, self.num_classes,
                                     self.cfg.eval.batch_size, self.cfg.data.num_workers, self.dist)
-        self.net.head.init_centroids(means.to(self.device))
+        head.init_centroids(means.to(self.device))
+        if hasattr(head, "init_class_counts"):  # heads that split classes by training count
+            head.init_class_counts(torch.from_numpy(counts))
         empty = int((counts == 0).sum())
         if empty and self.dist.is_primary:
             print(f"warning: {empty} classes have no training image; their centroids are zero")
