@@ -124,6 +124,9 @@ class StageConfig:
     """ArcFace / CosFace logit scale s."""
     margin: float = 0.5
     """ArcFace / CosFace margin m."""
+    checkpoint_every: int = 0
+    """Also write ``checkpoint.pt`` every N steps inside an epoch (0: at epoch ends only); a
+    resumed run continues from that step (exactly, on the CPU with ``data.num_workers: 0``)."""
     max_steps_per_epoch: int = 0
     """Cap on iterations per epoch (0: a full pass); for smoke runs."""
     grad_clip: float = 0.0

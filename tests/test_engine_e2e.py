@@ -179,7 +179,7 @@ def test_class_means_equal_per_class_average(demo_data):
 def test_resume_after_kill_ends_like_an_uninterrupted_run(demo_data, tmp_path):
     """kill -9 mid-training, then --resume: the final weights equal an uninterrupted run's."""
     cfg = str(ROOT / "configs" / "demo_list.yaml")
-    sets = _sets(demo_overrides(demo_data, epochs=4) + ["stage1.lr_step=2"])
+    sets = _sets(demo_overrides(demo_data, epochs=4) + ["stage1.lr_step=2", "stage1.checkpoint_every=2"])
     env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "facelt", "train", "--config", cfg, "--stage", "1", *sets]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -235,3 +235,35 @@ def test_bad_inputs_stop_before_training_and_keep_earlier_outputs(trained, demo_
     err = capsys.readouterr().err
     assert "demo_train.txt" in err and "line 4" in err and "three" in err
     assert (out / "stage1" / "checkpoint.pt").read_bytes() == before
+
+
+def test_mid_epoch_checkpoint_resume_is_exact(demo_data, tmp_path):
+    """A crash inside an epoch, after a mid-epoch checkpoint: the resumed run continues from that
+    step and ends with exactly the weights of an uninterrupted run (CPU, num_workers 0)."""
+    from facelt.train.trainer import StageTrainer
+    over = demo_overrides(demo_data, epochs=2) + ["stage1.checkpoint_every=3"]
+    cfg = load_config(ROOT / "configs" / "demo_list.yaml", over)
+    StageTrainer(cfg, 1, tmp_path / "full").run()
+
+    class Crash(Exception):
+        pass
+
+    class Crashing(StageTrainer):
+        def _loss(self, out, y):
+            Crashing.calls = getattr(Crashing, "calls", 0) + 1
+            if Crashing.calls == 13:  # epoch 2 (8 steps an epoch), after its step-3 checkpoint
+                raise Crash()
+            return super()._loss(out, y)
+
+    with pytest.raises(Crash):
+        Crashing(cfg, 1, tmp_path / "crashed").run()
+    mid = load_checkpoint(tmp_path / "crashed" / "stage1" / "checkpoint.pt")
+    assert mid["epoch"] == 0 and mid["partial"]["epoch"] == 1 and mid["partial"]["step"] == 3
+    StageTrainer(cfg, 1, tmp_path / "crashed", resume=True).run()
+    a = load_checkpoint(tmp_path / "full" / "stage1" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "crashed" / "stage1" / "checkpoint.pt")
+    assert b["complete"] and b["partial"] is None
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-12)
+    assert a["metrics"]["images"] == b["metrics"]["images"]

@@ -161,3 +161,20 @@ class ClassAwareSampler(_GlobalSequenceSampler):
         # position inside a class is still ``offset``.
         perm = np.lexsort((rng.random(total), cycle_round, cls_of))
         return item[perm][offset < need[cls_of]]
+
+
+class SkipSampler(Sampler[int]):
+    """``sampler``'s sequence without its first ``skip`` items (a mid-epoch resume)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler = sampler
+        self.skip = int(skip)
+
+    def __iter__(self):
+        it = iter(self.sampler)
+        for _ in range(self.skip):
+            next(it, None)
+        return it
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)

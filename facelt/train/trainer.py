@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import yaml
 
 from facelt.config import Config, StageConfig
+from facelt.data.samplers import SkipSampler
 from facelt.data.build import (Split, build_split, class_counts, infer_num_classes, make_loader,
                                read_class_names, train_sampler)
 from facelt.errors import CheckpointError, FaceltError
@@ -193,9 +194,12 @@ class StageTrainer:
         return DDP(self.net, device_ids=dev)
 
     # ------------------------------------------------------------------ checkpoint
-    def _state(self, epoch: int, complete: bool, metrics: dict) -> dict:
+    def _state(self, epoch: int, complete: bool, metrics: dict,
+               partial: Optional[dict] = None) -> dict:
+        """``epoch``: the last finished epoch (-1: none); ``partial``: progress inside the next
+        one (``epoch``, ``step`` done, running ``sums``, ``seconds``) for a mid-epoch resume."""
         return {
-            "config": self.cfg.to_dict(), "stage": self.stage, "epoch": epoch,
+            "config": self.cfg.to_dict(), "stage": self.stage, "epoch": epoch, "partial": partial,
             "complete": complete, "num_classes": self.num_classes,
             "class_counts": [int(c) for c in self.counts], "class_names": list(self.class_names),
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -203,10 +207,11 @@ class StageTrainer:
             "rng": torch.get_rng_state(), "best": self.best, "metrics": metrics,
         }
 
-    def _try_resume(self) -> int:
+    def _try_resume(self) -> tuple[int, Optional[dict]]:
+        """(first epoch to run, progress inside it or None)."""
         ckpt = self.dir / "checkpoint.pt"
         if not ckpt.exists():
-            return 0
+            return 0, None
         if not self.resume:
             raise FaceltError(f"{ckpt} already exists: pass --resume to continue that run, or "
                               f"choose another --out (nothing was overwritten)")
@@ -220,7 +225,10 @@ class StageTrainer:
         torch.set_rng_state(state["rng"].cpu())
         self.best = state.get("best", self.best)
         self.last_metrics = state.get("metrics", {})
-        return int(state["epoch"]) + 1
+        partial = state.get("partial")
+        if partial is not None:
+            partial = dict(partial, rng=state["rng"])
+        return int(state["epoch"]) + 1, partial
 
     # ------------------------------------------------------------------ loop
     def _loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -245,21 +253,35 @@ class StageTrainer:
         return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
                 for k, v in rep.items()}
 
-    def _epoch(self, model: nn.Module, loader, sampler, epoch: int) -> dict:
+    def _epoch(self, model: nn.Module, loader, sampler, epoch: int,
+               partial: Optional[dict] = None) -> dict:
         st = self.st
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         _set_train_mode(self.net, st)
         steps = len(loader) if not st.max_steps_per_epoch else min(len(loader),
                                                                    st.max_steps_per_epoch)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, ce, centroid, correct
-        seen = 0
-        t0 = time.time()
-        bar = progress(total=steps, desc=f"stage {self.stage} epoch {epoch + 1}/{st.epochs}",
+        # loss, ce, centroid, correct, images
+        sums = torch.zeros(5, dtype=torch.float64)
+        first, spent = 0, 0.0
+        if partial is not None:  # continue inside the epoch: skip the batches already trained on
+            first, spent = int(partial["step"]), float(partial["seconds"])
+            sums += torch.tensor(partial["sums"], dtype=torch.float64)
+            loader = make_loader(loader.dataset, loader.batch_size, loader.num_workers,
+                                 sampler=SkipSampler(sampler, first * loader.batch_size),
+                                 drop_last=loader.drop_last, pin=loader.pin_memory)
+        batches = iter(loader)  # (draws the loader's base seed from the RNG) ...
+        if partial is not None:  # ... so restore the RNG after it, as it was at that step
+            torch.set_rng_state(partial["rng"].cpu())
+        t0 = time.time() - spent
+        bar = progress(total=steps, initial=first,
+                       desc=f"stage {self.stage} epoch {epoch + 1}/{st.epochs}",
                        unit="batch", disable=not self.dist.is_primary)
         autocast = (torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext())
-        for step, (x, y, _) in enumerate(loader):
-            if step >= steps:
+        for step in range(first, steps):
+            try:
+                x, y, _ = next(batches)
+            except StopIteration:
                 break
             x = x.to(self.device, non_blocking=True)
             y = torch.as_tensor(y, device=self.device).long()
@@ -281,14 +303,17 @@ class StageTrainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             n = y.shape[0]
-            seen += n
             sums += torch.tensor([loss.item() * n, parts["ce"].item() * n,
                                   float(parts.get("centroid", torch.tensor(0.0))) * n,
-                                  (out["logits"].argmax(1) == y).sum().item()], dtype=torch.float64)
+                                  (out["logits"].argmax(1) == y).sum().item(), n],
+                                 dtype=torch.float64)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / max(time.time() - t0, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}",
+                            img_s=f"{sums[4].item() / max(time.time() - t0, 1e-9):.0f}")
+            if st.checkpoint_every and (step + 1) % st.checkpoint_every == 0 and step + 1 < steps:
+                self._save_partial(epoch, step + 1, sums, time.time() - t0)
         bar.close()
-        totals = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64)])
+        totals = sums.clone()
         D.all_reduce_sum(totals)
         n = max(totals[4].item(), 1.0)
         dt = time.time() - t0
@@ -297,14 +322,22 @@ class StageTrainer:
                 "images": int(totals[4].item()), "seconds": round(dt, 3),
                 "images_per_s": round(totals[4].item() / max(dt, 1e-9), 1)}
 
+    def _save_partial(self, epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
+        """Mid-epoch checkpoint (each rank's running sums stay local; rank 0 writes)."""
+        if self.dist.is_primary:
+            partial = {"epoch": epoch, "step": step, "sums": sums.tolist(), "seconds": seconds}
+            save_checkpoint(self.dir / "checkpoint.pt",
+                            self._state(epoch - 1, False, self.last_metrics, partial))
+        D.barrier()
+
     def run(self) -> StageResult:
         self._data()
         self._build()
         self.best = {"val_overall": None, "epoch": None}
         self.last_metrics: dict = {}
-        start = self._try_resume()
+        start, partial = self._try_resume()
         ckpt_path = self.dir / "checkpoint.pt"
-        if start == 0:
+        if start == 0 and partial is None:  # a fresh stage (a resumed one has its centroids)
             self._init_centroids()
         if start >= self.st.epochs:
             if self.dist.is_primary:
@@ -322,7 +355,8 @@ class StageTrainer:
                              pin=self.device.type == "cuda")
         run_epochs = 0
         for epoch in range(start, self.st.epochs):
-            train_m = self._epoch(model, loader, sampler, epoch)
+            train_m = self._epoch(model, loader, sampler, epoch, partial)
+            partial = None
             self.scheduler.step()
             val_m = self._validate()
             metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m,
