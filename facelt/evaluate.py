@@ -24,7 +24,7 @@ from facelt.data.build import make_loader
 from facelt.metrics import (open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
                             threshold_sweep)
 from facelt.utils.io import atomic_path
-from facelt.utils.progress import progress
+from facelt.utils.progress import image_batches
 
 
 @dataclass
@@ -42,7 +42,7 @@ def predict(net: torch.nn.Module, dataset: Dataset, device: torch.device, batch_
     net.eval()
     loader = make_loader(dataset, batch_size, num_workers)
     probs, preds, labels = [], [], []
-    for x, y, _ in progress(loader, desc=desc, unit="batch"):
+    for x, y, _ in image_batches(loader, desc):
         out = net(x.to(device, non_blocking=True))
         p = torch.softmax(out["logits"].float(), dim=1)
         m, a = p.max(dim=1)

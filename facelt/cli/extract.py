@@ -60,7 +60,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
     from facelt.classify import net_from_checkpoint
     from facelt.data.build import make_loader
     from facelt.train.distributed import pick_device
-    from facelt.utils.progress import progress
+    from facelt.utils.progress import image_batches
     dev = pick_device(device)
     if net is None:
         net, _, _ = net_from_checkpoint(checkpoint, dev)
@@ -74,7 +74,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
         from torch.utils.data import Subset
         sub = Subset(dataset, range(first_row, len(dataset)))
         loader = make_loader(sub, batch_size, 0)
-        for x, _, _ in progress(loader, desc=f"features {Path(out).name}", unit="batch"):
+        for x, _, _ in image_batches(loader, f"features {Path(out).name}"):
             yield x
 
     with torch.no_grad():

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from facelt.data.build import eval_indices, make_loader
 from facelt.train.distributed import DistInfo, all_reduce_sum
-from facelt.utils.progress import progress
+from facelt.utils.progress import image_batches
 
 
 @torch.no_grad()
@@ -25,7 +25,7 @@ def class_means(net: torch.nn.Module, dataset: Dataset, num_classes: int, batch_
     loader = make_loader(Subset(dataset, idx), batch_size, num_workers)
     sums = None
     counts = torch.zeros(num_classes, dtype=torch.float64, device=dist.device)
-    for x, y, _ in progress(loader, desc="centroids", unit="batch", disable=not dist.is_primary):
+    for x, y, _ in image_batches(loader, "centroids", disable=not dist.is_primary):
         x = x.to(dist.device, non_blocking=True)
         y = torch.as_tensor(y, device=dist.device).long()
         keep = y >= 0

@@ -23,3 +23,15 @@ def progress(iterable: Optional[Iterable[T]] = None, *, desc: str = "", total: O
     """A tqdm bar on stderr, disabled in quiet mode or on non-primary ranks (``disable=True``)."""
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable or quiet(),
                 file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
+
+
+def image_batches(loader, desc: str, disable: bool = False):
+    """Iterate a DataLoader of ``(x, ...)`` batches with a bar counting images (images/s)."""
+    try:
+        total = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    except TypeError:
+        total = None
+    with progress(total=total, desc=desc, unit="img", disable=disable) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(len(batch[0]))
