@@ -86,6 +86,10 @@ def leave_one_out_means(v: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 class FSLwFHead(nn.Module):
     """Cosine classifier with learnable scale + attention-based few-shot weight generator."""
 
+    #: the generator's parameters get no gradient in a batch that draws no fake-novel class
+    #: (DDP must then look for unused parameters)
+    may_skip_parameters = True
+
     def __init__(self, in_dim: int, num_classes: int, novel_max_count: int = 20,
                  fake_novel_prob: float = 0.5) -> None:
         super().__init__()

@@ -191,7 +191,8 @@ class StageTrainer:
             return self.net
         from torch.nn.parallel import DistributedDataParallel as DDP
         dev = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(self.net, device_ids=dev)
+        return DDP(self.net, device_ids=dev,
+                   find_unused_parameters=getattr(self.net.head, "may_skip_parameters", False))
 
     # ------------------------------------------------------------------ checkpoint
     def _state(self, epoch: int, complete: bool, metrics: dict,
