@@ -27,6 +27,12 @@ def shot_of_counts(train_counts: Sequence[int], many: int = 100, few: int = 20) 
     return np.where(counts > many, "many", np.where(counts < few, "few", "medium"))
 
 
+def shot_counts(train_counts: Sequence[int], many: int = 100, few: int = 20) -> dict[str, int]:
+    """How many classes fall in each shot bucket: ``{"many", "medium", "few"}``."""
+    shots = shot_of_counts(train_counts, many, few)
+    return {b: int((shots == b).sum()) for b in ("many", "medium", "few")}
+
+
 def per_class_accuracy(preds: Sequence[int], labels: Sequence[int], num_classes: int) -> np.ndarray:
     """Accuracy of each known class over its samples; nan for classes absent from ``labels``."""
     p, y = _as_int_pair(preds, labels)

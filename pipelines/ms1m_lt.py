@@ -37,6 +37,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from facelt.metrics import shot_counts
 from facelt.data.recordio import InsightfaceRecWriter, RecordReader, insightface_paths, read_insightface
 from facelt.errors import DataError, FaceltError
 from facelt.utils.io import write_json
@@ -187,12 +188,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _shots(kept: np.ndarray) -> dict:
-    return {"many (> 100)": int((kept > 100).sum()),
-            "medium (20..100)": int(((kept >= 20) & (kept <= 100)).sum()),
-            "few (< 20)": int((kept < 20).sum())}
-
-
 def _summary(counts: np.ndarray) -> dict:
     return {"identities": int(counts.size), "images": int(counts.sum()),
             "min": int(counts.min()), "max": int(counts.max()),
@@ -221,7 +216,7 @@ def build_manifest(sample: MS1MLTSample, source_counts: np.ndarray, *, seed: int
         "totals": {"images": int(kept.sum()), "identities": int(kept.size),
                    "dropped_identities": int(source_counts.size - kept.size)},
         "kept_counts_summary": _summary(kept),
-        "shots": _shots(kept),
+        "shots": shot_counts(kept),  # many > 100, medium 20..100, few < 20
         "histogram": {"kept_count": values.tolist(), "identities": freq.tolist()},
         "identities": {"note": "index = new label",
                        "source_label": sample.source_labels.tolist(),

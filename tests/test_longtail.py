@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facelt.data.longtail import (LongTailRecipe, draw_longtail, pareto_counts, scan_class_folders,
-                                  shot_buckets)
+from facelt.data.longtail import LongTailRecipe, draw_longtail, pareto_counts, scan_class_folders
 from facelt.errors import DataError
 from pipelines import imagenet_lt, places_lt
 
@@ -71,7 +70,8 @@ def test_unreachable_total_is_an_error():
 
 def test_shot_buckets_boundaries():
     # many > 100, medium 20..100 inclusive, few < 20
-    assert shot_buckets([101, 100, 20, 19, 5]) == {"many": 1, "medium": 2, "few": 2}
+    from facelt.metrics import shot_counts
+    assert shot_counts([101, 100, 20, 19, 5]) == {"many": 1, "medium": 2, "few": 2}
 
 
 # ---------------------------------------------------------------- drawing, at full scale

@@ -164,7 +164,9 @@ def _write_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: floa
              "All images are SYNTHETIC (rendered faces, no real person).", "",
              f"Training set: {manifest['totals']['images']} images of "
              f"{manifest['totals']['identities']} identities, sampled with the MS1M-LT rule "
-             f"(C = {manifest['C']:.1f}); shots: {manifest['shots']}.", "",
+             f"(C = {manifest['C']:.1f}); classes with > 100 / 20..100 / < 20 images: "
+             f"{manifest['shots']['many']} / {manifest['shots']['medium']} / {manifest['shots']['few']}.",
+             "",
              "## Open-set classification (threshold on max softmax)", "",
              "| model | closed overall | many | medium | few | open overall | F-measure |",
              "|---|---|---|---|---|---|---|"]

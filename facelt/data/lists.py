@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from facelt.metrics import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import atomic_path
 from facelt.utils.progress import progress
@@ -152,15 +153,11 @@ def list_stats(image_list: ImageList, many: int = 100, few: int = 20) -> dict[st
     """
     counts = image_list.class_counts()
     counts = counts[counts > 0]
-    n_many = int((counts > many).sum())
-    n_few = int((counts < few).sum())
     return {
         "classes": int(counts.size),
         "images": len(image_list),
         "open": int((image_list.labels < 0).sum()),
         "min_per_class": int(counts.min()) if counts.size else 0,
         "max_per_class": int(counts.max()) if counts.size else 0,
-        "many": n_many,
-        "medium": int(counts.size) - n_many - n_few,
-        "few": n_few,
+        **shot_counts(counts, many, few),
     }

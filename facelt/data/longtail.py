@@ -45,6 +45,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from facelt.data.lists import OPEN_LABEL, ImageList, read_list, write_list
+from facelt.metrics import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import write_json
 from facelt.utils.progress import progress
@@ -257,13 +258,6 @@ def pareto_counts(num_classes: int, max_count: int, min_count: int, alpha: float
     return _largest_remainder(real, int(total) if total is not None else int(round(real.sum())))
 
 
-def shot_buckets(counts: Iterable[int], many: int = 100, few: int = 20) -> dict[str, int]:
-    """Classes by training count: many (> many), medium (few..many), few (< few)."""
-    c = np.asarray(list(counts), dtype=np.int64)
-    n_many, n_few = int((c > many).sum()), int((c < few).sum())
-    return {"many": n_many, "medium": int(c.size) - n_many - n_few, "few": n_few}
-
-
 # --------------------------------------------------------------------------------------------
 # Listing class folders and drawing the split
 # --------------------------------------------------------------------------------------------
@@ -402,7 +396,7 @@ def write_longtail(draw: LongTailDraw, out_dir: str | os.PathLike, prefix: str,
         "val_images": len(draw.val) if val_name is not None else 0,
         "max_per_class": int(max(counts)),
         "min_per_class": int(min(counts)),
-        "shots": shot_buckets(counts),
+        "shots": shot_counts(counts),
         "classes": [{"label": k, "folder": c, "train": int(n)}
                     for k, (c, n) in enumerate(zip(draw.classes, counts))],
         "files": {k: v.name for k, v in written.items()},
