@@ -118,13 +118,10 @@ class FSLwFHead(nn.Module):
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ statistics from the trainer
-    @torch.no_grad()
     def init_centroids(self, centroids: torch.Tensor) -> None:
         """Copy the per-class mean features ``(K, d)`` (the supports of novel classes)."""
-        if tuple(centroids.shape) != tuple(self.centroids.shape):
-            raise ValueError(f"centroids have shape {tuple(centroids.shape)}, "
-                             f"expected {tuple(self.centroids.shape)} (num_classes, feature dim)")
-        self.centroids.copy_(centroids)
+        copy_class_means(self.centroids, centroids)
+        self._cache = None
 
     @torch.no_grad()
     def init_class_counts(self, counts: torch.Tensor) -> None:

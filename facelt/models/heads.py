@@ -39,6 +39,15 @@ def squash(x: torch.Tensor) -> torch.Tensor:
     return x / (1.0 + x.norm(dim=1, keepdim=True))
 
 
+@torch.no_grad()
+def copy_class_means(dst: torch.Tensor, means: torch.Tensor) -> None:
+    """Copy per-class mean features ``(K, d)`` into a head's ``dst`` of the same shape."""
+    if tuple(means.shape) != tuple(dst.shape):
+        raise ValueError(f"centroids have shape {tuple(means.shape)}, "
+                         f"expected {tuple(dst.shape)} (num_classes, feature dim)")
+    dst.copy_(means)
+
+
 class LinearHead(nn.Module):
     """Plain linear classifier (stage 1): ``logits = W v + b``."""
 
@@ -80,13 +89,9 @@ class MetaEmbeddingHead(nn.Module):
         self.selector = nn.Linear(in_dim, in_dim)
         self.cosine = CosineHead(in_dim, num_classes, scale=cos_scale)
 
-    @torch.no_grad()
     def init_centroids(self, centroids: torch.Tensor) -> None:
         """Copy per-class mean features ``(K, d)`` into the centroid memory."""
-        if tuple(centroids.shape) != tuple(self.centroids.shape):
-            raise ValueError(f"centroids have shape {tuple(centroids.shape)}, "
-                             f"expected {tuple(self.centroids.shape)} (num_classes, feature dim)")
-        self.centroids.copy_(centroids)
+        copy_class_means(self.centroids, centroids)
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
         d2_min, nearest = _nearest_squared(v, self.centroids)
