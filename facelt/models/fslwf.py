@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelt.errors import ConfigError
+from facelt.models.heads import copy_class_means
 
 Aux = dict[str, torch.Tensor]
 
