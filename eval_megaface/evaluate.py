@@ -25,8 +25,8 @@ from eval_megaface.noise import noise_list_paths, noise_mask, read_noise_list
 from eval_megaface.probes import read_probe_list
 from eval_megaface.protocol import MAX_RANK, gallery_order, group_rank1, score_trials
 from eval_megaface.pseudo_shots import DEFAULT_THRESHOLD, bucket_report, count_above
-from eval_megaface.search import (APPROX_INDEXES, DEFAULT_CHUNK_ROWS, approx_topk, stream_topk,
-                                  top1_agreement)
+from eval_megaface.search import (APPROX_INDEXES, DEFAULT_CHUNK_ROWS, approx_topk, rescore,
+                                  stream_topk, top1_agreement)
 from facelt.errors import DataError
 
 
@@ -114,12 +114,14 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
 
     results = []
     for n, top in zip(cfg.gallery_sizes, exact):
+        top = rescore(feats, dist_ff, top, cfg.normalize)
         exact_outcome = score_trials(feats, probes.identities, top.scores)
         outcome, approx = exact_outcome, None
         if cfg.index != "flat":
             atop = approx_topk(feats, dist_ff, order[:n], cfg.index, k=MAX_RANK,
                                chunk_rows=cfg.chunk_rows, normalize=cfg.normalize,
                                nprobe=cfg.nprobe, seed=cfg.seed, **cfg.approx_options)
+            atop = rescore(feats, dist_ff, atop, cfg.normalize)
             outcome = score_trials(feats, probes.identities, atop.scores)
             r_a, r_e = outcome.rank1(), exact_outcome.rank1()
             approx = {"exact_rank1": r_e,

@@ -27,6 +27,24 @@ from facelt.utils.io import write_json
 FEATURE_DTYPE = np.dtype("<f4")
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_SUFFIX = ".progress.json"
+SOURCE_SUFFIX = ".source.json"
+
+
+def source_path(path: Union[str, os.PathLike]) -> Path:
+    """Beside a finished feature file: the settings and fingerprint it was made with."""
+    p = Path(path)
+    return p.with_name(p.name + SOURCE_SUFFIX)
+
+
+def finished_with(path: Union[str, os.PathLike], fingerprint: str) -> bool:
+    """True when ``path`` is a finished feature file made from the source ``fingerprint`` names."""
+    src = source_path(path)
+    if not Path(path).is_file() or not src.is_file():
+        return False
+    try:
+        return json.loads(src.read_text()).get("fingerprint") == fingerprint
+    except json.JSONDecodeError:
+        return False
 
 
 def l2_normalize(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -226,7 +244,8 @@ def _to_numpy(y: Any) -> np.ndarray:
 
 def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
                      out_path: Union[str, os.PathLike], num_rows: int, dim: int,
-                     flip: bool = True, resume: bool = True, normalize: bool = True) -> Path:
+                     flip: bool = True, resume: bool = True, normalize: bool = True,
+                     fingerprint: str = "") -> Path:
     """Embed every batch into rows of ``out_path`` (a stacked ``.npy``), resumably.
 
     ``embed_fn(batch) -> (B, dim)`` (numpy or torch).  ``batches_iter`` yields batches in row order;
@@ -235,11 +254,14 @@ def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
     finished batches skipped without embedding).  With ``flip`` a row is ``embed(x) + embed(flip(x))``
     (horizontal flip of the last axis); with ``normalize`` it is then L2-normalised.  After each
     batch the rows are flushed and ``<out>.progress.json`` records how many are done.
+    ``fingerprint`` names the source (model + rows): resuming a partial file made from another
+    source is refused, and the finished file's ``<out>.source.json`` records it (see
+    :func:`finished_with`).
     """
     out = Path(out_path)
     sidecar = out.with_name(out.name + PROGRESS_SUFFIX)
     settings = {"num_rows": int(num_rows), "dim": int(dim), "flip": bool(flip),
-                "normalize": bool(normalize)}
+                "normalize": bool(normalize), "fingerprint": str(fingerprint)}
     done = 0
     if resume and sidecar.exists() and partial_path(out).exists():
         state = json.loads(sidecar.read_text())
@@ -275,6 +297,7 @@ def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
             raise DataError(f"batches ended after {row} rows; expected num_rows={num_rows} "
                             f"(progress kept in {sidecar}: rerun to resume)")
         final = finalize_feature_memmap(mm, out)
+        write_json(source_path(out), settings)
     finally:
         del mm
     with contextlib.suppress(FileNotFoundError):

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from eval_megaface.search import dot64
 from facelt.errors import ConfigError
 
 MAX_RANK = 10
@@ -97,7 +98,8 @@ def score_trials(features: np.ndarray, identities: np.ndarray, topk_scores: np.n
 
     ``features`` are the probe features as searched (normalised already when the search was),
     ``topk_scores[p]`` p's K best distractor scores, descending, ``-inf`` where the gallery has
-    fewer than K rows.  Genuine scores are float32 inner products, like the search's.
+    fewer than K rows, scored by :func:`eval_megaface.search.dot64` (see ``search.rescore``);
+    genuine scores use the same routine, so an exact tie is a tie (a miss).
     """
     feats = np.ascontiguousarray(features, dtype=np.float32)
     ids = np.asarray(identities)
@@ -113,11 +115,12 @@ def score_trials(features: np.ndarray, identities: np.ndarray, topk_scores: np.n
         if m < 2:
             continue
         f = feats[members]
-        genuine = f @ f.T                                   # (m, m), diagonal excluded below
         off = ~np.eye(m, dtype=bool)
         trials[members] = m - 1
-        beats = (genuine[:, :, None] > topk_scores[members][:, None, :]) & off[:, :, None]
-        hits[members] = beats.sum(axis=1)
+        for row, p in enumerate(members):  # genuine scores of probe p, by the distractors' routine
+            genuine = dot64(f[row][None, :], f)              # (m,), p itself excluded below
+            beats = (genuine[:, None] > topk_scores[p][None, :]) & off[row][:, None]
+            hits[p] = beats.sum(axis=0)
     return ProbeOutcome(trials, hits)
 
 

@@ -31,7 +31,7 @@ _NUMPY_BLOCK_ELEMS = 32 * 1024 * 1024  # probe x rows score-block budget (128 MB
 class TopK:
     """Per-probe best distractor scores (descending, ``-inf`` padded) and their row ids (``-1``)."""
 
-    scores: np.ndarray  # (nq, k) float32
+    scores: np.ndarray  # (nq, k) float32 (float64 after :func:`rescore`)
     ids: np.ndarray     # (nq, k) int64
 
     @classmethod
@@ -49,6 +49,39 @@ class TopK:
         order = np.argsort(-s, axis=1, kind="stable")[:, :k]
         self.scores = np.take_along_axis(s, order, axis=1)
         self.ids = np.take_along_axis(i, order, axis=1)
+
+
+def dot64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Inner products over the last axis in float64 by one fixed routine (elementwise product, then
+    numpy's pairwise sum), so that two equal vector pairs always score exactly equal. Genuine and
+    distractor scores both go through it: a tie is then a true tie, and counts as a miss."""
+    return (a.astype(np.float64) * b.astype(np.float64)).sum(-1)
+
+
+def rescore(queries: np.ndarray, ff: FeatureFile, top: "TopK", normalize: bool = True,
+            chunk: int = 1024) -> "TopK":
+    """The kept top-k distractors of each query scored again with :func:`dot64` and re-sorted.
+
+    The search ranks in float32 by BLAS, whose rounding depends on blocking; only k rows per query
+    are re-read (``read_rows``), normalised exactly as the search normalised them.
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    scores = np.full(top.scores.shape, -np.inf)
+    for s in range(0, len(q), chunk):
+        ids = top.ids[s:s + chunk]
+        valid = ids >= 0
+        if not valid.any():
+            continue
+        uniq, inv = np.unique(ids[valid], return_inverse=True)
+        rows = ff.read_rows(uniq)
+        if normalize:
+            l2_normalize(rows, out=rows)
+        got = np.full(ids.shape, -np.inf)
+        qi = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)[valid]
+        got[valid] = dot64(q[s:s + chunk][qi], rows[inv])
+        scores[s:s + chunk] = got
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return TopK(np.take_along_axis(scores, order, axis=1), np.take_along_axis(top.ids, order, axis=1))
 
 
 BACKENDS = ("blas", "faiss", "faiss-gpu", "numpy")

@@ -93,14 +93,12 @@ def _per_class(p, counts: np.ndarray) -> list[dict]:
 def classify_images(checkpoint: str | Path, paths: list[str], threshold: Optional[float] = None,
                     device: str = "auto") -> list[tuple[str, str, float]]:
     """(path, class name or label or ``unknown``, max softmax) for each image file."""
+    from facelt.data.build import eval_transform
     from facelt.data.images import FolderImages
-    from facelt.data.transforms import build_transforms
     dev = pick_device(device)
     net, cfg, state = net_from_checkpoint(checkpoint, dev)
     thr = cfg.eval.threshold if threshold is None else float(threshold)
-    tf = build_transforms(cfg.data.image_size, cfg.data.channels, train=False,
-                          mean=cfg.data.mean or None, std=cfg.data.std or None)
-    ds = FolderImages(paths, tf, channels=cfg.data.channels)
+    ds = FolderImages(paths, eval_transform(cfg.data), channels=cfg.data.channels)
     p = predict(net, ds, dev, cfg.eval.batch_size, 0, desc="classify")
     names = state.get("class_names") or []
     out = []

@@ -340,15 +340,19 @@ def write_synthetic_distractors(prefix: str | os.PathLike, num_identities: int, 
 
 
 def synthetic_probes(identities: Sequence[int] | np.ndarray, images_per_identity: int, seed: int,
-                     size: int = 112) -> tuple[np.ndarray, np.ndarray]:
+                     size: int = 112, stream: int = _STREAM_PROBE) -> tuple[np.ndarray, np.ndarray]:
     """New images of SYNTHETIC training-namespace identities, for probe (query) sets.
 
     ``identities`` are training-namespace indices: an index below the training set's identity
     count probes a seen identity (with images it was never trained on: a separate image stream),
     an index at or above it probes an identity unseen in training.  Either way the identities
     are disjoint from :func:`write_synthetic_distractors`'.  Returns ``(images, identity_ids)``
-    with images ``(N, size, size, 3)`` BGR uint8.
+    with images ``(N, size, size, 3)`` BGR uint8.  ``seed`` must be the training set's seed (it
+    defines the identities); ``stream`` (>= 1, never 0 = the training images) picks another set of
+    new images of the same identities.
     """
+    if stream == _STREAM_TRAIN:
+        raise ValueError("stream 0 is the training images' stream; probes need another one")
     ids = np.asarray(identities, dtype=np.int64).reshape(-1)
     if images_per_identity < 1:
         raise ValueError("images_per_identity must be >= 1")
@@ -356,7 +360,7 @@ def synthetic_probes(identities: Sequence[int] | np.ndarray, images_per_identity
     row = 0
     for i in ids.tolist():
         sid = identity_seed(seed, i, "train")
-        for img in render_identity_images(sid, images_per_identity, size, _image_rng(sid, _STREAM_PROBE)):
+        for img in render_identity_images(sid, images_per_identity, size, _image_rng(sid, stream)):
             images[row] = img
             row += 1
     return images, np.repeat(ids, images_per_identity)

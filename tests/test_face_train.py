@@ -80,3 +80,79 @@ def test_megaface_eval_extracts_with_a_checkpoint(face_rec, tmp_path):
     feats = np.load(out / "features" / "probes.npy")
     assert feats.shape == (len(labels), 512)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def face_checkpoint(face_rec, tmp_path_factory):
+    out = tmp_path_factory.mktemp("facerun")
+    over = [f"data.root={face_rec}", "data.image_size=56", "data.num_workers=0",
+            "model.backbone=resnet18", "device=cpu", "stage1.epochs=1", "stage1.batch_size=8",
+            "stage1.max_steps_per_epoch=1"]
+    assert main(["train", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"), "--stage", "1",
+                 "--out", str(out), *_sets(over)]) == 0
+    return out / "stage1" / "checkpoint.pt"
+
+
+def test_image_files_are_embedded_like_the_rec_the_model_trained_on(face_rec, face_checkpoint,
+                                                                    tmp_path):
+    """A face model trained on RecordIO sees the whole aligned crop in [-1, 1]; the same faces as
+    image files must give the same features (no ImageNet resize / crop / normalisation)."""
+    import cv2
+    from facelt.data.recordio import RecordReader, read_insightface, unpack
+    index = read_insightface(face_rec / "train")
+    reader = RecordReader(index.rec_path, index.idx_path)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, key in enumerate(index.keys[:10].tolist()):
+        _, payload = unpack(reader.read(key))
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        cv2.imwrite(str(folder / f"img{i:03d}.png"), img)  # lossless copy of the decoded pixels
+    reader.close()
+    assert main(["extract-features", "--checkpoint", str(face_checkpoint), "--images", str(folder),
+                 "--out", str(tmp_path / "files.npy")]) == 0
+    assert main(["extract-features", "--checkpoint", str(face_checkpoint), "--rec",
+                 str(face_rec / "train"), "--out", str(tmp_path / "rec.npy")]) == 0
+    a, b = np.load(tmp_path / "files.npy"), np.load(tmp_path / "rec.npy")[:10]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_features_are_reused_only_for_the_same_checkpoint(face_rec, face_checkpoint, tmp_path):
+    import os
+    import shutil
+    from eval_megaface.features import source_path
+    out = tmp_path / "f.npy"
+    args = ["extract-features", "--checkpoint", str(face_checkpoint), "--rec",
+            str(face_rec / "train"), "--out", str(out)]
+    assert main(args) == 0
+    first = out.stat().st_mtime_ns
+    assert main(args) == 0 and out.stat().st_mtime_ns == first      # same source: reused
+    other = tmp_path / "other.pt"
+    shutil.copy(face_checkpoint, other)
+    os.utime(other, ns=(1, 1))                                       # another checkpoint file
+    assert main(["extract-features", "--checkpoint", str(other), "--rec", str(face_rec / "train"),
+                 "--out", str(out)]) == 0
+    assert out.stat().st_mtime_ns != first                           # re-extracted
+    assert str(other.resolve()) not in source_path(out).read_text()  # fingerprint, not the path
+
+
+def test_megaface_distractor_list_must_match_the_extracted_rows(face_rec, face_checkpoint,
+                                                                tmp_path, capsys):
+    import csv
+    from facelt.data.rec_dataset import RecordDataset
+    from pipelines.synthetic_faces import write_synthetic_distractors
+    write_synthetic_distractors(tmp_path / "dist" / "train", 12, seed=5, size=56)
+    labels = RecordDataset(face_rec / "train", train=False).labels
+    probe_csv = tmp_path / "probes.csv"
+    with open(probe_csv, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "identity"])
+        w.writerows([f"img{i}.jpg", int(lab)] for i, lab in enumerate(labels))
+    rows = [f"{tmp_path / 'dist' / 'train'}#{k}" for k in range(1, 13)]
+    (tmp_path / "dlist.txt").write_text("\n".join(reversed(rows)) + "\n")
+    rc = main(["megaface-eval", "--gallery", "10", "--checkpoint", str(face_checkpoint),
+               "--probe-rec", str(face_rec / "train"), "--probe-list", str(probe_csv),
+               "--distractor-rec", str(tmp_path / "dist" / "train"),
+               "--distractor-list", str(tmp_path / "dlist.txt"), "--out", str(tmp_path / "mf")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "dlist.txt" in err and "row 0" in err

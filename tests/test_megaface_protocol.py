@@ -52,6 +52,30 @@ def test_tie_with_a_distractor_is_a_miss(tmp_path, backend):
     assert score_trials(probes, np.array([0, 0]), top.scores).rank1() == 1.0
 
 
+def test_exact_duplicates_of_the_gallery_image_are_ties_at_full_width(tmp_path):
+    """512-d features: float32 BLAS rounds the same dot product differently in a (m x m) genuine
+    product and a blocked distractor search; after rescoring with one routine, a distractor that is
+    a copy of g ties with g, so no trial may be a rank-1 hit."""
+    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(40), 4)
+    base = np.repeat(rng.standard_normal((40, 512)), 4, axis=0)
+    probes = (base + 0.8 * rng.standard_normal((160, 512))).astype(np.float32)
+    dist = np.concatenate([probes, rng.standard_normal((300, 512)).astype(np.float32)])
+    np.save(tmp_path / "p.npy", probes)
+    np.save(tmp_path / "d.npy", dist)
+    with open(tmp_path / "p.csv", "w") as fh:
+        fh.write("path,identity\n" + "".join(f"img{i}.jpg,{k}\n" for i, k in enumerate(ids)))
+    rep = run_evaluation(EvalConfig(gallery_sizes=[len(dist)], probe_features=tmp_path / "p.npy",
+                                    probe_list=tmp_path / "p.csv",
+                                    distractor_features=tmp_path / "d.npy", chunk_rows=37))
+    assert rep["trials"] == 40 * 4 * 3
+    assert rep["rank1"] == 0.0   # every g has its exact copy among the distractors (a tie) ...
+    # ... and p's own copy scores 1: at least 2 distractors score >= sim(p, g), so no hit at
+    # rank 2; at most the copies of the identity's two other images add to them: a hit at rank 5
+    assert rep["cmc"][1] == 0.0 and rep["cmc"][2] > 0.0 and rep["cmc"][4] == 1.0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cmc_hand_worked(tmp_path, backend):
     # Raw inner products (normalize=False) so every score is a small integer.

@@ -41,6 +41,18 @@ def test_probes_are_new_images_of_the_identity() -> None:
         assert np.mean([_mad(probe, t) for t in train]) < np.mean([_mad(probe, o) for o in other])
 
 
+def test_probe_streams_are_other_new_images_of_the_same_identity() -> None:
+    a, _ = synthetic_probes([2], images_per_identity=3, seed=0)             # stream 1
+    b, _ = synthetic_probes([2], images_per_identity=3, seed=0, stream=2)
+    train = render_identity_images(identity_seed(0, 2), 4)
+    other = render_identity_images(identity_seed(0, 5), 4)
+    assert all(_mad(x, y) > 0.5 for x in a for y in b)                       # other images ...
+    for probe in b:                                                          # ... same identity
+        assert np.mean([_mad(probe, t) for t in train]) < np.mean([_mad(probe, o) for o in other])
+    with pytest.raises(ValueError):
+        synthetic_probes([2], 1, seed=0, stream=0)                           # the training stream
+
+
 def _pareto_survival(k: float, m: float, top: float, alpha: float) -> float:
     # Pareto(alpha, scale m) truncated to [m, top): P(X >= k) = ((m/k)^a - (m/top)^a) / (1 - (m/top)^a)
     return ((m / k) ** alpha - (m / top) ** alpha) / (1 - (m / top) ** alpha)

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         imgs, ids = synthetic_probes(kept_source, 6, seed=seed, size=size)
         labels = np.searchsorted(kept_source, ids)
         _write_plain_rec(evd / "test", imgs, labels)
-        imgs, _ = synthetic_probes(unseen, 6, seed=seed + 1, size=size)
+        imgs, _ = synthetic_probes(unseen, 6, seed=seed, size=size)
         _write_plain_rec(evd / "open", imgs, np.full(len(imgs), -1))
     overrides = [f"data.root={lt_dir}", f"data.test={(evd / 'test').resolve()}",
                  f"data.open={(evd / 'open').resolve()}", *args.overrides]
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     seen_ids = kept_source[np.unique(np.linspace(0, n_known - 1, 14).round().astype(int))]
     probe_ids = np.concatenate([seen_ids, unseen[:6]])
     if not _done(Path(f"{probes_prefix}.idx")):
-        imgs, ids = synthetic_probes(probe_ids, 5, seed=seed + 2, size=size)
+        # the training set's seed (same identities), another image stream than the test set's
+        imgs, ids = synthetic_probes(probe_ids, 5, seed=seed, size=size, stream=2)
         _write_plain_rec(probes_prefix, imgs, ids)
         with atomic_path(evd / "probes.csv") as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
@@ -136,11 +137,9 @@ def run(args: argparse.Namespace) -> int:
     ck2 = out / "train" / "stage2" / "checkpoint.pt"
     for name, prefix in (("probes", probes_prefix), ("distractors", dist_prefix),
                          ("train", lt_dir / "train")):
-        npy = feats / f"{name}.npy"
-        if not npy.exists():
-            ds = RecordDataset(prefix, train=False)
-            extract_checkpoint_features(ck2, ds, [f"{prefix}#{int(k)}" for k in ds.keys], npy,
-                                        batch_size=256)
+        ds = RecordDataset(prefix, train=False)  # reused when made from this checkpoint
+        extract_checkpoint_features(ck2, ds, [f"{prefix}#{int(k)}" for k in ds.keys],
+                                    feats / f"{name}.npy", batch_size=256)
     _step("MegaFace protocol: galleries of 10, 100 and 1,000 distractors")
     sizes = [s for s in (10, 100, 1000) if s <= args.distractors]
     mf = run_evaluation(EvalConfig(gallery_sizes=sizes, probe_features=feats / "probes.npy",

@@ -36,9 +36,8 @@ def dataset_for(cfg, rec: Optional[str] = None, list_file: Optional[str] = None,
         from facelt.data.rec_dataset import RecordDataset
         ds = RecordDataset(rec, train=False)
         return ds, [f"{rec}#{int(k)}" for k in ds.keys]
-    from facelt.data.transforms import build_transforms
-    tf = build_transforms(cfg.data.image_size, cfg.data.channels, train=False,
-                          mean=cfg.data.mean or None, std=cfg.data.std or None)
+    from facelt.data.build import eval_transform
+    tf = eval_transform(cfg.data)
     if list_file:
         from facelt.data.images import ListDataset
         from facelt.data.lists import check_files_exist, read_list
@@ -56,7 +55,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
                                 out: str | Path, batch_size: int = 256, flip: bool = True,
                                 device: str = "auto", net=None) -> Path:
     """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest."""
-    from eval_megaface.features import extract_features, write_manifest
+    from eval_megaface.features import extract_features, finished_with, write_manifest
     from facelt.classify import net_from_checkpoint
     from facelt.data.build import make_loader
     from facelt.train.distributed import pick_device
@@ -77,11 +76,32 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
         for x, _, _ in image_batches(loader, f"features {Path(out).name}"):
             yield x
 
+    fp = source_fingerprint(checkpoint, rows, flip)
+    if finished_with(out, fp):  # already made from this checkpoint and these rows
+        return Path(out)
     with torch.no_grad():
         dim = int(embed(dataset[0][0].unsqueeze(0)).shape[1])
-    path = extract_features(embed, batches, out, len(dataset), dim, flip=flip, resume=True)
-    write_manifest(Path(f"{Path(out).with_suffix('')}.rows.txt"), rows)
+    path = extract_features(embed, batches, out, len(dataset), dim, flip=flip, resume=True,
+                            fingerprint=fp)
+    write_manifest(manifest_path(out), rows)
     return path
+
+
+def manifest_path(features: str | Path) -> Path:
+    """``F.npy`` -> ``F.rows.txt``: the row names of a feature file, one a line."""
+    return Path(f"{Path(features).with_suffix('')}.rows.txt")
+
+
+def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool) -> str:
+    """Names the checkpoint file (path, size, mtime) and the exact rows embedded."""
+    import hashlib
+    import json
+    st = Path(checkpoint).stat()
+    h = hashlib.sha256(json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns,
+                                   bool(flip)]).encode())
+    for r in rows:
+        h.update(r.encode() + b"\n")
+    return h.hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -116,7 +116,7 @@ def _extract_first(args: argparse.Namespace) -> None:
     from facelt.classify import net_from_checkpoint
     from facelt.cli.extract import dataset_for, extract_checkpoint_features
     from facelt.data.images import FolderImages
-    from facelt.data.transforms import build_transforms
+    from facelt.data.build import eval_transform
     from facelt.train.distributed import pick_device
     net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device("auto"))
     feats = Path(args.out) / "features"
@@ -127,9 +127,8 @@ def _extract_first(args: argparse.Namespace) -> None:
         else:
             with open(args.probe_list, newline="") as fh:
                 rows = [r["path"] for r in csv.DictReader(fh)]
-            tf = build_transforms(cfg.data.image_size, cfg.data.channels, train=False,
-                                  mean=cfg.data.mean or None, std=cfg.data.std or None)
-            ds = FolderImages([args.probe_images / r for r in rows], tf, channels=cfg.data.channels)
+            ds = FolderImages([args.probe_images / r for r in rows], eval_transform(cfg.data),
+                              channels=cfg.data.channels)
         jobs.append(("probe_features", "probes", ds, rows))
     if args.distractor_rec or args.distractor_images:
         ds, rows = dataset_for(cfg, rec=args.distractor_rec,
@@ -142,10 +141,31 @@ def _extract_first(args: argparse.Namespace) -> None:
         raise ConfigError("--checkpoint needs --probe-images/--probe-rec, --distractor-images/"
                           "--distractor-rec or --train-rec")
     for attr, name, ds, rows in jobs:
-        out = feats / f"{name}.npy"
-        if not out.exists():
-            extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
+        out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
+        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
         setattr(args, attr, out)
+        if name == "distractors":
+            _check_distractor_rows(args, rows)
+
+
+def _check_distractor_rows(args: argparse.Namespace, rows: list[str]) -> None:
+    """Noise lists and --gallery-order address distractors by the list's rows: the extracted rows
+    must be that list, in that order (without a list, the extraction's manifest is the list)."""
+    from eval_megaface.features import read_manifest
+    from facelt.cli.extract import manifest_path
+    if args.distractor_list is None:
+        args.distractor_list = manifest_path(args.distractor_features)
+        return
+    given = read_manifest(args.distractor_list)
+    if given != rows:
+        first = next((i for i, (a, b) in enumerate(zip(given, rows)) if a != b),
+                     min(len(given), len(rows)))
+        raise DataError(
+            f"--distractor-list {args.distractor_list} ({len(given)} rows) does not list the "
+            f"extracted distractors in order ({len(rows)} rows, {manifest_path(args.distractor_features)}): "
+            f"first difference at row {first}: "
+            f"{given[first] if first < len(given) else '<end>'!r} vs "
+            f"{rows[first] if first < len(rows) else '<end>'!r}")
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -75,6 +75,30 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
     return Split(split, ds, labels, items)
 
 
+class FaceCropTensor:
+    """An aligned face image file as the RecordIO pipeline presents it: RGB, the whole crop (resized
+    only when it is not ``size`` x ``size``), scaled to [-1, 1] like ``RecordDataset``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, img) -> torch.Tensor:
+        img = img.convert("RGB")
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size))
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+        return x.div_(127.5).sub_(1.0)
+
+
+def eval_transform(cfg: DataConfig):
+    """The test-time transform for image files, matching what the model was trained on: the list
+    pipeline's for list data, the RecordIO face pipeline's for rec data."""
+    if cfg.format == "rec":
+        return FaceCropTensor(cfg.image_size)
+    return build_transforms(cfg.image_size, cfg.channels, train=False,
+                            mean=cfg.mean or None, std=cfg.std or None)
+
+
 def infer_num_classes(cfg: DataConfig, train_labels: np.ndarray) -> int:
     known = train_labels[train_labels >= 0]
     inferred = int(known.max()) + 1 if known.size else 0
