@@ -267,3 +267,22 @@ def test_mid_epoch_checkpoint_resume_is_exact(demo_data, tmp_path):
         assert torch.equal(v, b["model"][k]), k
     assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-12)
     assert a["metrics"]["images"] == b["metrics"]["images"]
+
+
+@pytest.mark.parametrize("split, line, why", [
+    ("train", "images/open/id006/0000.png -1", "training split"),
+    ("val", "images/val/id000/0000.png 9", "validation split"),
+])
+def test_labels_outside_the_known_classes_stop_before_training(demo_data, tmp_path, capsys,
+                                                                split, line, why):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    lst = data / f"demo_{split}.txt"
+    lst.write_text(lst.read_text() + line + "\n")
+    rc = main(["train", "--config", str(ROOT / "configs" / "demo_list.yaml"), "--stage", "1",
+               "--out", str(tmp_path / "run"), *_sets(demo_overrides(data))])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert why in err and line.split()[0] in err
+    assert not (tmp_path / "run" / "stage1" / "checkpoint.pt").exists()

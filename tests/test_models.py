@@ -243,7 +243,23 @@ def test_meta_embedding_head_guards_zero_distance_and_backprops():
     assert torch.isfinite(logits).all() and torch.isfinite(aux["reachability"]).all()
     logits.sum().backward()
     assert torch.isfinite(v.grad).all()
-    assert head.centroids.grad is not None and head.centroids.grad.abs().sum() > 0
+    # as in the reference, the head reads the centroids detached: only the centroid loss moves them
+    assert head.centroids.grad is None
+    assert head.hallucinator.weight.grad is not None and head.hallucinator.weight.grad.abs().sum() > 0
+
+
+def test_meta_embedding_head_keeps_float32_distances_under_autocast():
+    """fp16 would round a nearest distance of ~0.45 at feature norms ~20 to 0 (scale inf)."""
+    torch.manual_seed(0)
+    head = MetaEmbeddingHead(64, 50)
+    c = torch.randn(50, 64) * 3.0
+    head.init_centroids(c)
+    v = c[:8] + 0.45 * torch.nn.functional.normalize(torch.randn(8, 64), dim=1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits, aux = head(v)
+    assert torch.isfinite(logits).all()
+    # float32 expansion: ~1e-3 relative; float16 gives 0 or errors of order 1 here
+    torch.testing.assert_close(aux["reachability"], torch.full((8,), 10.0 / 0.45), rtol=1e-2, atol=0)
 
 
 def test_meta_embedding_head_rejects_wrong_centroid_shape():
@@ -329,7 +345,10 @@ def test_meta_head_at_identity_scale_never_holds_b_k_d():
         r0 = rss()
         logits, aux = head(v)
         r1 = rss()
-        torch.nn.functional.cross_entropy(logits, torch.randint(0, K, (B,))).backward()
+        from facelt.losses import DiscCentroidLoss
+        y = torch.randint(0, K, (B,))
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.01 * DiscCentroidLoss()(v, y, head.centroids)
+        loss.backward()   # the stage-2 objective
         r2 = rss()
         assert logits.shape == (B, K) and torch.isfinite(head.centroids.grad).all()
         print(r1 - r0, r2 - r0)

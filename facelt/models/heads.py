@@ -94,12 +94,20 @@ class MetaEmbeddingHead(nn.Module):
         copy_class_means(self.centroids, centroids)
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
-        d2_min, nearest = _nearest_squared(v, self.centroids)
-        gamma = d2_min.clamp_min(self.eps ** 2).sqrt()          # (B,), never 0
-        reachability = self.reach_scale / gamma
-        memory = torch.softmax(self.hallucinator(v), dim=1) @ self.centroids
-        selector = torch.tanh(self.selector(v))
-        meta = reachability.unsqueeze(1) * (v + selector * memory)
+        # As in the reference, the head reads the centroids detached: only the discriminative-
+        # centroid loss moves them, not the classification loss through the memory.
+        centroids = self.centroids.detach()
+        # Distances and the reachability scale in float32 even under autocast: in float16 the
+        # expansion ||v||^2 - 2 v.c + ||c||^2 loses everything below ~1 at feature norms of ~20
+        # and a nearest distance rounded to 0 would make the scale infinite.
+        with torch.autocast(v.device.type, enabled=False):
+            v32 = v.float()
+            d2_min, nearest = _nearest_squared(v32, centroids.float())
+            gamma = d2_min.clamp_min(self.eps ** 2).sqrt()      # (B,), never 0
+            reachability = self.reach_scale / gamma
+            memory = torch.softmax(self.hallucinator(v32), dim=1) @ centroids.float()
+            selector = torch.tanh(self.selector(v32))
+            meta = reachability.unsqueeze(1) * (v32 + selector * memory)
         logits, _ = self.cosine(meta)
         aux = {"direct": v, "memory": memory, "selector": selector,
                "reachability": reachability, "meta": meta, "nearest": nearest}

@@ -28,7 +28,7 @@ from facelt.config import Config, StageConfig
 from facelt.data.samplers import SkipSampler
 from facelt.data.build import (Split, build_split, class_counts, infer_num_classes, make_loader,
                                read_class_names, train_sampler)
-from facelt.errors import CheckpointError, FaceltError
+from facelt.errors import CheckpointError, ConfigError, DataError, FaceltError
 from facelt.evaluate import closed_set_report, predict
 from facelt.losses import DiscCentroidLoss
 from facelt.models.build import build_net
@@ -85,6 +85,16 @@ def _freeze_backbone(net: OLTRNet) -> None:
             p.requires_grad_(False)
 
 
+def _check_labels(split: Split, what: str, low: int, num_classes: int) -> None:
+    """Training and validation images need a known class: 0 <= label < num_classes."""
+    bad = np.flatnonzero((split.labels < low) | (split.labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{what} split: {bad.size} item(s) have a label outside 0..{num_classes - 1}, "
+                        f"first {split.items[i]} (label {int(split.labels[i])}); open-set images "
+                        f"(label -1) belong in data.open, not in data.{split.name}")
+
+
 def _set_train_mode(net: OLTRNet, st: StageConfig) -> None:
     net.train()
     if st.freeze_backbone:  # frozen BN statistics too
@@ -122,7 +132,14 @@ class StageTrainer:
         self.num_classes = infer_num_classes(cfg.data, self.train_split.labels)
         self.counts = class_counts(self.train_split.labels, self.num_classes)
         self.val_split = build_split(cfg.data, "val", train=False, check_files=check)
+        _check_labels(self.train_split, "training", 0, self.num_classes)
+        if self.val_split is not None:
+            _check_labels(self.val_split, "validation", 0, self.num_classes)
         self.class_names = read_class_names(cfg.data, self.num_classes, self.train_split)
+        if self.st.batch_size < self.dist.world_size or self.st.batch_size % self.dist.world_size:
+            raise ConfigError(f"stage{self.stage}.batch_size = {self.st.batch_size} is the global "
+                              f"batch: it must be a positive multiple of the {self.dist.world_size} "
+                              f"processes")
         D.barrier()
 
     # ------------------------------------------------------------------ model
@@ -147,7 +164,7 @@ class StageTrainer:
 
     def _build(self) -> None:
         cfg, st = self.cfg, self.st
-        _seed_everything(cfg.seed)
+        _seed_everything(cfg.seed)  # the same initial weights on every rank
         net = build_net(cfg, self.stage, self.num_classes)
         if cfg.model.pretrained and self.stage == 1:
             from facelt.models.pretrained import load_pretrained_backbone
@@ -165,6 +182,12 @@ class StageTrainer:
         self.centroid_loss = (DiscCentroidLoss(margin=st.centroid_margin,
                                                repel_weight=st.centroid_repel_weight)
                               if st.head == "meta" and st.centroid_loss_weight > 0 else None)
+        if st.head == "meta" and self.centroid_loss is None:
+            # the head reads its centroids detached: without the centroid loss they stay fixed
+            net.head.centroids.requires_grad_(False)
+            self.optimizer = _optimizer(net, st)
+        # augmentation / dropout draws differ between ranks (one stream per rank)
+        _seed_everything(cfg.seed + 1_000_003 * self.dist.rank)
         self.cls_loss = None
         self.aux_loss = None
         if st.loss != "ce" or st.aux_loss != "none":
@@ -195,6 +218,29 @@ class StageTrainer:
                    find_unused_parameters=getattr(self.net.head, "may_skip_parameters", False))
 
     # ------------------------------------------------------------------ checkpoint
+    def _gather_rng(self) -> None:
+        """Collect every rank's RNG state (a collective: all ranks call it before rank 0 saves)."""
+        own = torch.get_rng_state()
+        if self.dist.distributed:
+            import torch.distributed as tdist
+            states = [None] * self.dist.world_size
+            tdist.all_gather_object(states, own)
+            self._rng_all = torch.stack(states)
+        else:
+            self._rng_all = own.unsqueeze(0)
+
+    def _rng_states(self) -> torch.Tensor:
+        return self._rng_all
+
+    def _own_rng(self, saved: torch.Tensor, where: Path) -> torch.Tensor:
+        saved = saved.cpu()
+        if saved.dim() == 1:  # one state for all ranks
+            return saved
+        if saved.shape[0] != self.dist.world_size:
+            raise CheckpointError(f"{where}: saved by {saved.shape[0]} processes, resumed with "
+                                  f"{self.dist.world_size}; resume with the same number")
+        return saved[self.dist.rank]
+
     def _state(self, epoch: int, complete: bool, metrics: dict,
                partial: Optional[dict] = None) -> dict:
         """``epoch``: the last finished epoch (-1: none); ``partial``: progress inside the next
@@ -205,7 +251,7 @@ class StageTrainer:
             "class_counts": [int(c) for c in self.counts], "class_names": list(self.class_names),
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(), "best": self.best, "metrics": metrics,
+            "rng": self._rng_states(), "best": self.best, "metrics": metrics,
         }
 
     def _try_resume(self) -> tuple[int, Optional[dict]]:
@@ -222,13 +268,15 @@ class StageTrainer:
         load_model_state(self.net, state["model"], str(ckpt))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
+        if state["scaler"]:  # empty when saved without AMP
+            self.scaler.load_state_dict(state["scaler"])
+        rng = self._own_rng(state["rng"], ckpt)
+        torch.set_rng_state(rng)
         self.best = state.get("best", self.best)
         self.last_metrics = state.get("metrics", {})
         partial = state.get("partial")
         if partial is not None:
-            partial = dict(partial, rng=state["rng"])
+            partial = dict(partial, rng=rng)
         return int(state["epoch"]) + 1, partial
 
     # ------------------------------------------------------------------ loop
@@ -314,8 +362,9 @@ class StageTrainer:
             if st.checkpoint_every and (step + 1) % st.checkpoint_every == 0 and step + 1 < steps:
                 self._save_partial(epoch, step + 1, sums, time.time() - t0)
         bar.close()
-        totals = sums.clone()
+        totals = sums.to(self.device)  # NCCL reduces device tensors only
         D.all_reduce_sum(totals)
+        totals = totals.cpu()
         n = max(totals[4].item(), 1.0)
         dt = time.time() - t0
         return {"loss": totals[0].item() / n, "ce": totals[1].item() / n,
@@ -325,8 +374,12 @@ class StageTrainer:
 
     def _save_partial(self, epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
         """Mid-epoch checkpoint (each rank's running sums stay local; rank 0 writes)."""
+        self._gather_rng()
+        totals = sums.to(self.device)
+        D.all_reduce_sum(totals)  # the epoch's running sums over all ranks
         if self.dist.is_primary:
-            partial = {"epoch": epoch, "step": step, "sums": sums.tolist(), "seconds": seconds}
+            partial = {"epoch": epoch, "step": step, "seconds": seconds,
+                       "sums": (totals.cpu() / self.dist.world_size).tolist()}
             save_checkpoint(self.dir / "checkpoint.pt",
                             self._state(epoch - 1, False, self.last_metrics, partial))
         D.barrier()
@@ -364,6 +417,7 @@ class StageTrainer:
                        "lr": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
                        "val": val_m}
             complete = epoch + 1 == self.st.epochs
+            self._gather_rng()
             if self.dist.is_primary:
                 v = val_m.get("overall")
                 if v is not None and (self.best["val_overall"] is None or v > self.best["val_overall"]):
