@@ -97,6 +97,23 @@ def child_numpy(d: Path, rows: int, chunk: int) -> dict:
     return {"seconds": time.perf_counter() - t, "rank1": hits / trials, "trials": trials}
 
 
+def _reset_peak_rss() -> None:
+    """Linux keeps the RSS high-water mark across fork + exec, so a child would report the parent's
+    peak (e.g. after it wrote the 2 GB data file); writing 5 to clear_refs resets it (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 2 ** 30
+    return float("nan")
+
+
 def run_child(mode: str, args: argparse.Namespace) -> dict:
     """Run one mode in a fresh process; returns its JSON result plus its own peak RSS."""
     cmd = [sys.executable, __file__, "--child", mode, "--rows", str(args.rows), "--dir", str(args.dir),
@@ -109,7 +126,8 @@ def run_child(mode: str, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{mode} child failed with status {proc.returncode}")
     res = json.loads(out.decode().strip().splitlines()[-1])
-    res["peak_rss_gib"] = usage.ru_maxrss * 1024 / 2 ** 30  # ru_maxrss is in KiB on Linux
+    # the child's own high-water mark (reset at its start); ru_maxrss would include the parent's
+    res["peak_rss_gib"] = res.pop("own_peak_rss_gib")
     return res
 
 
@@ -126,7 +144,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         fn = {"eval": child_eval, "faiss": child_faiss, "numpy": child_numpy}[args.child]
-        print(json.dumps(fn(args.dir, args.rows, args.chunk_rows)))
+        _reset_peak_rss()
+        res = fn(args.dir, args.rows, args.chunk_rows)
+        res["own_peak_rss_gib"] = _peak_rss_gib()
+        print(json.dumps(res))
         return
     t = time.perf_counter()
     generate(args.dir, args.rows, args.probes, args.identities, args.dim, args.spread)
