@@ -28,6 +28,7 @@ image bytes untouched), and writes ``out_dir/manifest.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import hashlib
 import os
 import sys
@@ -45,6 +46,9 @@ from facelt.utils.progress import progress
 
 #: The paper's MS1M-LT size (images); its identity count (74.5K) follows from the rule.
 PAPER_TARGET_IMAGES = 887_500
+#: progress of an unfinished build (beside its ``train.rec.partial``), saved every SAVE_EVERY images
+PROGRESS_NAME = ".ms1m_lt.progress.json"
+SAVE_EVERY = 4096
 _CHUNK = 1 << 20  # uniforms drawn per call while sampling (bounds the temporary arrays)
 
 
@@ -259,13 +263,30 @@ def prepare_ms1m_lt(source_prefix: str | os.PathLike, out_dir: str | os.PathLike
         raise DataError(f"{src_rec}: target_images={target_images} keeps no image with seed {seed}")
     manifest = build_manifest(sample, source.counts, seed=seed, target_images=target_images,
                               source_prefix=os.fspath(source_prefix), source_idx_sha256=_sha256(src_idx))
+    # a killed build resumes from its last saved state (<out>/train.rec.partial + this file)
+    progress_file = out / PROGRESS_NAME
+    settings = {"seed": int(seed), "target_images": float(target_images),
+                "source_idx_sha256": manifest["source"]["idx_sha256"], "images": kept_total}
+    resume, done = None, 0
+    if progress_file.is_file():
+        saved = json.loads(progress_file.read_text())
+        if saved.get("settings") != settings:
+            raise DataError(f"{progress_file}: an unfinished MS1M-LT build with other settings "
+                            f"({saved.get('settings')}) is in {out}; delete {progress_file.name} and "
+                            f"the train.*.partial files there to start over")
+        resume, done = saved["writer"], int(saved["images_done"])
     reader = RecordReader(src_rec, src_idx)
     try:
-        with InsightfaceRecWriter(out / "train", kept_total, source.image_size) as writer, \
-                progress(total=kept_total, desc="MS1M-LT", unit="img") as bar:
+        with InsightfaceRecWriter(out / "train", kept_total, source.image_size, resumable=True,
+                                  resume=resume) as writer, \
+                progress(total=kept_total, initial=done, desc="MS1M-LT", unit="img") as bar:
+            i = 0
             for new_label, src_label in enumerate(sample.source_labels.tolist()):
                 start = int(source.starts[src_label])
                 for offset in sample.kept_indices(src_label).tolist():
+                    i += 1
+                    if i <= done:  # written before the interruption
+                        continue
                     key = start + offset
                     header, payload = reader.read_unpacked(key)
                     if header.flag == 0 and header.label != src_label:
@@ -273,8 +294,12 @@ def prepare_ms1m_lt(source_prefix: str | os.PathLike, out_dir: str | os.PathLike
                                         f"{header.label} but its identity record says {src_label}")
                     writer.add_image(new_label, payload)
                     bar.update(1)
+                    if i % SAVE_EVERY == 0 and i < kept_total:
+                        write_json(progress_file, {"settings": settings, "writer": writer.state(),
+                                                   "images_done": writer.images_written})
     finally:
         reader.close()
+    progress_file.unlink(missing_ok=True)
     write_json(out / "manifest.json", manifest)
     return manifest
 

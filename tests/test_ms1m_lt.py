@@ -226,3 +226,50 @@ def test_prepare_rejects_a_target_above_the_source(synthetic_source, tmp_path: P
     with pytest.raises(DataError, match=r"\(0, 820\]"):
         prepare_ms1m_lt(prefix, tmp_path / "x", seed=0, target_images=821)
     assert not (tmp_path / "x" / "train.rec").exists()
+
+
+def test_interrupted_prepare_resumes_to_identical_files(synthetic_source, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """A build that dies mid-way (after its last saved state, with more records written since)
+    continues from the saved state and ends byte-identical to an uninterrupted build."""
+    import pipelines.ms1m_lt as m
+    from facelt.data.recordio import RecordReader as Reader
+    prefix, _ = synthetic_source
+    prepare_ms1m_lt(prefix, tmp_path / "full", seed=3, target_images=300)
+    monkeypatch.setattr(m, "SAVE_EVERY", 40)
+    real = Reader.read_unpacked
+    calls = {"n": 0}
+
+    def dying(self, key):
+        calls["n"] += 1
+        if calls["n"] == 137:  # 3 saved states (40, 80, 120) and 16 records after the last
+            raise KeyboardInterrupt
+        return real(self, key)
+
+    monkeypatch.setattr(Reader, "read_unpacked", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_ms1m_lt(prefix, tmp_path / "cut", seed=3, target_images=300)
+    assert not (tmp_path / "cut" / "train.rec").exists()          # nothing under the final names
+    assert (tmp_path / "cut" / "train.rec.partial").exists()
+    saved = json.loads((tmp_path / "cut" / m.PROGRESS_NAME).read_text())
+    assert saved["images_done"] == 120
+    monkeypatch.setattr(Reader, "read_unpacked", real)
+    calls["n"] = 0
+    counted = {"n": 0}
+
+    def counting(self, key):
+        counted["n"] += 1
+        return real(self, key)
+
+    monkeypatch.setattr(Reader, "read_unpacked", counting)
+    prepare_ms1m_lt(prefix, tmp_path / "cut", seed=3, target_images=300)
+    total = json.loads((tmp_path / "full" / "manifest.json").read_text())["totals"]["images"]
+    assert counted["n"] == total - 120                               # only the rest was read
+    for f in ("train.rec", "train.idx", "property", "manifest.json"):
+        assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "cut" / f).read_bytes(), f
+    assert not (tmp_path / "cut" / m.PROGRESS_NAME).exists()
+    assert not (tmp_path / "cut" / "train.rec.partial").exists()
+    with pytest.raises(DataError, match="other settings"):            # a different build there
+        (tmp_path / "cut" / m.PROGRESS_NAME).write_text(json.dumps({"settings": {}, "writer": {},
+                                                                     "images_done": 1}))
+        prepare_ms1m_lt(prefix, tmp_path / "cut", seed=4, target_images=300)

@@ -434,20 +434,57 @@ class RecordWriter:
     ``idx_path=None`` writes the ``.idx`` next to the ``.rec``.
     """
 
-    def __init__(self, rec_path: PathLike, idx_path: Optional[PathLike] = None) -> None:
+    def __init__(self, rec_path: PathLike, idx_path: Optional[PathLike] = None,
+                 resumable: bool = False, resume: Optional[dict] = None) -> None:
+        """``resumable``: write to ``<name>.partial`` files that survive a crash, with
+        :meth:`state` to record progress; ``resume`` (a :meth:`state`) reopens them, cut back to
+        that state, and continues."""
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         self._stack = contextlib.ExitStack()
+        self._partial = resumable or resume is not None
+        self._pos = 0
         try:
-            rec_tmp = self._stack.enter_context(atomic_path(self.rec_path))
-            idx_tmp = self._stack.enter_context(atomic_path(self.idx_path))
-            self._rec = open(rec_tmp, "w+b")
-            self._idx = open(idx_tmp, "w")
+            if self._partial:
+                self._open_partial(resume)
+            else:
+                rec_tmp = self._stack.enter_context(atomic_path(self.rec_path))
+                idx_tmp = self._stack.enter_context(atomic_path(self.idx_path))
+                self._rec = open(rec_tmp, "w+b")
+                self._idx = open(idx_tmp, "w")
         except BaseException:
             self._stack.close()
             raise
-        self._pos = 0
         self._closed = False
+
+    @staticmethod
+    def partial_paths(rec_path: PathLike, idx_path: PathLike) -> tuple[Path, Path]:
+        return Path(f"{rec_path}.partial"), Path(f"{idx_path}.partial")
+
+    def _open_partial(self, resume: Optional[dict]) -> None:
+        rec_p, idx_p = self.partial_paths(self.rec_path, self.idx_path)
+        rec_p.parent.mkdir(parents=True, exist_ok=True)
+        idx_p.parent.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            self._rec, self._idx = open(rec_p, "w+b"), open(idx_p, "w+")
+            return
+        for path, size in ((rec_p, resume["pos"]), (idx_p, resume["idx_bytes"])):
+            if not path.is_file() or path.stat().st_size < size:
+                raise DataError(f"{path}: cannot resume, expected at least {size} bytes "
+                                f"(found {path.stat().st_size if path.is_file() else 'no file'})")
+        self._rec, self._idx = open(rec_p, "r+b"), open(idx_p, "r+")
+        self._rec.truncate(resume["pos"])
+        self._idx.truncate(resume["idx_bytes"])
+        self._rec.seek(resume["pos"])
+        self._idx.seek(resume["idx_bytes"])
+        self._pos = int(resume["pos"])
+
+    def state(self) -> dict:
+        """Flush both files to disk and return where they end (for ``resume=``)."""
+        for fh in (self._rec, self._idx):
+            fh.flush()
+            os.fsync(fh.fileno())
+        return {"pos": self._pos, "idx_bytes": self._idx.tell()}
 
     def tell(self) -> int:
         """Byte offset the next record will start at."""
@@ -484,6 +521,14 @@ class RecordWriter:
         if self._closed:
             return
         self._closed = True
+        if self._partial:
+            self.state()
+            self._rec.close()
+            self._idx.close()
+            rec_p, idx_p = self.partial_paths(self.rec_path, self.idx_path)
+            os.replace(idx_p, self.idx_path)
+            os.replace(rec_p, self.rec_path)
+            return
         try:
             self._rec.close()
             self._idx.close()
@@ -499,6 +544,8 @@ class RecordWriter:
         self._closed = True
         self._rec.close()
         self._idx.close()
+        if self._partial:  # the .partial files stay: they are what a later run resumes from
+            return
         err = exc if exc is not None else RuntimeError("RecordWriter aborted")
         with contextlib.suppress(BaseException):
             self._stack.__exit__(type(err), err, err.__traceback__)
@@ -531,17 +578,40 @@ class InsightfaceRecWriter:
     and writes ``property`` (``K,H,W``); nothing appears under the final names before that.
     """
 
-    def __init__(self, prefix: PathLike, num_images: int, image_size: Sequence[int] = (112, 112)) -> None:
+    def __init__(self, prefix: PathLike, num_images: int, image_size: Sequence[int] = (112, 112),
+                 resumable: bool = False, resume: Optional[dict] = None) -> None:
+        """``resumable`` / ``resume``: as :class:`RecordWriter`'s, with :meth:`state` also holding
+        the identity bookkeeping, so a killed writer continues where its last state was taken."""
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.rec_path, self.idx_path, self.property_path = insightface_paths(prefix)
         self.num_images = int(num_images)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self._writer = RecordWriter(self.rec_path, self.idx_path)
+        if resume is not None:
+            if int(resume["num_images"]) != self.num_images:
+                raise DataError(f"{self.rec_path}.partial: written for {resume['num_images']} "
+                                f"images, now {self.num_images}")
+            self._writer = RecordWriter(self.rec_path, self.idx_path, resume=resume["writer"])
+            self._head0 = int(resume["head0"])
+            self._key = int(resume["key"])
+            self._label = int(resume["label"])
+            self._starts = [int(k) for k in resume["starts"]]
+            return
+        self._writer = RecordWriter(self.rec_path, self.idx_path, resumable=resumable)
         self._head0 = self._writer.write(0, self._record0(self.num_images + 1))
         self._key = 1
         self._label = -1
         self._starts: list[int] = []
+
+    def state(self) -> dict:
+        """Everything needed to resume (``resume=``); flushes the files first."""
+        return {"writer": self._writer.state(), "num_images": self.num_images,
+                "head0": self._head0, "key": self._key, "label": self._label,
+                "starts": list(self._starts)}
+
+    @property
+    def images_written(self) -> int:
+        return self._key - 1
 
     def _record0(self, end: int) -> bytes:
         return pack(IRHeader(2, (float(self.num_images + 1), float(end)), 0, 0), b"")
