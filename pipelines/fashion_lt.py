@@ -4,7 +4,7 @@ Built from the Fashion-MNIST IDX files (Debian: ``apt-get install dataset-fashio
 in ``/usr/share/datasets/fashion-mnist``). Eight classes are known, two are open (never trained on):
 
 * train: the known classes with long-tailed counts ``TRAIN_COUNTS`` (many > 100, medium 20..100,
-  few < 20 -- two or three classes in each bucket), assigned to classes by a seeded permutation,
+  few < 20: 4 / 2 / 2 classes), assigned to classes by a seeded permutation,
   images drawn at random from the Fashion-MNIST train set;
 * val: 20 unused training images a known class;
 * test: ``test_per_class`` images a known class from the Fashion-MNIST test set (balanced);

@@ -15,9 +15,10 @@ from facelt.utils.progress import set_quiet
 
 def _command_modules():
     # Explicit imports: no string-based plugin loading.
-    from facelt.cli import (align, classify, compare, demo, extract, megaface, prepare, rec,
+    from facelt.cli import (align, check, classify, compare, demo, extract, megaface, prepare, rec,
                             report, stats, train)
-    return [demo, train, classify, compare, prepare, stats, rec, align, extract, megaface, report]
+    return [demo, train, classify, compare, prepare, check, stats, rec, align, extract, megaface,
+            report]
 
 
 def build_parser() -> argparse.ArgumentParser:
