@@ -116,6 +116,9 @@ class StageConfig:
     lr_gamma: float = 0.1
     centroid_loss_weight: float = 0.01
     """Weight of the discriminative-centroid loss (reference config 0.01; the paper's lambda 0.1)."""
+    centroid_update: Literal["autograd", "reference"] = "autograd"
+    """How the attract term moves the centroids: its true gradient, or the OLTR reference's
+    center-loss-style update ``sum (c - v) / (1 + n_k) / B`` that ignores the loss weights."""
     centroid_margin: float = 10.0
     centroid_repel_weight: float = 0.01
     reach_scale: float = 10.0

@@ -10,7 +10,10 @@ so the loss costs O((B + K) d) -- no ``B x K`` matmul at all (at K = 74.5K that 
 ``B x d x K`` products of a stage-2 step saved). Distances do not change when every point moves by
 the same vector, so features and centroids are first centred on the (constant) centroid mean: the
 middle term then vanishes and the sum has no cancellation in float32.
-Gradients flow by autograd to features and centroids.
+Gradients flow by autograd to features and centroids (``centroid_update="autograd"``). With
+``centroid_update="reference"`` the attract term's gradient w.r.t. the centroids is the OLTR
+reference's center-loss-style one, ``sum_{i: y_i = k} (c_k - v_i) / (1 + n_k) / B`` (n_k: the
+class's samples in the batch), which ignores the loss weights; features get the usual gradient.
 """
 from __future__ import annotations
 
@@ -18,21 +21,45 @@ import torch
 from torch import nn
 
 
+class _ReferenceAttract(torch.autograd.Function):
+    """``sum_i ||v_i - c_{y_i}||^2 / (2B)`` with the reference's centroid gradient."""
+
+    @staticmethod
+    def forward(ctx, features, labels, centroids):
+        ctx.save_for_backward(features, labels, centroids)
+        diff = features - centroids.index_select(0, labels)
+        return diff.pow(2).sum() / (2.0 * features.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        features, labels, centroids = ctx.saved_tensors
+        batch = features.shape[0]
+        diff = centroids.index_select(0, labels) - features                # c_y - v
+        counts = torch.ones(centroids.shape[0], dtype=features.dtype, device=features.device)
+        counts.index_add_(0, labels, torch.ones_like(labels, dtype=features.dtype))
+        grad_c = torch.zeros_like(centroids).index_add_(0, labels, diff) / counts.unsqueeze(1)
+        return -grad_output * diff / batch, None, grad_c / batch
+
 
 class DiscCentroidLoss(nn.Module):
     """Attract features to their class centroid, repel them from the others by a margin."""
 
-    def __init__(self, margin: float = 10.0, repel_weight: float = 0.01) -> None:
+    def __init__(self, margin: float = 10.0, repel_weight: float = 0.01,
+                 centroid_update: str = "autograd") -> None:
         super().__init__()
+        if centroid_update not in ("autograd", "reference"):
+            raise ValueError(f"centroid_update must be 'autograd' or 'reference', got {centroid_update!r}")
         self.margin = margin
         self.repel_weight = repel_weight
+        self.centroid_update = centroid_update
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor,
                 centroids: torch.Tensor) -> torch.Tensor:
         batch, num_classes = features.shape[0], centroids.shape[0]
         labels = labels.long()
         own = (features - centroids.index_select(0, labels)).pow(2).sum()
-        attract = own / (2.0 * batch)
+        attract = (_ReferenceAttract.apply(features, labels, centroids)
+                   if self.centroid_update == "reference" else own / (2.0 * batch))
         centre = centroids.detach().mean(0)
         v = features - centre
         c = (centroids - centre).reshape(-1)

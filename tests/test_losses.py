@@ -1,6 +1,7 @@
 """Discriminative-centroid loss: value and gradients on a 2-sample, 2-class, 2-D case by hand."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from facelt.losses import DiscCentroidLoss
@@ -74,3 +75,20 @@ def test_closed_form_repel_matches_brute_force_distances():
         torch.testing.assert_close(loss, ref)
         torch.testing.assert_close(gv, rv)
         torch.testing.assert_close(gc, rc)
+
+
+def test_reference_centroid_update_is_the_center_loss_style_gradient():
+    """Hand case: B = 3, labels (0, 0, 1), K = 2, d = 1; c = (1, 5), v = (0, 4, 9).
+    Reference: dL/dc_0 = ((1-0) + (1-4)) / (1 + 2) / 3 = -2/9, dL/dc_1 = (5-9) / (1 + 1) / 3 = -2/3,
+    whatever the loss weight; features keep the true gradient (v - c_y) / B * weight."""
+    import torch
+    from facelt.losses import DiscCentroidLoss
+    v = torch.tensor([[0.0], [4.0], [9.0]], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([[1.0], [5.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    loss = DiscCentroidLoss(margin=0.0, centroid_update="reference")(v, y, c)
+    assert loss.item() == pytest.approx((1 + 9 + 16) / 6)
+    (0.01 * loss).backward()
+    torch.testing.assert_close(c.grad, torch.tensor([[-2 / 9], [-2 / 3]], dtype=torch.float64))
+    torch.testing.assert_close(v.grad, 0.01 * torch.tensor([[-1.0], [3.0], [4.0]],
+                                                           dtype=torch.float64) / 3)

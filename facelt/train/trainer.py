@@ -180,7 +180,8 @@ class StageTrainer:
                                                          gamma=st.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.centroid_loss = (DiscCentroidLoss(margin=st.centroid_margin,
-                                               repel_weight=st.centroid_repel_weight)
+                                               repel_weight=st.centroid_repel_weight,
+                                               centroid_update=st.centroid_update)
                               if st.head == "meta" and st.centroid_loss_weight > 0 else None)
         if st.head == "meta" and self.centroid_loss is None:
             # the head reads its centroids detached: without the centroid loss they stay fixed
