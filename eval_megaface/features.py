@@ -296,6 +296,7 @@ def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
         if row != num_rows:
             raise DataError(f"batches ended after {row} rows; expected num_rows={num_rows} "
                             f"(progress kept in {sidecar}: rerun to resume)")
+        source_path(out).unlink(missing_ok=True)  # never the old source beside the new rows
         final = finalize_feature_memmap(mm, out)
         write_json(source_path(out), settings)
     finally:

@@ -275,6 +275,10 @@ def prepare_ms1m_lt(source_prefix: str | os.PathLike, out_dir: str | os.PathLike
                             f"({saved.get('settings')}) is in {out}; delete {progress_file.name} and "
                             f"the train.*.partial files there to start over")
         resume, done = saved["writer"], int(saved["images_done"])
+        if not (out / "train.rec.partial").is_file():
+            raise DataError(f"{progress_file}: the build in {out} was interrupted while finishing "
+                            f"(train.rec.partial is gone); delete {progress_file.name}, train.rec, "
+                            f"train.idx and property there and run again")
     reader = RecordReader(src_rec, src_idx)
     try:
         with InsightfaceRecWriter(out / "train", kept_total, source.image_size, resumable=True,

@@ -67,3 +67,32 @@ def test_two_process_stage2_matches_one_process(demo_data, tmp_path):
     assert backbone and all(torch.equal(a["model"][k], s1["model"][k]) for k in backbone)
     head = [k for k in a["model"] if k.startswith("head.") and k != "head.centroids"]
     assert head
+
+
+def test_two_process_mid_epoch_checkpoints_and_resume(demo_data, tmp_path):
+    """2 processes with mid-epoch checkpoints: the logged image counts are the true ones, and a
+    resumed 2-process run (every rank restores its own RNG state) carries on to a further epoch."""
+    import json
+    cfg = str(ROOT / "configs" / "demo_list.yaml")
+    over = demo_overrides(demo_data, epochs=1) + ["stage1.batch_size=16", "stage1.checkpoint_every=2"]
+    env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+    def torchrun(*flags):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train",
+               "--config", cfg, "--stage", "1", "--out", str(tmp_path), *flags, *_sets(over)]
+        res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    torchrun()
+    n_train = len((demo_data / "demo_train.txt").read_text().splitlines())
+    per_epoch = (-(-n_train // 2) // 8) * 16      # 2 ranks x full batches of 8 of ceil(n/2) each
+    first = json.loads((tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["images"] == per_epoch
+    over[over.index("stage1.epochs=1")] = "stage1.epochs=2"
+    torchrun("--resume")
+    lines = [json.loads(l) for l in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert lines[1]["images"] == per_epoch
+    state = load_checkpoint(tmp_path / "stage1" / "checkpoint.pt")
+    assert state["complete"] and state["rng"].shape[0] == 2          # one RNG state per rank

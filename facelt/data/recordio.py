@@ -526,8 +526,10 @@ class RecordWriter:
             self._rec.close()
             self._idx.close()
             rec_p, idx_p = self.partial_paths(self.rec_path, self.idx_path)
-            os.replace(idx_p, self.idx_path)
+            # an older build's .idx must never sit beside the new .rec (or the reverse)
+            self.idx_path.unlink(missing_ok=True)
             os.replace(rec_p, self.rec_path)
+            os.replace(idx_p, self.idx_path)
             return
         try:
             self._rec.close()

@@ -236,11 +236,11 @@ class StageTrainer:
     def _own_rng(self, saved: torch.Tensor, where: Path) -> torch.Tensor:
         saved = saved.cpu()
         if saved.dim() == 1:  # one state for all ranks
-            return saved
+            return saved.clone()
         if saved.shape[0] != self.dist.world_size:
             raise CheckpointError(f"{where}: saved by {saved.shape[0]} processes, resumed with "
                                   f"{self.dist.world_size}; resume with the same number")
-        return saved[self.dist.rank]
+        return saved[self.dist.rank].clone()  # set_rng_state needs its own storage, not a view
 
     def _state(self, epoch: int, complete: bool, metrics: dict,
                partial: Optional[dict] = None) -> dict:
@@ -363,7 +363,7 @@ class StageTrainer:
             if st.checkpoint_every and (step + 1) % st.checkpoint_every == 0 and step + 1 < steps:
                 self._save_partial(epoch, step + 1, sums, time.time() - t0)
         bar.close()
-        totals = sums.to(self.device)  # NCCL reduces device tensors only
+        totals = sums.to(self.device, copy=True)  # NCCL reduces device tensors only
         D.all_reduce_sum(totals)
         totals = totals.cpu()
         n = max(totals[4].item(), 1.0)
@@ -376,7 +376,7 @@ class StageTrainer:
     def _save_partial(self, epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
         """Mid-epoch checkpoint (each rank's running sums stay local; rank 0 writes)."""
         self._gather_rng()
-        totals = sums.to(self.device)
+        totals = sums.to(self.device, copy=True)  # reduced in place: never the local sums
         D.all_reduce_sum(totals)  # the epoch's running sums over all ranks
         if self.dist.is_primary:
             partial = {"epoch": epoch, "step": step, "seconds": seconds,
