@@ -12,7 +12,7 @@ NOISE_ENV = "FACELT_NOISE_LISTS"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``megaface-eval`` and ``megaface-convert``."""
+    """Add ``megaface-eval``, ``megaface-convert`` and ``megaface-probes``."""
     p = subparsers.add_parser(
         "megaface-eval", help="MegaFace challenge-1 identification from feature files",
         description="Rank-1 / CMC of FaceScrub-style probes against 10..1M distractors, with "
@@ -69,6 +69,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--manifest", type=Path, required=True, help="row manifest (written or read)")
     c.add_argument("--algo", default="facelt", help="algorithm tag in the .bin names (npy2bin)")
     c.set_defaults(func=run_convert)
+    register_probes(subparsers)
+
+
+def register_probes(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "megaface-probes", help="FaceScrub probe list (path,identity,gender) from the actor/actress lists",
+        description="Write the probe CSV for megaface-eval from a FaceScrub image folder "
+                    "(ROOT/<Identity_Name>/<image>) with gender from facescrub_actors.txt / "
+                    "facescrub_actresses.txt.")
+    p.add_argument("--root", required=True, type=Path, help="FaceScrub probe images, a folder per identity")
+    p.add_argument("--actors", required=True, type=Path, help="facescrub_actors.txt")
+    p.add_argument("--actresses", required=True, type=Path, help="facescrub_actresses.txt")
+    p.add_argument("--out", required=True, type=Path, help="probe CSV to write")
+    p.set_defaults(func=run_probes)
+
+
+def run_probes(args: argparse.Namespace) -> int:
+    import json
+    from eval_megaface.facescrub import write_probe_list
+    print(json.dumps(write_probe_list(args.root, args.actors, args.actresses, args.out)))
+    return 0
 
 
 def _noise_dir(arg: Optional[str], probe_list: Path) -> Optional[Path]:
