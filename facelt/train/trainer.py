@@ -341,10 +341,13 @@ class StageTrainer:
             bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
             D.all_reduce_sum(bad)
             if bad.item() > 0:
+                ckpt = self.dir / "checkpoint.pt"
+                kept = (f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else
+                        f"no checkpoint of stage {self.stage} had been written yet")
                 raise NonFiniteLoss(
                     f"non-finite loss at stage {self.stage}, epoch {epoch + 1}, step {step + 1}: "
-                    f"training stopped; the last good checkpoint ({self.dir / 'checkpoint.pt'}) is "
-                    f"kept. Lower the learning rates or check the data.")
+                    f"training stopped; {kept}. Lower the learning rates, set "
+                    f"stage{self.stage}.grad_clip, or check the data.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if st.grad_clip > 0:
