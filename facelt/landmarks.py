@@ -118,6 +118,16 @@ def parse_megaface_record(record: Any, where: str) -> np.ndarray:
     return np.asarray(five, dtype=np.float32)
 
 
+def _read_json(p: Path):
+    """A landmarks JSON file, with an error naming it when missing or malformed."""
+    if not p.is_file():
+        raise DataError(f"landmarks file {p} does not exist")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: not valid JSON ({exc})") from None
+
+
 def read_megaface_json(path: str | os.PathLike) -> np.ndarray:
     """Five points from a MegaFace/FaceScrub per-image JSON (``<image>.json``).
 
@@ -132,24 +142,13 @@ def read_megaface_json(path: str | os.PathLike) -> np.ndarray:
     Any other count (e.g. the 3-point MegaFace distractor variant) raises :class:`DataError`.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"landmarks file {p} does not exist")
-    try:
-        record = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: not valid JSON ({exc})") from None
-    return parse_megaface_record(record, str(p))
+    return parse_megaface_record(_read_json(p), str(p))
 
 
 def read_landmarks_json(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A single JSON object ``{relative path: record}`` with MegaFace-style records."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"landmarks file {p} does not exist")
-    try:
-        table = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: not valid JSON ({exc})") from None
+    table = _read_json(p)
     if not isinstance(table, dict):
         raise DataError(f"{p}: expected an object mapping image paths to landmark records")
     return {str(rel): parse_megaface_record(rec, f"{p} [{rel!r}]") for rel, rec in table.items()}

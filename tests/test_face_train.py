@@ -50,17 +50,12 @@ def test_face_two_stage_smoke(face_rec, tmp_path, stage1_head):
     assert s2["metrics"]["images"] == 16
 
 
-def test_megaface_eval_extracts_with_a_checkpoint(face_rec, tmp_path):
+def test_megaface_eval_extracts_with_a_checkpoint(face_rec, face_checkpoint, tmp_path):
     """megaface-eval --checkpoint: features are extracted first (rows in rec order), then scored."""
     import csv
     import json
     from facelt.data.rec_dataset import RecordDataset
     from pipelines.synthetic_faces import write_synthetic_distractors
-    over = [f"data.root={face_rec}", "data.image_size=56", "data.num_workers=0",
-            "model.backbone=resnet18", "device=cpu", "stage1.epochs=1", "stage1.batch_size=8",
-            "stage1.max_steps_per_epoch=1"]
-    assert main(["train", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"), "--stage", "1",
-                 "--out", str(tmp_path / "run"), *_sets(over)]) == 0
     write_synthetic_distractors(tmp_path / "dist" / "train", 12, seed=5, size=56)
     labels = RecordDataset(face_rec / "train", train=False).labels
     probe_csv = tmp_path / "probes.csv"
@@ -70,8 +65,8 @@ def test_megaface_eval_extracts_with_a_checkpoint(face_rec, tmp_path):
         for i, lab in enumerate(labels):
             w.writerow([f"img{i}.jpg", int(lab)])
     out = tmp_path / "mf"
-    assert main(["megaface-eval", "--gallery", "10", "--checkpoint",
-                 str(tmp_path / "run" / "stage1" / "checkpoint.pt"), "--probe-rec",
+    assert main(["megaface-eval", "--gallery", "10", "--checkpoint", str(face_checkpoint),
+                 "--probe-rec",
                  str(face_rec / "train"), "--probe-list", str(probe_csv), "--distractor-rec",
                  str(tmp_path / "dist" / "train"), "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
