@@ -50,10 +50,10 @@ def test_face_two_stage_smoke(face_rec, tmp_path, stage1_head):
     assert s2["metrics"]["images"] == 16
 
 
-def test_megaface_eval_extracts_with_a_checkpoint(face_rec, face_checkpoint, tmp_path):
-    """megaface-eval --checkpoint: features are extracted first (rows in rec order), then scored."""
+def _probes_and_distractors(face_rec, tmp_path):
+    """The training rec's images as probes (CSV rows in rec order) and 12 SYNTHETIC distractors
+    in ``tmp_path/dist/train``; returns (labels, probe CSV path)."""
     import csv
-    import json
     from facelt.data.rec_dataset import RecordDataset
     from pipelines.synthetic_faces import write_synthetic_distractors
     write_synthetic_distractors(tmp_path / "dist" / "train", 12, seed=5, size=56)
@@ -62,8 +62,14 @@ def test_megaface_eval_extracts_with_a_checkpoint(face_rec, face_checkpoint, tmp
     with open(probe_csv, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "identity"])
-        for i, lab in enumerate(labels):
-            w.writerow([f"img{i}.jpg", int(lab)])
+        w.writerows([f"img{i}.jpg", int(lab)] for i, lab in enumerate(labels))
+    return labels, probe_csv
+
+
+def test_megaface_eval_extracts_with_a_checkpoint(face_rec, face_checkpoint, tmp_path):
+    """megaface-eval --checkpoint: features are extracted first (rows in rec order), then scored."""
+    import json
+    labels, probe_csv = _probes_and_distractors(face_rec, tmp_path)
     out = tmp_path / "mf"
     assert main(["megaface-eval", "--gallery", "10", "--checkpoint", str(face_checkpoint),
                  "--probe-rec",
@@ -132,16 +138,7 @@ def test_features_are_reused_only_for_the_same_checkpoint(face_rec, face_checkpo
 
 def test_megaface_distractor_list_must_match_the_extracted_rows(face_rec, face_checkpoint,
                                                                 tmp_path, capsys):
-    import csv
-    from facelt.data.rec_dataset import RecordDataset
-    from pipelines.synthetic_faces import write_synthetic_distractors
-    write_synthetic_distractors(tmp_path / "dist" / "train", 12, seed=5, size=56)
-    labels = RecordDataset(face_rec / "train", train=False).labels
-    probe_csv = tmp_path / "probes.csv"
-    with open(probe_csv, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "identity"])
-        w.writerows([f"img{i}.jpg", int(lab)] for i, lab in enumerate(labels))
+    _, probe_csv = _probes_and_distractors(face_rec, tmp_path)
     rows = [f"{tmp_path / 'dist' / 'train'}#{k}" for k in range(1, 13)]
     (tmp_path / "dlist.txt").write_text("\n".join(reversed(rows)) + "\n")
     rc = main(["megaface-eval", "--gallery", "10", "--checkpoint", str(face_checkpoint),
