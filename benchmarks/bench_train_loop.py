@@ -1,13 +1,13 @@
 """Benchmark: facelt's training loop against a bare PyTorch loop on the same model and data (CPU).
 
 Not a test.  Setup (not timed): generate the built-in demo dataset (``pipelines.demo_data``) under
-``--dir``, load ``configs/demo_list.yaml`` over it, then for each stage build a
-:class:`facelt.train.trainer.StageTrainer` (``_data()``, ``_build()``, ``_init_centroids()``:
-centroid computation is setup) and the loader ``StageTrainer.run`` would build (same sampler,
-batch size, workers).  Stage 2 starts from random weights (``stage2.init_from=none``): where the
+``--dir``, load ``configs/demo_list.yaml`` over it, then for each stage build its parts with
+:func:`facelt.train.stage.build_stage` (network, optimizer, loss, the sampler and loader
+``StageTrainer.run`` uses) and :func:`facelt.train.stage.init_head_from_data` (centroid
+computation is setup).  Stage 2 starts from random weights (``stage2.init_from=none``): where the
 backbone comes from does not change the cost of a step.
 
-Timed: ``--rounds`` rounds of, alternately, one ``StageTrainer._epoch`` call capped at ``--steps``
+Timed: ``--rounds`` rounds of, alternately, one ``train_one_epoch`` call capped at ``--steps``
 steps (its non-finite check, ``.item()`` bookkeeping, grad scaler and progress bar included;
 no validation, no checkpoint) and the same number of steps of a bare loop over the SAME loader on
 a copy of the same network (``copy.deepcopy`` of the trainer's net before any step), with an SGD
@@ -44,9 +44,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from facelt.config import Config, load_config  # noqa: E402
-from facelt.data.build import make_loader, train_sampler  # noqa: E402
 from facelt.losses import DiscCentroidLoss  # noqa: E402
-from facelt.train.trainer import StageTrainer  # noqa: E402
+from facelt.train.loop import train_one_epoch  # noqa: E402
+from facelt.train.stage import StageParts, build_stage, init_head_from_data  # noqa: E402
 from pipelines.demo_data import DemoSpec, make_demo_dataset  # noqa: E402
 
 
@@ -59,16 +59,11 @@ def bench_config(data: Path, steps: int, batch: int) -> Config:
     return load_config(ROOT / "configs" / "demo_list.yaml", overrides)
 
 
-def prepare(cfg: Config, stage: int, out: Path) -> tuple[StageTrainer, object, object]:
-    """A trainer set up up to its first epoch, and the loader/sampler ``run()`` would build."""
-    tr = StageTrainer(cfg, stage, out)
-    tr._data()
-    tr._build()
-    tr._init_centroids()
-    sampler = train_sampler(tr.st, tr.train_split.labels, cfg.seed, 0, 1)
-    loader = make_loader(tr.train_split.dataset, tr.st.batch_size, cfg.data.num_workers,
-                         sampler=sampler, drop_last=len(sampler) >= tr.st.batch_size)
-    return tr, loader, sampler
+def prepare(cfg: Config, stage: int, out: Path) -> StageParts:
+    """A stage's parts, its head initialised, ready for the first epoch."""
+    parts = build_stage(cfg, stage, out=out)
+    init_head_from_data(parts)
+    return parts
 
 
 def bare_epoch(net: nn.Module, opt: torch.optim.Optimizer, loader, sampler, epoch: int,
@@ -93,21 +88,21 @@ def bare_epoch(net: nn.Module, opt: torch.optim.Optimizer, loader, sampler, epoc
 
 
 def bench_stage(cfg: Config, stage: int, out: Path, steps: int, rounds: int) -> dict:
-    tr, loader, sampler = prepare(cfg, stage, out)
+    parts = prepare(cfg, stage, out)
+    loader, sampler = parts.loader, parts.sampler
     if len(loader) < steps:
         raise SystemExit(f"stage {stage}: the loader has {len(loader)} batches < --steps {steps}; "
                          f"use a bigger --max-count / --classes or fewer --steps")
-    st = tr.st
-    bare = copy.deepcopy(tr.net)
+    st = parts.st
+    bare = copy.deepcopy(parts.net)
     opt = torch.optim.SGD([p for p in bare.parameters() if p.requires_grad], lr=st.classifier_lr,
                           momentum=st.momentum, weight_decay=st.weight_decay)
     closs = (DiscCentroidLoss(st.centroid_margin, st.centroid_repel_weight)
-             if tr.centroid_loss is not None else None)
-    model = tr._wrap()
+             if parts.loss.centroid is not None else None)
     facelt_ips, bare_ips = [], []
     for r in range(rounds + 1):  # round 0 is the warm-up
         t = time.perf_counter()
-        m = tr._epoch(model, loader, sampler, r)
+        m = train_one_epoch(parts, r)
         f_ips = m["images"] / (time.perf_counter() - t)
         t = time.perf_counter()
         n = bare_epoch(bare, opt, loader, sampler, r, steps, closs, st.centroid_loss_weight)

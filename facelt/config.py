@@ -3,8 +3,9 @@
 A YAML file under ``configs/`` sets the defaults of a recipe and flags override them (as timm's
 train.py does), but every key is checked against the dataclasses below: an unknown key, a wrong type or
 a value outside its choices is a :class:`~facelt.errors.ConfigError` that names the file and the
-dotted key.  There are no string imports: component names (backbone, head, sampler) are looked up in
-explicit tables by the model and trainer builders.
+dotted key.  There are no string imports: component names are looked up in explicit tables, and the
+allowed head and loss names come from those tables (``facelt.models.head_table.HEADS``,
+``facelt.losses.classification.LOSSES``, ``facelt.losses.feature.AUX_LOSSES``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 
 from facelt.errors import ConfigError
+from facelt.losses.classification import LOSS_NAMES
+from facelt.losses.feature import AUX_LOSS_NAMES
+from facelt.models.head_table import HEAD_NAMES
 
 
 @dataclass
@@ -80,7 +84,7 @@ class StageConfig:
     sampler: Literal["instance", "class_aware"] = "instance"
     samples_per_class: int = 4
     """Class-aware sampler: consecutive samples drawn from one class."""
-    head: Literal["linear", "cosine", "meta", "arcface", "cosface", "lws", "fslwf"] = "linear"
+    head: Literal[HEAD_NAMES] = "linear"
     """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020);
     ``fslwf``: cosine classifier + attention-based few-shot weight generator (Gidaris & Komodakis
     2018, see facelt/models/fslwf.py)."""
@@ -88,12 +92,12 @@ class StageConfig:
     """``fslwf``: classes with fewer training images are novel; their weights are generated."""
     fslwf_fake_novel_prob: float = 0.5
     """``fslwf``: probability that a class of a training batch is treated as fake novel."""
-    loss: Literal["ce", "focal", "balanced_softmax", "logit_adjusted"] = "ce"
+    loss: Literal[LOSS_NAMES] = "ce"
     """Classification loss on the logits."""
     focal_gamma: float = 2.0
     la_tau: float = 1.0
     """Logit-adjusted loss: logits + tau * log prior."""
-    aux_loss: Literal["none", "range", "lifted"] = "none"
+    aux_loss: Literal[AUX_LOSS_NAMES] = "none"
     """Feature loss added to the classification loss (the paper's Table 3 baselines)."""
     aux_loss_weight: float = 0.01
     reinit_classifier: bool = True

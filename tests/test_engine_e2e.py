@@ -138,12 +138,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(demo_data, tmp
     class Exploding(StageTrainer):
         calls = 0
 
-        def _loss(self, out, y):
-            loss, parts = super()._loss(out, y)
-            Exploding.calls += 1
-            if self.last_metrics:  # after the first epoch finished
-                loss = loss * float("nan")
-            return loss, parts
+        def build(self):
+            parts = super().build()
+            inner = parts.loss
+
+            def loss_fn(out, y):
+                loss, terms = inner(out, y)
+                Exploding.calls += 1
+                if self.state.metrics:  # after the first epoch finished
+                    loss = loss * float("nan")
+                return loss, terms
+            parts.loss = loss_fn
+            return parts
 
     t = Exploding(cfg, 1, tmp_path)
     with pytest.raises(NonFiniteLoss) as e:
@@ -249,11 +255,17 @@ def test_mid_epoch_checkpoint_resume_is_exact(demo_data, tmp_path):
         pass
 
     class Crashing(StageTrainer):
-        def _loss(self, out, y):
-            Crashing.calls = getattr(Crashing, "calls", 0) + 1
-            if Crashing.calls == 13:  # epoch 2 (8 steps an epoch), after its step-3 checkpoint
-                raise Crash()
-            return super()._loss(out, y)
+        def build(self):
+            parts = super().build()
+            inner = parts.loss
+
+            def loss_fn(out, y):
+                Crashing.calls = getattr(Crashing, "calls", 0) + 1
+                if Crashing.calls == 13:  # epoch 2 (8 steps an epoch), after its step-3 checkpoint
+                    raise Crash()
+                return inner(out, y)
+            parts.loss = loss_fn
+            return parts
 
     with pytest.raises(Crash):
         Crashing(cfg, 1, tmp_path / "crashed").run()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from facelt.config import StageConfig
-from facelt.objectives import (FocalLoss, LiftedStructuredLoss, RangeLoss, build_aux_loss,
+from facelt.losses import (FocalLoss, LiftedStructuredLoss, RangeLoss, build_aux_loss,
                                build_loss)
 
 

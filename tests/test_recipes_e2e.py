@@ -14,7 +14,7 @@ from facelt.cli import main
 from facelt.config import load_config
 from facelt.errors import FaceltError
 from facelt.train.checkpoint import load_checkpoint
-from facelt.train.trainer import StageTrainer
+from facelt.train.stage import build_stage
 from tests.conftest import ROOT
 
 
@@ -77,10 +77,8 @@ def test_places_lt_pretrained_and_freezing(tiny_benchmark, tmp_path):
     over = _over(tiny_benchmark, [f"model.pretrained={weights}", "model.pretrained_format=torchvision"])
     cfg = load_config(ROOT / "configs" / "places_lt.yaml", over[1::2])
     # the pretrained weights are what stage 1 starts from
-    t = StageTrainer(cfg, 1, tmp_path / "probe")
-    t._data()
-    t._build()
-    own = t.net.backbone.state_dict()
+    parts = build_stage(cfg, 1, out=tmp_path / "probe")
+    own = parts.net.backbone.state_dict()
     for k in ("conv1.weight", "layer4.2.conv3.weight", "layer3.35.bn2.running_mean"):
         assert torch.equal(own[k], ref[k]), k
 

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facelt.data.build import SPLITS, build_split, class_counts, infer_num_classes
+    from facelt.data.lists import labels_outside
     from facelt.metrics import shot_counts
     cfg = config_from_args(args)
     splits = {s: build_split(cfg.data, s, train=False, check_files=True) for s in SPLITS}
@@ -34,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
         if split is None:
             continue
         labels = split.labels
-        if name == "open":
-            if (labels != -1).any():
-                i = int(np.flatnonzero(labels != -1)[0])
-                raise DataError(f"open split: {split.items[i]} has label {int(labels[i])}; open-set "
-                                f"images are labelled -1")
-        elif ((labels < 0) | (labels >= k)).any():
-            i = int(np.flatnonzero((labels < 0) | (labels >= k))[0])
+        bad = labels_outside(labels, k, open_set=name == "open")
+        if bad.size and name == "open":
+            i = int(bad[0])
+            raise DataError(f"open split: {split.items[i]} has label {int(labels[i])}; open-set "
+                            f"images are labelled -1")
+        if bad.size:
+            i = int(bad[0])
             raise DataError(f"{name} split: {split.items[i]} has label {int(labels[i])}, outside "
                             f"0..{k - 1}")
         entry = {"images": int(len(labels))}

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facelt.config import DataConfig, StageConfig
-from facelt.errors import ConfigError
-from facelt.data.lists import check_files_exist, read_list
+from facelt.errors import ConfigError, DataError
+from facelt.data.lists import check_files_exist, labels_outside, read_list
 from facelt.data.images import ListDataset
 from facelt.data.transforms import build_transforms
 from facelt.data.samplers import ClassAwareSampler, InstanceSampler
@@ -32,6 +32,16 @@ class Split:
     labels: np.ndarray
     items: list[str]
     """Human-readable name of each item (image path or ``prefix#key``) for predictions.csv."""
+
+
+def check_known_labels(split: Split, what: str, num_classes: int) -> None:
+    """Training and validation images need a known class: 0 <= label < num_classes."""
+    bad = labels_outside(split.labels, num_classes)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{what} split: {bad.size} item(s) have a label outside 0..{num_classes - 1}, "
+                        f"first {split.items[i]} (label {int(split.labels[i])}); open-set images "
+                        f"(label -1) belong in data.open, not in data.{split.name}")
 
 
 def split_location(cfg: DataConfig, split: str) -> Optional[Path]:
@@ -168,10 +178,3 @@ def _folder_names(cfg: DataConfig, num_classes: int, train: Optional[Split]) -> 
             raise ConfigError(f"data.class_names '@folders': label {label} has images in both "
                               f"'{names[label]}' and '{folder}'")
     return [n if n is not None else str(k) for k, n in enumerate(names)]
-
-
-def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in workers
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    import random
-    random.seed(seed)

@@ -69,6 +69,16 @@ class ImageList:
         return f"{self.path} item {index}"
 
 
+def labels_outside(labels: Sequence[int] | np.ndarray, num_classes: int, open_set: bool = False
+                   ) -> np.ndarray:
+    """Indices of the labels a split may not hold: anything but ``OPEN_LABEL`` in an open-set
+    split, anything outside ``0..num_classes-1`` in a known-class split (train / val / test)."""
+    labels = np.asarray(labels)
+    if open_set:
+        return np.flatnonzero(labels != OPEN_LABEL)
+    return np.flatnonzero((labels < 0) | (labels >= num_classes))
+
+
 def _bad_line(path: Path, lineno: int, text: str, why: str) -> DataError:
     return DataError(f"{path}, line {lineno}: {why} in {text!r}; expected {_EXPECTED}")
 

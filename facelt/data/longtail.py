@@ -44,7 +44,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from facelt.data.lists import OPEN_LABEL, ImageList, read_list, write_list
+from facelt.data.lists import OPEN_LABEL, ImageList, labels_outside, read_list, write_list
 from facelt.metrics import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import write_json
@@ -111,12 +111,9 @@ def resolve_split_paths(spec: BenchmarkSpec, data_root: str | os.PathLike,
 
 def _check_labels(spec: BenchmarkSpec, split: str, lst: ImageList) -> None:
     labels = lst.labels
-    if split == "open":
-        bad = np.flatnonzero(labels != OPEN_LABEL)
-        want = f"label {OPEN_LABEL} (open set)"
-    else:
-        bad = np.flatnonzero((labels < 0) | (labels >= spec.num_classes))
-        want = f"a label in 0..{spec.num_classes - 1}"
+    bad = labels_outside(labels, spec.num_classes, open_set=split == "open")
+    want = (f"label {OPEN_LABEL} (open set)" if split == "open"
+            else f"a label in 0..{spec.num_classes - 1}")
     if bad.size:
         i = int(bad[0])
         raise DataError(f"{lst.line_of(i)}: {lst.items[i]!r} has label {int(labels[i])}; every "

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from facelt.config import Config, StageConfig
+from facelt.config import Config
 from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention
 from facelt.models.backbones import build_backbone
-from facelt.models.fslwf import FSLwFHead
-from facelt.models.heads import CosineHead, LinearHead, LWSHead, MarginHead, MetaEmbeddingHead
+from facelt.models.head_table import build_head
 from facelt.models.necks import FaceNeck, PoolNeck
 from facelt.models.net import OLTRNet
 
@@ -36,22 +35,6 @@ def feature_map_size(backbone: nn.Module, channels: int, image_size: int) -> int
     return int(out.shape[-1])
 
 
-def _head(stage: StageConfig, dim: int, num_classes: int) -> nn.Module:
-    if stage.head == "linear":
-        return LinearHead(dim, num_classes)
-    if stage.head == "cosine":
-        return CosineHead(dim, num_classes, scale=stage.cos_scale)
-    if stage.head == "lws":
-        return LWSHead(dim, num_classes)
-    if stage.head == "fslwf":
-        return FSLwFHead(dim, num_classes, novel_max_count=stage.fslwf_novel_max_count,
-                         fake_novel_prob=stage.fslwf_fake_novel_prob)
-    if stage.head == "meta":
-        return MetaEmbeddingHead(dim, num_classes, reach_scale=stage.reach_scale,
-                                 cos_scale=stage.cos_scale)
-    return MarginHead(dim, num_classes, kind=stage.head, s=stage.margin_scale, m=stage.margin)
-
-
 def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None = None) -> OLTRNet:
     """Backbone -> optional modulated attention -> neck -> the stage's head."""
     st = cfg.stage(stage)
@@ -64,5 +47,5 @@ def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None 
         size = feature_map_size(backbone, cfg.data.channels, image_size or cfg.data.image_size)
         neck = FaceNeck(channels, size, embedding_dim=cfg.model.embedding_dim,
                         dropout=cfg.model.dropout)
-    head = _head(st, neck.out_dim, num_classes)
+    head = build_head(st, neck.out_dim, num_classes)
     return OLTRNet(backbone, neck, head, attention=attention)

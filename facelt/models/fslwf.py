@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelt.errors import ConfigError
-from facelt.models.heads import copy_class_means
+from facelt.models.heads import Head, copy_class_means
 
 Aux = dict[str, torch.Tensor]
 
@@ -84,12 +84,14 @@ def leave_one_out_means(v: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return _leave_one_out(v, inverse, counts, sums)
 
 
-class FSLwFHead(nn.Module):
+class FSLwFHead(Head):
     """Cosine classifier with learnable scale + attention-based few-shot weight generator."""
 
     #: the generator's parameters get no gradient in a batch that draws no fake-novel class
     #: (DDP must then look for unused parameters)
     may_skip_parameters = True
+    needs_centroids = True
+    needs_class_counts = True
 
     def __init__(self, in_dim: int, num_classes: int, novel_max_count: int = 20,
                  fake_novel_prob: float = 0.5) -> None:

@@ -39,6 +39,32 @@ def squash(x: torch.Tensor) -> torch.Tensor:
     return x / (1.0 + x.norm(dim=1, keepdim=True))
 
 
+class Head(nn.Module):
+    """Base of every classifier head: ``forward(v, labels=None) -> (logits, aux)``.
+
+    A head declares what the trainer has to give it (class attributes, all false by default):
+
+    * ``needs_centroids``: ``init_centroids(means (K, d))`` with the per-class mean features of the
+      training set before the first step of a fresh stage;
+    * ``needs_class_counts``: ``init_class_counts(counts (K,))`` too (training images per class);
+    * ``uses_centroid_loss``: its ``centroids`` parameter is trained by the discriminative-centroid
+      loss (and frozen when that loss has weight 0);
+    * ``may_skip_parameters``: some parameters get no gradient in some steps (DDP must look for
+      unused parameters).
+    """
+
+    needs_centroids = False
+    needs_class_counts = False
+    uses_centroid_loss = False
+    may_skip_parameters = False
+
+    def init_centroids(self, centroids: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no centroids")
+
+    def init_class_counts(self, counts: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no class counts")
+
+
 @torch.no_grad()
 def copy_class_means(dst: torch.Tensor, means: torch.Tensor) -> None:
     """Copy per-class mean features ``(K, d)`` into a head's ``dst`` of the same shape."""
@@ -48,7 +74,7 @@ def copy_class_means(dst: torch.Tensor, means: torch.Tensor) -> None:
     dst.copy_(means)
 
 
-class LinearHead(nn.Module):
+class LinearHead(Head):
     """Plain linear classifier (stage 1): ``logits = W v + b``."""
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
@@ -59,7 +85,7 @@ class LinearHead(nn.Module):
         return self.fc(v), {}
 
 
-class CosineHead(nn.Module):
+class CosineHead(Head):
     """Cosine classifier with squashing: ``logits = scale * squash(x) @ normalize(W)^T``."""
 
     def __init__(self, in_dim: int, num_classes: int, scale: float = 16.0) -> None:
@@ -72,12 +98,15 @@ class CosineHead(nn.Module):
         return self.scale * squash(v) @ F.normalize(self.weight, dim=1).t(), {}
 
 
-class MetaEmbeddingHead(nn.Module):
+class MetaEmbeddingHead(Head):
     """OLTR dynamic meta-embedding followed by the cosine classifier.
 
     ``memory = softmax(T_hal(v)) @ C``, ``e = tanh(T_sel(v))``, ``gamma = min_k ||v - c_k||``,
     ``v_meta = (reach_scale / gamma) * (v + e * memory)``, ``logits = cosine(v_meta)``.
     """
+
+    needs_centroids = True
+    uses_centroid_loss = True
 
     def __init__(self, in_dim: int, num_classes: int, reach_scale: float = 10.0,
                  cos_scale: float = 16.0, eps: float = 1e-6) -> None:
@@ -114,7 +143,7 @@ class MetaEmbeddingHead(nn.Module):
         return logits, aux
 
 
-class MarginHead(nn.Module):
+class MarginHead(Head):
     """ArcFace ``s*cos(theta + m)`` or CosFace ``s*(cos(theta) - m)`` margin softmax head.
 
     Features and class weights are L2-normalised; the margin goes on the target logit only when
@@ -155,7 +184,7 @@ class MarginHead(nn.Module):
         return self.s * cos, {}
 
 
-class LWSHead(nn.Module):
+class LWSHead(Head):
     """Learnable weight scaling (Kang et al., ICLR 2020): stage 1's linear classifier, frozen, with
     one learnable scale per class: ``logits_k = s_k * (w_k . v + b_k)``.
 

@@ -1,0 +1,65 @@
+"""The objective of one training stage: classification loss + optional feature loss + the
+discriminative-centroid loss when the head keeps centroids.
+
+``StageLoss(out, labels) -> (loss, parts)`` where ``out`` is :class:`~facelt.models.net.OLTRNet`'s
+output and ``parts`` holds the detached terms the trainer logs (``ce``, and ``centroid`` when used).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+from torch import nn
+
+from facelt.losses.centroid import DiscCentroidLoss
+from facelt.losses.classification import Counts, build_loss
+from facelt.losses.feature import build_aux_loss
+
+if TYPE_CHECKING:
+    from facelt.config import StageConfig
+
+
+class StageLoss:
+    """``classify(logits, y) + aux_weight * aux(v, y) + centroid_weight * centroid(v, y, C)``.
+
+    ``centroids`` returns the head's centroid matrix ``C`` (only called when ``centroid`` is set).
+    """
+
+    def __init__(self, classify: nn.Module, aux: Optional[nn.Module] = None, aux_weight: float = 0.0,
+                 centroid: Optional[DiscCentroidLoss] = None, centroid_weight: float = 0.0,
+                 centroids: Optional[Callable[[], torch.Tensor]] = None) -> None:
+        if centroid is not None and centroids is None:
+            raise ValueError("a centroid loss needs the head's centroids")
+        self.classify = classify
+        self.aux = aux
+        self.aux_weight = aux_weight
+        self.centroid = centroid
+        self.centroid_weight = centroid_weight
+        self.centroids = centroids
+
+    def to(self, device: torch.device) -> "StageLoss":
+        self.classify.to(device)
+        return self
+
+    def __call__(self, out: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        ce = self.classify(out["logits"].float(), labels)
+        parts = {"ce": ce.detach()}
+        loss = ce
+        if self.aux is not None:
+            loss = loss + self.aux_weight * self.aux(out["features"].float(), labels)
+        if self.centroid is not None:
+            cl = self.centroid(out["features"].float(), labels, self.centroids())
+            loss = loss + self.centroid_weight * cl
+            parts["centroid"] = cl.detach()
+        return loss, parts
+
+
+def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts) -> StageLoss:
+    """The stage's objective; the centroid loss is added for heads that declare
+    ``uses_centroid_loss`` (the meta-embedding head) when ``centroid_loss_weight > 0``."""
+    centroid = None
+    if head.uses_centroid_loss and st.centroid_loss_weight > 0:
+        centroid = DiscCentroidLoss(margin=st.centroid_margin, repel_weight=st.centroid_repel_weight,
+                                    centroid_update=st.centroid_update)
+    return StageLoss(build_loss(st, class_counts), build_aux_loss(st), st.aux_loss_weight,
+                     centroid, st.centroid_loss_weight, lambda: head.centroids)

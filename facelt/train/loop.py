@@ -1,0 +1,149 @@
+"""One epoch of training over :class:`~facelt.train.stage.StageParts`, with step callbacks.
+
+:func:`train_one_epoch` runs the steps of one epoch (from a mid-epoch position when resuming),
+stops on a non-finite loss on any rank, and returns the epoch's metrics. After each step it calls
+every callback with a :class:`StepContext` (arcface_torch style: a list of callables); the
+trainer's mid-epoch checkpoint is one of them. Callbacks run on every rank (a collective inside
+one is fine: all ranks call it at the same step).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from facelt.data.build import make_loader
+from facelt.data.samplers import SkipSampler
+from facelt.errors import FaceltError
+from facelt.train import distributed as D
+from facelt.train.stage import StageParts, set_train_mode
+from facelt.utils.progress import progress
+
+#: the running sums of an epoch: loss, ce, centroid loss, correct, images (each x images)
+SUM_NAMES = ("loss", "ce", "centroid", "correct", "images")
+
+
+class NonFiniteLoss(FaceltError):
+    pass
+
+
+@dataclass
+class EpochPosition:
+    """Where a resumed epoch continues: steps done, their running sums and seconds, and the RNG
+    state to restore once the data iterator exists."""
+
+    epoch: int
+    step: int
+    sums: list[float]
+    seconds: float
+    rng: Optional[torch.Tensor] = None
+
+
+@dataclass
+class StepContext:
+    """What a step callback sees, after the optimizer step: ``step`` steps of ``steps`` are done."""
+
+    parts: StageParts
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    sums: torch.Tensor
+    seconds: float
+
+
+StepCallback = Callable[[StepContext], None]
+
+
+def steps_in_epoch(parts: StageParts) -> int:
+    st = parts.st
+    n = len(parts.loader)
+    return n if not st.max_steps_per_epoch else min(n, st.max_steps_per_epoch)
+
+
+def _non_finite(parts: StageParts, epoch: int, step: int, checkpoint: Optional[Path]
+                ) -> NonFiniteLoss:
+    kept = (f"the last good checkpoint ({checkpoint}) is kept"
+            if checkpoint is not None and checkpoint.exists()
+            else f"no checkpoint of stage {parts.stage} had been written yet")
+    return NonFiniteLoss(
+        f"non-finite loss at stage {parts.stage}, epoch {epoch + 1}, step {step + 1}: training "
+        f"stopped; {kept}. Lower the learning rates, set stage{parts.stage}.grad_clip, or check "
+        f"the data.")
+
+
+def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosition] = None,
+                    callbacks: Sequence[StepCallback] = (), checkpoint: Optional[Path] = None) -> dict:
+    """Train ``parts.model`` for epoch ``epoch`` (0-based) and return its metrics (summed over
+    ranks): ``loss``, ``ce``, ``centroid_loss``, ``train_acc``, ``images``, ``seconds``,
+    ``images_per_s``. ``checkpoint``: the stage's checkpoint file, named in the error on a
+    non-finite loss (it is kept as it was)."""
+    st, net, device = parts.st, parts.net, parts.device
+    sampler, loader = parts.sampler, parts.loader
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    set_train_mode(net, st)
+    steps = steps_in_epoch(parts)
+    sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64)
+    first, spent = 0, 0.0
+    if position is not None:  # continue inside the epoch: skip the batches already trained on
+        first, spent = int(position.step), float(position.seconds)
+        sums += torch.tensor(position.sums, dtype=torch.float64)
+        loader = make_loader(loader.dataset, loader.batch_size, loader.num_workers,
+                             sampler=SkipSampler(sampler, first * loader.batch_size),
+                             drop_last=loader.drop_last, pin=loader.pin_memory)
+    batches = iter(loader)  # (draws the loader's base seed from the RNG) ...
+    if position is not None and position.rng is not None:  # ... so restore the RNG after it
+        torch.set_rng_state(position.rng.cpu())
+    t0 = time.time() - spent
+    bar = progress(total=steps, initial=first, desc=f"stage {parts.stage} epoch {epoch + 1}/{st.epochs}",
+                   unit="batch", disable=not parts.dist.is_primary)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if parts.use_amp else nullcontext()
+    optimizer, scaler = parts.optimizer, parts.scaler
+    for step in range(first, steps):
+        try:
+            x, y, _ = next(batches)
+        except StopIteration:
+            break
+        x = x.to(device, non_blocking=True)
+        y = torch.as_tensor(y, device=device).long()
+        with autocast:
+            out = parts.model(x, y)
+        loss, terms = parts.loss(out, y)
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+        D.all_reduce_sum(bad)
+        if bad.item() > 0:
+            raise _non_finite(parts, epoch, step, checkpoint)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if st.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), st.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        n = y.shape[0]
+        value = loss.item()
+        sums += torch.tensor([value * n, terms["ce"].item() * n,
+                              float(terms.get("centroid", torch.tensor(0.0))) * n,
+                              (out["logits"].argmax(1) == y).sum().item(), n], dtype=torch.float64)
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.3f}",
+                        img_s=f"{sums[4].item() / max(time.time() - t0, 1e-9):.0f}")
+        if callbacks:
+            ctx = StepContext(parts, epoch, step + 1, steps, value, sums, time.time() - t0)
+            for cb in callbacks:
+                cb(ctx)
+    bar.close()
+    totals = sums.to(device, copy=True)  # NCCL reduces device tensors only
+    D.all_reduce_sum(totals)
+    totals = totals.cpu()
+    n = max(totals[4].item(), 1.0)
+    dt = time.time() - t0
+    return {"loss": totals[0].item() / n, "ce": totals[1].item() / n,
+            "centroid_loss": totals[2].item() / n, "train_acc": totals[3].item() / n,
+            "images": int(totals[4].item()), "seconds": round(dt, 3),
+            "images_per_s": round(totals[4].item() / max(dt, 1e-9), 1)}

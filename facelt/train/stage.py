@@ -1,0 +1,226 @@
+"""The pieces of one training stage, built in one call: :func:`build_stage` -> :class:`StageParts`.
+
+``build_stage(cfg, stage, dist)`` reads the splits, builds the network (pretrained backbone for
+stage 1, stage 1's weights for ``init_from: stage1``, frozen parts), the optimizer (once), the
+step-LR scheduler, the AMP scaler, the stage's loss (:class:`StageLoss`), the training sampler and
+loader, and wraps the network for DDP when there are several processes. Nothing else has to be
+called first; :func:`init_head_from_data` then gives heads that keep per-class statistics their
+centroids / class counts (one pass over the training set, skipped when resuming).
+
+The RNG is seeded with ``cfg.seed`` before the weights are drawn (the same weights on every rank)
+and with one stream per rank afterwards (augmentation and dropout draws differ between ranks).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from facelt.config import Config, StageConfig
+from facelt.data.build import (Split, build_split, check_known_labels, class_counts,
+                               infer_num_classes, make_loader, read_class_names, train_sampler)
+from facelt.errors import CheckpointError, ConfigError, FaceltError
+from facelt.losses import build_stage_loss, StageLoss
+from facelt.models.build import build_net
+from facelt.models.net import OLTRNet, param_groups
+from facelt.train import distributed as D
+from facelt.train.centroids import class_means
+from facelt.train.checkpoint import load_checkpoint, load_model_state
+
+BACKBONE_PREFIXES = ("backbone.", "neck.")
+
+
+def stage_dir(out: Path, stage: int) -> Path:
+    return Path(out) / f"stage{stage}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and ``random`` from one integer."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@dataclass
+class StageData:
+    """The stage's splits and what is derived from the training labels."""
+
+    train: Split
+    val: Optional[Split]
+    num_classes: int
+    counts: np.ndarray
+    class_names: list[str]
+
+
+@dataclass
+class StageParts:
+    """Everything one stage trains with. ``net`` is the bare network, ``model`` the one to call
+    (``net`` itself, or its DDP wrapper under torchrun)."""
+
+    cfg: Config
+    stage: int
+    st: StageConfig
+    dist: D.DistInfo
+    data: StageData
+    net: OLTRNet
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss: StageLoss
+    sampler: object
+    loader: DataLoader
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def use_amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
+
+def load_stage_data(cfg: Config, stage: int, dist: D.DistInfo) -> StageData:
+    """Read the training (and validation) split; check labels and the global batch size."""
+    st = cfg.stage(stage)
+    check = dist.is_primary
+    train = build_split(cfg.data, "train", train=True, check_files=check)
+    if train is None:
+        raise FaceltError("data.train is not set: nothing to train on")
+    num_classes = infer_num_classes(cfg.data, train.labels)
+    counts = class_counts(train.labels, num_classes)
+    val = build_split(cfg.data, "val", train=False, check_files=check)
+    check_known_labels(train, "training", num_classes)
+    if val is not None:
+        check_known_labels(val, "validation", num_classes)
+    names = read_class_names(cfg.data, num_classes, train)
+    if st.batch_size < dist.world_size or st.batch_size % dist.world_size:
+        raise ConfigError(f"stage{stage}.batch_size = {st.batch_size} is the global batch: it "
+                          f"must be a positive multiple of the {dist.world_size} processes")
+    D.barrier()
+    return StageData(train, val, num_classes, counts, names)
+
+
+def init_from_stage1(net: OLTRNet, st: StageConfig, stage: int, src: Path, num_classes: int) -> None:
+    """Load stage 1's backbone and neck (and attention, when both have it) into ``net``; keep its
+    classifier too when ``reinit_classifier`` is false."""
+    state = load_checkpoint(src)
+    if state.get("num_classes") != num_classes:
+        raise CheckpointError(f"{src}: trained for {state.get('num_classes')} classes, this "
+                              f"config has {num_classes}")
+    prefixes = BACKBONE_PREFIXES
+    if st.attention and any(k.startswith("attention.") for k in state["model"]):
+        prefixes = prefixes + ("attention.",)
+    load_model_state(net, state["model"], str(src), prefixes=prefixes)
+    if not st.reinit_classifier:  # keep stage 1's classifier (e.g. LWS)
+        own = net.state_dict()
+        head = {k: v for k, v in state["model"].items()
+                if k.startswith("head.") and k in own and own[k].shape == v.shape}
+        if not head:
+            raise CheckpointError(f"{src}: no classifier weights fit the stage-{stage} "
+                                  f"head '{st.head}' (reinit_classifier is false)")
+        net.load_state_dict(head, strict=False)
+
+
+def freeze_backbone(net: OLTRNet) -> None:
+    """Backbone and neck stop training (their BN statistics too: see :func:`set_train_mode`)."""
+    for module in (net.backbone, net.neck):
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def set_train_mode(net: OLTRNet, st: StageConfig) -> None:
+    net.train()
+    if st.freeze_backbone:  # frozen BN statistics too
+        net.backbone.eval()
+        net.neck.eval()
+
+
+def build_optimizer(net: OLTRNet, st: StageConfig) -> torch.optim.Optimizer:
+    """SGD with one parameter group per module kind, each with its own learning rate; frozen
+    parameters are left out."""
+    lrs = {"backbone": st.backbone_lr, "attention": st.attention_lr,
+           "classifier": st.classifier_lr, "centroids": st.centroids_lr}
+    params = []
+    for name, ps in param_groups(net).items():
+        ps = [p for p in ps if p.requires_grad]
+        if ps:
+            params.append({"params": ps, "lr": lrs[name], "name": name})
+    return torch.optim.SGD(params, lr=st.classifier_lr, momentum=st.momentum,
+                           weight_decay=st.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, st: StageConfig
+                    ) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, st.lr_step), gamma=st.lr_gamma)
+
+
+def wrap_for_ddp(net: OLTRNet, dist: D.DistInfo) -> nn.Module:
+    """``net`` itself in one process, its DistributedDataParallel wrapper under torchrun."""
+    if not dist.distributed:
+        return net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    dev = [dist.device.index] if dist.device.type == "cuda" else None
+    return DDP(net, device_ids=dev, find_unused_parameters=net.head.may_skip_parameters)
+
+
+def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
+                init_checkpoint: Optional[Path] = None, out: Optional[Path] = None) -> StageParts:
+    """All parts of ``stage``, ready for :func:`facelt.train.loop.train_one_epoch`.
+
+    ``init_checkpoint`` (or ``out/stage1/checkpoint.pt``) is where ``init_from: stage1`` reads.
+    """
+    dist = dist or D.setup(cfg.device)
+    st = cfg.stage(stage)
+    data = load_stage_data(cfg, stage, dist)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    net = build_net(cfg, stage, data.num_classes)
+    if cfg.model.pretrained and stage == 1:
+        from facelt.models.pretrained import load_pretrained_backbone
+        load_pretrained_backbone(net.backbone, cfg.model.pretrained, cfg.model.pretrained_format)
+    if st.init_from == "stage1":
+        src = init_checkpoint or stage_dir(Path(out or "."), 1) / "checkpoint.pt"
+        init_from_stage1(net, st, stage, src, data.num_classes)
+    if st.freeze_backbone:
+        freeze_backbone(net)
+    net.to(dist.device)
+    loss = build_stage_loss(st, net.head, data.counts).to(dist.device)
+    if net.head.uses_centroid_loss and loss.centroid is None:
+        # the head reads its centroids detached: without the centroid loss they stay fixed
+        net.head.centroids.requires_grad_(False)
+    optimizer = build_optimizer(net, st)
+    scheduler = build_scheduler(optimizer, st)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dist.device.type == "cuda")
+    # augmentation / dropout draws differ between ranks (one stream per rank)
+    seed_everything(cfg.seed + 1_000_003 * dist.rank)
+    sampler = train_sampler(st, data.train.labels, cfg.seed, dist.rank, dist.world_size)
+    per_rank = max(1, st.batch_size // dist.world_size)
+    loader = make_loader(data.train.dataset, per_rank, cfg.data.num_workers, sampler=sampler,
+                         drop_last=len(sampler) >= per_rank, pin=dist.device.type == "cuda")
+    model = wrap_for_ddp(net, dist)
+    return StageParts(cfg, stage, st, dist, data, net, model, optimizer, scheduler, scaler, loss,
+                      sampler, loader)
+
+
+def init_head_from_data(parts: StageParts) -> None:
+    """Give a head that keeps per-class statistics (``needs_centroids`` / ``needs_class_counts``)
+    its per-class mean features over the training set (test transforms) and its class counts."""
+    head = parts.net.head
+    if not head.needs_centroids:
+        return
+    cfg, dist = parts.cfg, parts.dist
+    eval_split = build_split(cfg.data, "train", train=False)
+    means, counts = class_means(parts.net, eval_split.dataset, parts.data.num_classes,
+                                cfg.eval.batch_size, cfg.data.num_workers, dist)
+    head.init_centroids(means.to(dist.device))
+    if head.needs_class_counts:
+        head.init_class_counts(torch.from_numpy(counts))
+    empty = int((counts == 0).sum())
+    if empty and dist.is_primary:
+        print(f"warning: {empty} classes have no training image; their centroids are zero")
