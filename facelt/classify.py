@@ -7,25 +7,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from facelt.config import Config, DataConfig, config_from_dict
+from facelt.config import DataConfig
 from facelt.data.build import build_split
 from facelt.errors import FaceltError
 from facelt.evaluate import (closed_set_report, open_set_report, predict, write_predictions_csv,
                              _concat)
-from facelt.models.build import build_net
-from facelt.models.net import OLTRNet
-from facelt.train.checkpoint import load_checkpoint, load_model_state
+from facelt.train.checkpoint import net_from_checkpoint
 from facelt.train.distributed import pick_device
 from facelt.utils.io import write_json
-
-
-def net_from_checkpoint(path: str | Path, device: torch.device) -> tuple[OLTRNet, Config, dict]:
-    """Rebuild the network a checkpoint was trained with and load its weights (strictly)."""
-    state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"], where=f"{path} (embedded config)")
-    net = build_net(cfg, int(state["stage"]), int(state["num_classes"]))
-    load_model_state(net, state["model"], str(path))
-    return net.to(device).eval(), cfg, state
 
 
 def _clean(d: dict) -> dict:

@@ -452,7 +452,7 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
             overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
             log: Callable[[str], None] = print) -> dict:
     """Train or reuse every method, evaluate all with one protocol, write the report files."""
-    from facelt.classify import net_from_checkpoint
+    from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
     if not methods:
         raise ConfigError("--methods: give at least one method")

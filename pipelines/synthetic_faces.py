@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
-from facelt.data.recordio import InsightfaceRecWriter
+from facelt.data.recordio import InsightfaceRecWriter, IRHeader, RecordWriter, pack
 from facelt.utils.io import write_json
 from facelt.utils.progress import progress
 
@@ -281,6 +281,16 @@ def _encode(img: np.ndarray, quality: int) -> bytes:
     if not ok:  # pragma: no cover - OpenCV fails only on a broken install
         raise RuntimeError("OpenCV could not JPEG-encode an image")
     return buf.tobytes()
+
+
+def write_plain_rec(prefix: str | os.PathLike, images: Sequence[np.ndarray] | np.ndarray,
+                    labels: Sequence[int] | np.ndarray, quality: int = 95) -> None:
+    """A plain rec (no identity records): one JPEG record a row, key = row, header label = its
+    label (the evaluation sets of the demo)."""
+    os.makedirs(os.path.dirname(os.fspath(prefix)) or ".", exist_ok=True)
+    with RecordWriter(f"{prefix}.rec", f"{prefix}.idx") as w:
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            w.write(i, pack(IRHeader(0, float(lab), i, 0), _encode(img, quality)))
 
 
 def _write_identities(prefix: str | os.PathLike, counts: np.ndarray, seed: int, role: str,

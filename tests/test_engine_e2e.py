@@ -115,7 +115,7 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path):
 
 
 def test_checkpoint_from_another_model_is_refused(trained, tmp_path):
-    from facelt.classify import net_from_checkpoint
+    from facelt.train.checkpoint import net_from_checkpoint
     _, out = trained
     state = load_checkpoint(out / "stage1" / "checkpoint.pt")
     state["model"].pop("head.fc.bias")

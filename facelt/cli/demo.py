@@ -38,21 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _done(path: Path) -> bool:
-    return path.exists()
-
-
-def _write_plain_rec(prefix: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """A plain rec (no identity records): one JPEG record a row, header label = its label."""
-    import cv2
-    from facelt.data.recordio import IRHeader, RecordWriter, pack
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    with RecordWriter(f"{prefix}.rec", f"{prefix}.idx") as w:
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            w.write(i, pack(IRHeader(0, float(lab), i, 0), buf.tobytes()))
-
-
 def _step(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
@@ -61,13 +46,14 @@ def run(args: argparse.Namespace) -> int:
     from eval_megaface.evaluate import EvalConfig, run_evaluation
     from eval_megaface.report import write_report
     from facelt.classify import evaluate_checkpoint
-    from facelt.cli.extract import extract_checkpoint_features
+    from facelt.extract import extract_checkpoint_features
     from facelt.config import load_config
     from facelt.data.rec_dataset import RecordDataset
     from facelt.train.trainer import train
     from pipelines.ms1m_lt import prepare_ms1m_lt
     from pipelines.synthetic_faces import (long_tail_counts, synthetic_probes,
-                                           write_synthetic_distractors, write_synthetic_rec)
+                                           write_plain_rec, write_synthetic_distractors,
+                                           write_synthetic_rec)
 
     t0 = time.time()
     out = Path(args.out)
@@ -77,13 +63,13 @@ def run(args: argparse.Namespace) -> int:
 
     # 1. SYNTHETIC source and MS1M-LT-style sampling -------------------------------------------
     src = out / "source" / "train"
-    if not _done(Path(f"{src}.manifest.json")):
+    if not Path(f"{src}.manifest.json").exists():
         _step(f"rendering {args.identities} SYNTHETIC identities (long-tailed source)")
         counts = long_tail_counts(args.identities, max_count=160, min_count=4, alpha=1.1, seed=seed)
         write_synthetic_rec(src, counts, seed=seed, size=size)
     source_counts = np.asarray(json.loads(Path(f"{src}.manifest.json").read_text())["counts"])
     lt_dir = out / "ms1m_lt"
-    if not _done(lt_dir / "manifest.json"):
+    if not (lt_dir / "manifest.json").exists():
         _step("sampling the long-tailed training set with the MS1M-LT rule")
         prepare_ms1m_lt(src, lt_dir, seed=seed, target_images=0.5 * source_counts.sum())
     manifest = json.loads((lt_dir / "manifest.json").read_text())
@@ -97,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
     evd = out / "eval_sets"
     n_known = len(kept_source)
     unseen = np.arange(len(source_counts), len(source_counts) + 12)
-    if not _done(evd / "open.idx"):
+    if not (evd / "open.idx").exists():
         imgs, ids = synthetic_probes(kept_source, 6, seed=seed, size=size)
         labels = np.searchsorted(kept_source, ids)
-        _write_plain_rec(evd / "test", imgs, labels)
+        write_plain_rec(evd / "test", imgs, labels)
         imgs, _ = synthetic_probes(unseen, 6, seed=seed, size=size)
-        _write_plain_rec(evd / "open", imgs, np.full(len(imgs), -1))
+        write_plain_rec(evd / "open", imgs, np.full(len(imgs), -1))
     overrides = [f"data.root={lt_dir}", f"data.test={(evd / 'test').resolve()}",
                  f"data.open={(evd / 'open').resolve()}", *args.overrides]
     cfg = load_config(configs_dir() / "demo_faces.yaml", overrides)
@@ -120,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
     probes_prefix = evd / "probes"
     seen_ids = kept_source[np.unique(np.linspace(0, n_known - 1, 14).round().astype(int))]
     probe_ids = np.concatenate([seen_ids, unseen[:6]])
-    if not _done(Path(f"{probes_prefix}.idx")):
+    if not Path(f"{probes_prefix}.idx").exists():
         # the training set's seed (same identities), another image stream than the test set's
         imgs, ids = synthetic_probes(probe_ids, 5, seed=seed, size=size, stream=2)
-        _write_plain_rec(probes_prefix, imgs, ids)
+        write_plain_rec(probes_prefix, imgs, ids)
         with atomic_path(evd / "probes.csv") as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "identity", "seen_in_training"])
@@ -131,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 w.writerow([f"probe/{ident}/{i}.jpg", int(ident),
                             "yes" if ident in set(kept_source.tolist()) else "no"])
     dist_prefix = out / "distractors" / "train"
-    if not _done(Path(f"{dist_prefix}.manifest.json")):
+    if not Path(f"{dist_prefix}.manifest.json").exists():
         _step(f"rendering {args.distractors} SYNTHETIC distractors")
         write_synthetic_distractors(dist_prefix, args.distractors, seed=seed, size=size)
     ck2 = out / "train" / "stage2" / "checkpoint.pt"

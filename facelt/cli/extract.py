@@ -4,13 +4,6 @@ row manifest; resumable after a kill (rows already written are kept)."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Optional
-
-import torch
-from torch.utils.data import Dataset
-
-from facelt.errors import FaceltError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,83 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def dataset_for(cfg, rec: Optional[str] = None, list_file: Optional[str] = None,
-                root: str = ".", images: Optional[str] = None) -> tuple[Dataset, list[str]]:
-    """Test-transform dataset and row names for one of the three sources."""
-    if rec:
-        from facelt.data.rec_dataset import RecordDataset
-        ds = RecordDataset(rec, train=False)
-        return ds, [f"{rec}#{int(k)}" for k in ds.keys]
-    from facelt.data.build import eval_transform
-    tf = eval_transform(cfg.data)
-    if list_file:
-        from facelt.data.images import ListDataset
-        from facelt.data.lists import check_files_exist, read_list
-        lst = read_list(list_file)
-        check_files_exist(lst, root)
-        return ListDataset(lst, root, tf, channels=cfg.data.channels), list(lst.items)
-    from facelt.data.images import FolderImages, find_images
-    paths = find_images(images)
-    if not paths:
-        raise FaceltError(f"no images under {images}")
-    return FolderImages(paths, tf, channels=cfg.data.channels), [str(p.relative_to(images)) for p in paths]
-
-
-def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: list[str],
-                                out: str | Path, batch_size: int = 256, flip: bool = True,
-                                device: str = "auto", net=None) -> Path:
-    """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest."""
-    from eval_megaface.features import extract_features, finished_with, write_manifest
-    from facelt.classify import net_from_checkpoint
-    from facelt.data.build import make_loader
-    from facelt.train.distributed import pick_device
-    from facelt.utils.progress import image_batches
-    dev = pick_device(device)
-    if net is None:
-        net, _, _ = net_from_checkpoint(checkpoint, dev)
-    net.eval()
-
-    @torch.no_grad()
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        return net.embed(x.to(dev)).float().cpu()
-
-    def batches(first_row: int):
-        from torch.utils.data import Subset
-        sub = Subset(dataset, range(first_row, len(dataset)))
-        loader = make_loader(sub, batch_size, 0)
-        for x, _, _ in image_batches(loader, f"features {Path(out).name}"):
-            yield x
-
-    fp = source_fingerprint(checkpoint, rows, flip)
-    if finished_with(out, fp):  # already made from this checkpoint and these rows
-        return Path(out)
-    with torch.no_grad():
-        dim = int(embed(dataset[0][0].unsqueeze(0)).shape[1])
-    path = extract_features(embed, batches, out, len(dataset), dim, flip=flip, resume=True,
-                            fingerprint=fp)
-    write_manifest(manifest_path(out), rows)
-    return path
-
-
-def manifest_path(features: str | Path) -> Path:
-    """``F.npy`` -> ``F.rows.txt``: the row names of a feature file, one a line."""
-    return Path(f"{Path(features).with_suffix('')}.rows.txt")
-
-
-def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool) -> str:
-    """Names the checkpoint file (path, size, mtime) and the exact rows embedded."""
-    import hashlib
-    import json
-    st = Path(checkpoint).stat()
-    h = hashlib.sha256(json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns,
-                                   bool(flip)]).encode())
-    for r in rows:
-        h.update(r.encode() + b"\n")
-    return h.hexdigest()
-
-
 def run(args: argparse.Namespace) -> int:
-    from facelt.classify import net_from_checkpoint
+    from facelt.extract import dataset_for, extract_checkpoint_features
+    from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
     net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)

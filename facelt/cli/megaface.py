@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -109,16 +110,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    probe_features, distractor_features = args.probe_features, args.distractor_features
+    train_features, distractor_list = args.train_features, args.distractor_list
     if args.checkpoint:
-        _extract_first(args)
-    if args.probe_features is None or args.distractor_features is None:
+        made = extract_with_checkpoint(args)
+        probe_features = made.probe or probe_features
+        train_features = made.train or train_features
+        if made.distractor is not None:
+            distractor_features = made.distractor
+            distractor_list = checked_distractor_list(distractor_list, made.distractor,
+                                                      made.distractor_rows)
+    if probe_features is None or distractor_features is None:
         raise ConfigError("give --probe-features and --distractor-features, or --checkpoint with "
                           "--probe-images/--probe-rec and --distractor-images/--distractor-rec")
     cfg = EvalConfig(
-        gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=args.probe_features,
-        probe_list=args.probe_list, distractor_features=args.distractor_features,
-        distractor_list=args.distractor_list, gallery_order_list=args.gallery_order,
-        train_features=args.train_features, noise_dir=_noise_dir(args.noise_lists, args.probe_list),
+        gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=probe_features,
+        probe_list=args.probe_list, distractor_features=distractor_features,
+        distractor_list=distractor_list, gallery_order_list=args.gallery_order,
+        train_features=train_features, noise_dir=_noise_dir(args.noise_lists, args.probe_list),
         index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
         normalize=not args.no_normalize, nprobe=args.nprobe)
     report = run_evaluation(cfg)
@@ -130,14 +139,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extract_first(args: argparse.Namespace) -> None:
-    """Embed the probe / distractor / training images with ``--checkpoint`` (resumable)."""
+@dataclass
+class ExtractedFeatures:
+    """Feature files made from ``--checkpoint`` (None: that set was not asked for)."""
+
+    probe: Optional[Path] = None
+    distractor: Optional[Path] = None
+    train: Optional[Path] = None
+    distractor_rows: Optional[list[str]] = None
+
+
+def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
+    """Embed the probe / distractor / training images with ``--checkpoint`` (resumable) into
+    ``OUT/features/``; returns the files made."""
     import csv
 
-    from facelt.classify import net_from_checkpoint
-    from facelt.cli.extract import dataset_for, extract_checkpoint_features
-    from facelt.data.images import FolderImages
     from facelt.data.build import eval_transform
+    from facelt.data.images import FolderImages
+    from facelt.extract import dataset_for, extract_checkpoint_features
+    from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
     net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device("auto"))
     feats = Path(args.out) / "features"
@@ -150,43 +170,47 @@ def _extract_first(args: argparse.Namespace) -> None:
                 rows = [r["path"] for r in csv.DictReader(fh)]
             ds = FolderImages([args.probe_images / r for r in rows], eval_transform(cfg.data),
                               channels=cfg.data.channels)
-        jobs.append(("probe_features", "probes", ds, rows))
+        jobs.append(("probe", "probes", ds, rows))
     if args.distractor_rec or args.distractor_images:
         ds, rows = dataset_for(cfg, rec=args.distractor_rec,
                                images=str(args.distractor_images) if args.distractor_images else None)
-        jobs.append(("distractor_features", "distractors", ds, rows))
+        jobs.append(("distractor", "distractors", ds, rows))
     if args.train_rec:
         ds, rows = dataset_for(cfg, rec=args.train_rec)
-        jobs.append(("train_features", "train", ds, rows))
+        jobs.append(("train", "train", ds, rows))
     if not jobs:
         raise ConfigError("--checkpoint needs --probe-images/--probe-rec, --distractor-images/"
                           "--distractor-rec or --train-rec")
-    for attr, name, ds, rows in jobs:
+    made = ExtractedFeatures()
+    for field_name, name, ds, rows in jobs:
         out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
         extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
-        setattr(args, attr, out)
+        setattr(made, field_name, out)
         if name == "distractors":
-            _check_distractor_rows(args, rows)
+            made.distractor_rows = rows
+    return made
 
 
-def _check_distractor_rows(args: argparse.Namespace, rows: list[str]) -> None:
+def checked_distractor_list(distractor_list: Optional[Path], features: Path,
+                            rows: list[str]) -> Path:
     """Noise lists and --gallery-order address distractors by the list's rows: the extracted rows
-    must be that list, in that order (without a list, the extraction's manifest is the list)."""
+    must be that list, in that order. Returns the list to use (without one given, the
+    extraction's manifest)."""
     from eval_megaface.features import read_manifest
-    from facelt.cli.extract import manifest_path
-    if args.distractor_list is None:
-        args.distractor_list = manifest_path(args.distractor_features)
-        return
-    given = read_manifest(args.distractor_list)
+    from facelt.extract import manifest_path
+    if distractor_list is None:
+        return manifest_path(features)
+    given = read_manifest(distractor_list)
     if given != rows:
         first = next((i for i, (a, b) in enumerate(zip(given, rows)) if a != b),
                      min(len(given), len(rows)))
         raise DataError(
-            f"--distractor-list {args.distractor_list} ({len(given)} rows) does not list the "
-            f"extracted distractors in order ({len(rows)} rows, {manifest_path(args.distractor_features)}): "
+            f"--distractor-list {distractor_list} ({len(given)} rows) does not list the "
+            f"extracted distractors in order ({len(rows)} rows, {manifest_path(features)}): "
             f"first difference at row {first}: "
             f"{given[first] if first < len(given) else '<end>'!r} vs "
             f"{rows[first] if first < len(rows) else '<end>'!r}")
+    return distractor_list
 
 
 def run_convert(args: argparse.Namespace) -> int:

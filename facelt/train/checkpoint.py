@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 from facelt.errors import CheckpointError
+from facelt.config import Config, config_from_dict
+from facelt.models.build import build_net
+from facelt.models.net import OLTRNet
 from facelt.utils.io import atomic_path
 
 FORMAT = "facelt-checkpoint-v1"
@@ -94,3 +97,13 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
             parts.append(f"shape mismatch at {diff.mismatched[0]} ({len(diff.mismatched)} keys)")
         raise CheckpointError(f"{where}: checkpoint does not fit this model: " + "; ".join(parts))
     model.load_state_dict(src, strict=prefixes is None)
+
+
+def net_from_checkpoint(path: str | Path, device: torch.device) -> tuple[OLTRNet, Config, dict]:
+    """Rebuild the network a checkpoint was trained with and load its weights (strictly);
+    returns ``(net on device, in eval mode; its config; the checkpoint dict)``."""
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"], where=f"{path} (embedded config)")
+    net = build_net(cfg, int(state["stage"]), int(state["num_classes"]))
+    load_model_state(net, state["model"], str(path))
+    return net.to(device).eval(), cfg, state
