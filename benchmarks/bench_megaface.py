@@ -55,9 +55,9 @@ def generate(d: Path, rows: int, probes: int, identities: int, dim: int, spread:
 
 
 def child_eval(d: Path, rows: int, chunk: int) -> dict:
-    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     t = time.perf_counter()
-    rep = run_evaluation(EvalConfig(gallery_sizes=[rows], probe_features=d / "P.npy",
+    rep = run_evaluation(MegaFaceEvalConfig(gallery_sizes=[rows], probe_features=d / "P.npy",
                                     probe_list=d / "P.csv", distractor_features=d / "D.npy",
                                     chunk_rows=chunk))
     return {"seconds": time.perf_counter() - t, "rank1": rep["rank1"], "trials": rep["trials"]}

@@ -31,7 +31,7 @@ from facelt.errors import DataError
 
 
 @dataclass
-class EvalConfig:
+class MegaFaceEvalConfig:
     """Inputs and options of one evaluation (see ``facelt megaface-eval --help``)."""
 
     gallery_sizes: list[int]
@@ -59,7 +59,7 @@ def _check_dims(named: dict[str, FeatureFile]) -> None:
         raise DataError(f"feature dimensions differ: {listing}")
 
 
-def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+def run_evaluation(cfg: MegaFaceEvalConfig) -> dict[str, Any]:
     """Evaluate every gallery size of ``cfg``; returns the report dictionary described above."""
     t0 = time.time()
     if cfg.index != "flat" and cfg.index not in APPROX_INDEXES:

@@ -10,8 +10,8 @@ import torch
 from facelt.config import DataConfig
 from facelt.data.build import build_split
 from facelt.errors import FaceltError
-from facelt.evaluate import (closed_set_report, open_set_report, predict, write_predictions_csv,
-                             _concat)
+from facelt.evaluate import (closed_set_report, concat_predictions, open_set_report, predict,
+                             write_predictions_csv)
 from facelt.train.checkpoint import net_from_checkpoint
 from facelt.train.distributed import pick_device
 from facelt.utils.io import write_json
@@ -64,7 +64,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = test.items + (open_split.items if open_split else [])
-    write_predictions_csv(out / "predictions.csv", items, _concat(p_test, p_open), thr)
+    write_predictions_csv(out / "predictions.csv", items, concat_predictions(p_test, p_open), thr)
     write_json(out / "report.json", report)
     from facelt.reporting import write_classification_report
     write_classification_report(report, out)

@@ -264,11 +264,12 @@ def _build(cls, data: dict, prefix: str, where: str, default: Any = None):
     return dataclasses.replace(base, **kwargs)
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, mappings merged key by key."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
     return out
@@ -329,7 +330,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict = dict(base or {})
     where = str(path) if path else "config"
     if path is not None:
-        tree = _deep_merge(tree, load_yaml(path))
+        tree = deep_merge(tree, load_yaml(path))
     # validate the file alone first so errors name the file
     config_from_dict(tree, where)
     for text in overrides:

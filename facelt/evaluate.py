@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from facelt.data.build import make_loader
-from facelt.metrics import (open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
+from facelt.metrics import (auroc, open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
                             threshold_sweep)
 from facelt.utils.io import atomic_path
 from facelt.utils.progress import image_batches
@@ -60,19 +60,35 @@ def closed_set_report(p: Predictions, train_counts: np.ndarray, many: int, few: 
     return shot_accuracy(p.pred, p.labels, train_counts, many=many, few=few)
 
 
-def open_set_report(test: Predictions, open_: Optional[Predictions], train_counts: np.ndarray,
-                    threshold: float, many: int, few: int, sweep: list[float]) -> dict:
-    both = _concat(test, open_)
-    rejected = reject(both.max_prob, both.pred, threshold)
-    known = both.labels >= 0
-    rep = shot_accuracy(rejected[known], both.labels[known], train_counts, many=many, few=few)
-    rep["f_measure"] = open_set_f_measure(rejected, both.labels)
-    rep["open_rejected"] = open_set_accuracy(rejected, both.labels) if (~known).any() else None
-    rep["sweep"] = threshold_sweep(both.max_prob, both.pred, both.labels, sweep)
+def open_set_scores_report(pred: np.ndarray, score: np.ndarray, labels: np.ndarray,
+                           train_counts: np.ndarray, threshold: float, many: int, few: int,
+                           sweep: Optional[list[float]] = None, with_auroc: bool = False) -> dict:
+    """The open-set report of known + open images (``labels`` -1 for open): predictions are
+    rejected as unknown where ``score < threshold``; shot-bucket accuracy of the known images,
+    F-measure, the fraction of open images rejected (None without any), and optionally the
+    threshold ``sweep`` (``score`` a probability) and the known-vs-open AUROC of ``score``."""
+    rejected = reject(score, pred, threshold)
+    known = labels >= 0
+    rep = shot_accuracy(rejected[known], labels[known], train_counts, many=many, few=few)
+    rep["f_measure"] = open_set_f_measure(rejected, labels)
+    rep["open_rejected"] = open_set_accuracy(rejected, labels) if (~known).any() else None
+    if sweep is not None:
+        rep["sweep"] = threshold_sweep(score, pred, labels, sweep)
+    if with_auroc:
+        rep["auroc"] = auroc(score, known)
     return rep
 
 
-def _concat(a: Predictions, b: Optional[Predictions]) -> Predictions:
+def open_set_report(test: Predictions, open_: Optional[Predictions], train_counts: np.ndarray,
+                    threshold: float, many: int, few: int, sweep: list[float]) -> dict:
+    """:func:`open_set_scores_report` of test + open predictions scored by max softmax."""
+    both = concat_predictions(test, open_)
+    return open_set_scores_report(both.pred, both.max_prob, both.labels, train_counts, threshold,
+                                  many, few, sweep=sweep)
+
+
+def concat_predictions(a: Predictions, b: Optional[Predictions]) -> Predictions:
+    """``a`` followed by ``b`` (``a`` itself when ``b`` is None)."""
     if b is None:
         return a
     return Predictions(np.concatenate([a.max_prob, b.max_prob]), np.concatenate([a.pred, b.pred]),

@@ -6,7 +6,7 @@ unknown".  Shot buckets follow the OLTR paper and reference code: many-shot clas
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -110,3 +110,32 @@ def threshold_sweep(max_probs: Sequence[float], raw_preds: Sequence[int], labels
                      "closed_accuracy_known": closed,
                      "open_rejection": open_set_accuracy(preds, y)})
     return rows
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve of ``scores`` separating ``positive`` (known) from the rest
+    (Mann-Whitney U with average ranks for ties); None without both kinds."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(len(s))
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends + 1) / 2.0                    # 1-based average rank of each tie group
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def matched_threshold(scores: np.ndarray, accept_fraction: float) -> float:
+    """The score threshold (accept ``score >= t``) that accepts ``accept_fraction`` of ``scores``
+    (rounded to whole images)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    n_acc = int(round(accept_fraction * len(s)))
+    if n_acc <= 0 or len(s) == 0:
+        return float("inf")
+    return float(s[n_acc - 1])

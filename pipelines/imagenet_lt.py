@@ -28,22 +28,22 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from facelt.data.lists import ImageList, read_list
-from facelt.data.longtail import (SPLITS, BenchmarkSpec, LongTailRecipe, class_names_from_list,
-                                  prepare_longtail, resolve_split_paths, scan_class_folders,
-                                  validate_split_paths)
+from facelt.data.lists import read_list
+from facelt.config import load_config
+from facelt.data.longtail import (LongTailRecipe, class_names_from_list, prepare_longtail,
+                                  scan_class_folders, spec_from_config)
 from facelt.errors import DataError
 
 #: The paper's recipe: Pareto alpha 6, 1,280..5 a class, 115,846 images; 20 val a class.
 RECIPE = LongTailRecipe(max_count=1280, min_count=5, alpha=6.0, total=115_846, n_val=20)
 
-SPEC = BenchmarkSpec(
+#: The recipe that trains it: list file names, classes and input size are said there once.
+RECIPE_FILE = Path(__file__).resolve().parents[1] / "configs" / "imagenet_lt.yaml"
+
+SPEC = spec_from_config(
+    load_config(RECIPE_FILE).data,
     name="ImageNet_LT",
-    num_classes=1000,
-    list_files={s: f"ImageNet_LT_{s}.txt" for s in SPLITS},
     open_dir_name="ImageNet_LT_open",
-    image_size=224,
-    color="RGB",
     class_names_from="test",
     class_name_source="sorted wnid folder names of the ImageNet train folder (label k = k-th)",
     recipe=RECIPE,
@@ -51,18 +51,6 @@ SPEC = BenchmarkSpec(
                   "with pipelines.imagenet_lt.prepare_imagenet_lt(<imagenet>/train, <splits>, "
                   "splits_dir=<splits>) (Pareto alpha=6, 1280..5 a class, 115,846 images)"),
 )
-
-
-def resolve_paths(data_root: str | os.PathLike, splits_dir: str | os.PathLike,
-                  open_root: str | os.PathLike | None = None) -> dict[str, Path]:
-    """The ``train/val/test/open`` lists, ``root`` (ImageNet), ``open_root`` (ILSVRC-2010 val)."""
-    return resolve_split_paths(SPEC, data_root, splits_dir, open_root)
-
-
-def validate(paths: Mapping[str, Path], splits: Sequence[str] = SPLITS,
-             max_report: int = 10) -> dict[str, ImageList]:
-    """Check lists, labels and that every listed image exists (one error); return the lists."""
-    return validate_split_paths(SPEC, paths, splits, max_report)
 
 
 def check_sorted_wnids(names: Sequence[str], where: str) -> None:

@@ -179,11 +179,6 @@ class SourceIdentities:
     image_size: tuple[int, int]
 
 
-def _paths(prefix: str | os.PathLike) -> tuple[Path, Path]:
-    base = os.fspath(prefix)
-    return Path(base + ".rec"), Path(base + ".idx")
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

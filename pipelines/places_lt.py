@@ -29,21 +29,21 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from facelt.data.lists import ImageList, read_list
-from facelt.data.longtail import (SPLITS, BenchmarkSpec, LongTailRecipe, class_names_from_list,
-                                  prepare_longtail, resolve_split_paths, scan_class_folders,
-                                  validate_split_paths)
+from facelt.data.lists import read_list
+from facelt.config import load_config
+from facelt.data.longtail import (LongTailRecipe, class_names_from_list, prepare_longtail,
+                                  scan_class_folders, spec_from_config)
 
 #: The paper's parameters: Pareto alpha 6, 4,980..5 a class, 62,500 images; 20 val a class.
 RECIPE = LongTailRecipe(max_count=4980, min_count=5, alpha=6.0, total=62_500, n_val=20)
 
-SPEC = BenchmarkSpec(
+#: The recipe that trains it: list file names, classes and input size are said there once.
+RECIPE_FILE = Path(__file__).resolve().parents[1] / "configs" / "places_lt.yaml"
+
+SPEC = spec_from_config(
+    load_config(RECIPE_FILE).data,
     name="Places_LT",
-    num_classes=365,
-    list_files={s: f"Places_LT_{s}.txt" for s in SPLITS},
     open_dir_name="Places_LT_open",
-    image_size=224,
-    color="RGB",
     class_names_from="test",
     class_name_source="category folder of each label in the public Places_LT_test.txt paths",
     recipe=RECIPE,
@@ -51,18 +51,6 @@ SPEC = BenchmarkSpec(
                   "pipelines.places_lt.prepare_places_lt(<places365>/train, <splits>, "
                   "splits_dir=<folder with Places_LT_test.txt>)"),
 )
-
-
-def resolve_paths(data_root: str | os.PathLike, splits_dir: str | os.PathLike,
-                  open_root: str | os.PathLike | None = None) -> dict[str, Path]:
-    """``train/val/test/open`` list files, ``root`` (Places365) and ``open_root`` (Extra69)."""
-    return resolve_split_paths(SPEC, data_root, splits_dir, open_root)
-
-
-def validate(paths: Mapping[str, Path], splits: Sequence[str] = SPLITS,
-             max_report: int = 10) -> dict[str, ImageList]:
-    """Check lists, labels and that every listed image exists (one error); return the lists."""
-    return validate_split_paths(SPEC, paths, splits, max_report)
 
 
 def class_names(splits_dir: str | os.PathLike) -> list[str]:

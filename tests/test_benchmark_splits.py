@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from facelt.data.lists import list_stats, read_list
+from facelt.data.longtail import resolve_split_paths, validate_split_paths
 from facelt.errors import DataError
 from pipelines import imagenet_lt, places_lt
 
@@ -86,12 +87,12 @@ def test_specs():
 # ---------------------------------------------------------------- paths and validation
 
 def test_resolve_paths_defaults_and_override(tmp_path):
-    paths = imagenet_lt.resolve_paths(tmp_path / "imagenet", tmp_path / "lists")
+    paths = resolve_split_paths(imagenet_lt.SPEC, tmp_path / "imagenet", tmp_path / "lists")
     assert paths["train"] == tmp_path / "lists" / "ImageNet_LT_train.txt"
     assert paths["open"] == tmp_path / "lists" / "ImageNet_LT_open.txt"
     assert paths["root"] == tmp_path / "imagenet"
     assert paths["open_root"] == tmp_path / "lists" / "ImageNet_LT_open"
-    paths = places_lt.resolve_paths("/data/places365", "/lists", open_root="/data/extra69")
+    paths = resolve_split_paths(places_lt.SPEC, "/data/places365", "/lists", open_root="/data/extra69")
     assert paths["test"] == Path("/lists/Places_LT_test.txt")
     assert paths["open_root"] == Path("/data/extra69")
 
@@ -120,18 +121,18 @@ def _small_benchmark(tmp_path: Path, n_missing: int) -> dict[str, Path]:
             p = base / line.split()[0]
             p.parent.mkdir(parents=True, exist_ok=True)
             p.touch()
-    return imagenet_lt.resolve_paths(root, lists, open_root=open_root)
+    return resolve_split_paths(imagenet_lt.SPEC, root, lists, open_root=open_root)
 
 
 def test_validate_passes_when_everything_exists(tmp_path):
-    lists = imagenet_lt.validate(_small_benchmark(tmp_path, 0))
+    lists = validate_split_paths(imagenet_lt.SPEC, _small_benchmark(tmp_path, 0))
     assert {k: len(v) for k, v in lists.items()} == {"train": 12, "val": 6, "test": 18, "open": 3}
 
 
 def test_validate_reports_count_and_first_missing(tmp_path):
     paths = _small_benchmark(tmp_path, 13)
     with pytest.raises(DataError) as err:
-        imagenet_lt.validate(paths, max_report=10)
+        validate_split_paths(imagenet_lt.SPEC, paths, max_report=10)
     msg = str(err.value)
     assert "13 of 39 listed images are missing" in msg
     assert "... and 3 more" in msg
@@ -145,25 +146,25 @@ def test_validate_names_missing_list_and_how_to_rebuild(tmp_path):
     paths = _small_benchmark(tmp_path, 0)
     paths["train"].unlink()
     with pytest.raises(DataError, match=r"(?s)ImageNet_LT_train\.txt.*prepare_imagenet_lt"):
-        imagenet_lt.validate(paths)
+        validate_split_paths(imagenet_lt.SPEC, paths)
 
 
 def test_validate_rejects_bad_labels(tmp_path):
     paths = _small_benchmark(tmp_path, 0)
     _write(paths["open"], ["ILSVRC2010_val_00000000.JPEG 3"])
     with pytest.raises(DataError, match=r"line 1.*label 3.*label -1"):
-        imagenet_lt.validate(paths)
+        validate_split_paths(imagenet_lt.SPEC, paths)
     _write(paths["open"], ["ILSVRC2010_val_00000000.JPEG -1"])
     _write(paths["val"], ["train/n01440764/x.JPEG 1000"])
     with pytest.raises(DataError, match=r"label 1000.*0\.\.999"):
-        imagenet_lt.validate(paths)
+        validate_split_paths(imagenet_lt.SPEC, paths)
 
 
 @needs_shared
 def test_validate_public_lists_against_an_empty_root(tmp_path):
-    paths = places_lt.resolve_paths(tmp_path / "places365", SPLITS_DIR, open_root=tmp_path / "x69")
+    paths = resolve_split_paths(places_lt.SPEC, tmp_path / "places365", SPLITS_DIR, open_root=tmp_path / "x69")
     with pytest.raises(DataError) as err:
-        places_lt.validate(paths, max_report=3)
+        validate_split_paths(places_lt.SPEC, paths, max_report=3)
     msg = str(err.value)
     total = 62_500 + 7_300 + 36_500 + 6_600
     assert f"{total} of {total} listed images are missing" in msg

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eval_megaface.devkit import bins_to_npy, image_path_of_bin, npy_to_bins, read_bin, write_bin
-from eval_megaface.evaluate import EvalConfig, run_evaluation
+from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
 from eval_megaface.features import (FeatureFile, extract_features, finalize_feature_memmap,
                                     partial_path, read_manifest, write_feature_memmap)
 from eval_megaface.noise import noise_mask, read_noise_list
@@ -182,10 +182,10 @@ def test_refined_protocol_drops_exactly_the_listed_rows(tmp_path):
     (tmp_path / "d.txt").write_text("\n".join(dist_paths) + "\n")
     cfg = dict(probe_features=tmp_path / "p.npy", probe_list=tmp_path / "p.csv",
                distractor_features=tmp_path / "d.npy", distractor_list=tmp_path / "d.txt")
-    raw = run_evaluation(EvalConfig(gallery_sizes=[4], **cfg))
+    raw = run_evaluation(MegaFaceEvalConfig(gallery_sizes=[4], **cfg))
     assert raw["trials"] == 4 * 3 + 2 and raw["rank1"] == 0.0  # every Aaron pair ties a distractor
-    refined = run_evaluation(EvalConfig(gallery_sizes=[2], noise_dir=NOISES, **cfg))
+    refined = run_evaluation(MegaFaceEvalConfig(gallery_sizes=[2], noise_dir=NOISES, **cfg))
     assert refined["meta"]["probes_removed"] == 2 and refined["meta"]["distractors_removed"] == 2
     assert refined["trials"] == 2 + 2 and refined["rank1"] == 0.5  # Aaron's 2 clean: hits; Zed: 0
     with pytest.raises(DataError, match="gallery size 3 exceeds the 2 distractors .* removing 2 noisy"):
-        run_evaluation(EvalConfig(gallery_sizes=[3], noise_dir=NOISES, **cfg))
+        run_evaluation(MegaFaceEvalConfig(gallery_sizes=[3], noise_dir=NOISES, **cfg))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval_megaface.evaluate import EvalConfig, run_evaluation
+from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
 from eval_megaface.features import FeatureFile
 from eval_megaface.protocol import (gallery_order, group_rank1, parse_gallery_sizes, score_trials,
                                     ProbeOutcome)
@@ -56,7 +56,7 @@ def test_exact_duplicates_of_the_gallery_image_are_ties_at_full_width(tmp_path):
     """512-d features: float32 BLAS rounds the same dot product differently in a (m x m) genuine
     product and a blocked distractor search; after rescoring with one routine, a distractor that is
     a copy of g ties with g, so no trial may be a rank-1 hit."""
-    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     rng = np.random.default_rng(0)
     ids = np.repeat(np.arange(40), 4)
     base = np.repeat(rng.standard_normal((40, 512)), 4, axis=0)
@@ -66,7 +66,7 @@ def test_exact_duplicates_of_the_gallery_image_are_ties_at_full_width(tmp_path):
     np.save(tmp_path / "d.npy", dist)
     with open(tmp_path / "p.csv", "w") as fh:
         fh.write("path,identity\n" + "".join(f"img{i}.jpg,{k}\n" for i, k in enumerate(ids)))
-    rep = run_evaluation(EvalConfig(gallery_sizes=[len(dist)], probe_features=tmp_path / "p.npy",
+    rep = run_evaluation(MegaFaceEvalConfig(gallery_sizes=[len(dist)], probe_features=tmp_path / "p.npy",
                                     probe_list=tmp_path / "p.csv",
                                     distractor_features=tmp_path / "d.npy", chunk_rows=37))
     assert rep["trials"] == 40 * 4 * 3
@@ -237,12 +237,12 @@ def _dataset(tmp_path: Path):
     return tmp_path
 
 
-def _cfg(tmp_path: Path, **kw) -> EvalConfig:
+def _cfg(tmp_path: Path, **kw) -> MegaFaceEvalConfig:
     base = dict(gallery_sizes=[3], probe_features=tmp_path / "p.npy", probe_list=tmp_path / "p.csv",
                 distractor_features=tmp_path / "d.npy", distractor_list=tmp_path / "d.txt",
                 train_features=tmp_path / "t.npy", chunk_rows=2)
     base.update(kw)
-    return EvalConfig(**base)
+    return MegaFaceEvalConfig(**base)
 
 
 def test_run_evaluation_report_fields(tmp_path):

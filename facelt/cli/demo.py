@@ -43,7 +43,7 @@ def _step(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.report import write_report
     from facelt.classify import evaluate_checkpoint
     from facelt.extract import extract_checkpoint_features
@@ -74,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
         prepare_ms1m_lt(src, lt_dir, seed=seed, target_images=0.5 * source_counts.sum())
     manifest = json.loads((lt_dir / "manifest.json").read_text())
     kept_source = np.asarray(manifest["identities"]["source_label"])
-    kept_counts = np.asarray(manifest["identities"]["count"])
     _step(f"MS1M-LT-style set: {manifest['totals']['images']} images, "
           f"{manifest['totals']['identities']} identities (from {int(source_counts.sum())} / "
           f"{len(source_counts)})")
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                                     feats / f"{name}.npy", batch_size=256)
     _step("MegaFace protocol: galleries of 10, 100 and 1,000 distractors")
     sizes = [s for s in (10, 100, 1000) if s <= args.distractors]
-    mf = run_evaluation(EvalConfig(gallery_sizes=sizes, probe_features=feats / "probes.npy",
+    mf = run_evaluation(MegaFaceEvalConfig(gallery_sizes=sizes, probe_features=feats / "probes.npy",
                                    probe_list=evd / "probes.csv",
                                    distractor_features=feats / "distractors.npy",
                                    train_features=feats / "train.npy", seed=seed))

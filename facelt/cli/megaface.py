@@ -104,7 +104,7 @@ def _noise_dir(arg: Optional[str], probe_list: Path) -> Optional[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.protocol import parse_gallery_sizes
     from eval_megaface.report import write_report
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if probe_features is None or distractor_features is None:
         raise ConfigError("give --probe-features and --distractor-features, or --checkpoint with "
                           "--probe-images/--probe-rec and --distractor-images/--distractor-rec")
-    cfg = EvalConfig(
+    cfg = MegaFaceEvalConfig(
         gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=probe_features,
         probe_list=args.probe_list, distractor_features=distractor_features,
         distractor_list=distractor_list, gallery_order_list=args.gallery_order,

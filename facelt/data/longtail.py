@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from facelt.data.lists import OPEN_LABEL, ImageList, labels_outside, read_list, 
 from facelt.metrics import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import write_json
+
+if TYPE_CHECKING:
+    from facelt.config import DataConfig
 from facelt.utils.progress import progress
 
 #: File extensions counted as images when a class folder is listed (compared lower-case).
@@ -92,6 +95,20 @@ class BenchmarkSpec:
     class_name_source: str = ""
     recipe: Optional[LongTailRecipe] = None
     rebuild_hint: str = ""
+
+
+def spec_from_config(data: "DataConfig", name: str, open_dir_name: str, **details) -> BenchmarkSpec:
+    """A benchmark's spec from its recipe's ``data`` section (list file names, class count, image
+    size and colour are the recipe's, said once); ``details`` are the remaining BenchmarkSpec fields."""
+    files = {split: getattr(data, split) for split in SPLITS}
+    absent = [f"data.{split}" for split, f in files.items() if not f]
+    if absent or data.num_classes <= 0:
+        raise ValueError(f"{name}: the recipe must name every list file and data.num_classes "
+                         f"(missing: {', '.join(absent) or 'data.num_classes'})")
+    return BenchmarkSpec(name=name, num_classes=data.num_classes,
+                         list_files={split: Path(f).name for split, f in files.items()},
+                         open_dir_name=open_dir_name, image_size=data.image_size,
+                         color="RGB" if data.channels == 3 else "L", **details)
 
 
 def resolve_split_paths(spec: BenchmarkSpec, data_root: str | os.PathLike,

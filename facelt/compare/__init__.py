@@ -1,0 +1,173 @@
+"""``facelt compare``: the OLTR paper's baselines and later long-tail methods on one engine.
+
+A *method* is a YAML file ``METHODS_DIR/<name>.yaml`` (see ``configs/methods``)::
+
+    train: stage1 | stage2 | reuse     # own stage-1 run | stage 2 on plain's stage 1 | plain's model
+    posthoc: none | tau_norm | logit_adjust | openmax
+    posthoc_args: {...}                # taus / tau / tailsize, alpha_rank, distance
+    score: msp | energy | max_logit | openmax
+    score_args: {T: 1.0}               # energy temperature
+    config: {stage1: {...}}            # overlay on the base recipe (checked like any config)
+
+Every method's config is ``recipe + plain's overlay + its overlay + --set``; all of them share the
+data, backbone and sampler of the recipe.  Training goes to ``OUT/runs/<method>/stageN``; a
+complete checkpoint there is reused (after checking it was trained with the same recipe), an
+incomplete one is continued with ``resume``.  ``reuse`` methods (post-hoc steps and open-set
+scores) evaluate plain's checkpoint: it is trained once.
+
+Evaluation, identical for all: the embedding ``v`` of every test / open (/ val / train) image is
+collected once per checkpoint (``N x d``, float32, memory-mapped under ``OUT/.cache`` and deleted
+at the end); logits are recomputed from ``v`` through the head chunk by chunk, so no ``N x K``
+array is ever held (at K = 74.5K identities a chunk of 1024 rows is 300 MB of float32).  From each
+chunk the method keeps only its prediction and open-set score.  Tables: closed-set top-1
+(many/medium/few/overall) on test; open-set accuracy with rejection (same buckets) and the
+F-measure on test + open; plus the threshold-free known-vs-open AUROC.
+
+Open-set thresholds: probability scores (``msp``, ``openmax``) use ``eval.threshold`` as in the
+paper; unbounded scores (``energy``, ``max_logit``) get the threshold that accepts, on the *val*
+split's known images, the same fraction as the same model's MSP at ``eval.threshold`` (so they are
+compared at the same operating point); ``tau_norm`` picks tau on val accuracy.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from facelt.compare.collect import Collected, chunk_logits, collect_logits
+from facelt.compare.evaluator import MethodEvaluator, Outputs
+from facelt.compare.methods import BASE_METHOD, MethodSpec, load_method, method_config
+from facelt.compare.report import COLUMNS, bar_chart, markdown_table, method_report
+from facelt.compare.runs import ensure_trained, recipe_diff, run_dir
+from facelt.data.build import Split, build_split
+from facelt.errors import ConfigError, FaceltError
+from facelt.metrics import auroc, matched_threshold
+from facelt.utils.io import write_json, write_text
+
+__all__ = ["compare", "load_method", "method_config", "method_report", "Outputs", "auroc",
+           "matched_threshold", "recipe_diff", "run_dir", "ensure_trained", "collect_logits",
+           "chunk_logits", "Collected", "MethodEvaluator", "MethodSpec", "markdown_table",
+           "bar_chart"]
+
+
+def _needs(spec: MethodSpec) -> tuple[bool, bool]:
+    """(val, train) embeddings needed by ``spec``."""
+    val = spec.posthoc == "tau_norm" or spec.score in ("energy", "max_logit")
+    return val, spec.posthoc == "openmax"
+
+
+def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir: str | Path,
+            overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
+            log: Callable[[str], None] = print) -> dict:
+    """Train or reuse every method, evaluate all with one protocol, write the report files."""
+    from facelt.train.checkpoint import net_from_checkpoint
+    from facelt.train.distributed import pick_device
+    if not methods:
+        raise ConfigError("--methods: give at least one method")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods lists a method twice: {','.join(methods)}")
+    out = Path(out)
+    recipe = Path(recipe)
+    specs = {m: load_method(m, Path(methods_dir)) for m in methods}
+    base = specs.get(BASE_METHOD) or load_method(BASE_METHOD, Path(methods_dir))
+    if base.train != "stage1":
+        raise ConfigError(f"{base.source}: the base method must train stage1")
+    configs = {m: method_config(recipe, s, base, overrides) for m, s in specs.items()}
+    base_cfg = configs.get(BASE_METHOD) or method_config(recipe, base, None, overrides)
+
+    # 1. training: plain first (others start from it or reuse it), each once
+    needs_base = any(s.train in ("stage2", "reuse") for s in specs.values())
+    ckpts: dict[str, Path] = {}
+    if needs_base or BASE_METHOD in specs:
+        ckpts[BASE_METHOD] = ensure_trained(base, base_cfg, out, resume, log)
+    for m, s in specs.items():
+        if m == BASE_METHOD:
+            continue
+        ckpts[m] = (ckpts[BASE_METHOD] if s.train == "reuse"
+                    else ensure_trained(s, configs[m], out, resume, log))
+
+    # 2. evaluation, one protocol
+    ev = base_cfg.eval
+    data = base_cfg.data
+    device = pick_device(base_cfg.device)
+    splits: dict[str, Optional[Split]] = {
+        "test": build_split(data, "test", train=False, check_files=True),
+        "open": build_split(data, "open", train=False, check_files=True),
+        "val": build_split(data, "val", train=False, check_files=True),
+        "train": build_split(data, "train", train=False, check_files=True)}
+    if splits["test"] is None:
+        raise FaceltError("data.test is not set: nothing to evaluate")
+    results: dict[str, dict] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix=".cache-", dir=out))
+    try:
+        collected: dict[tuple[Path, str], Collected] = {}
+        nets: dict[Path, tuple] = {}
+
+        def get(ckpt: Path, split: str) -> Optional[Collected]:
+            if splits[split] is None:
+                return None
+            key = (ckpt, split)
+            if key not in collected:
+                net = nets[ckpt][0]
+                folder = cache / f"{len(collected)}"
+                folder.mkdir()
+                collected[key] = collect_logits(net, splits[split].dataset, device,
+                                                ev.batch_size, data.num_workers,
+                                                folder=folder, name=split)
+            return collected[key]
+
+        for m in methods:
+            spec, ckpt = specs[m], ckpts[m]
+            if ckpt not in nets:
+                nets[ckpt] = net_from_checkpoint(ckpt, device)
+            net, _, state = nets[ckpt]
+            counts = np.asarray(state["class_counts"], dtype=np.int64)
+            need_val, need_train = _needs(spec)
+            val = get(ckpt, "val") if need_val else None
+            evaluator = MethodEvaluator(spec, net, counts, device)
+            evaluator.prepare(val, get(ckpt, "train") if need_train else None)
+            test = get(ckpt, "test")
+            if (test.labels >= len(counts)).any():
+                raise FaceltError(f"test split has labels >= {len(counts)} (the checkpoint's "
+                                  f"classes)")
+            open_c = get(ckpt, "open")
+            threshold = ev.threshold
+            if spec.score in ("energy", "max_logit"):
+                if val is None:
+                    raise ConfigError(f"{spec.source}: the {spec.score} threshold is calibrated "
+                                      f"on val: set data.val")
+                known = val.labels >= 0
+                accept = float(np.mean(evaluator.msp_outputs(val)[known] >= ev.threshold))
+                threshold = matched_threshold(evaluator.outputs(val).score[known], accept)
+                evaluator.info["val_accept_fraction"] = accept
+            rep = method_report(evaluator.outputs(test), test.labels,
+                                evaluator.outputs(open_c) if open_c else None, counts,
+                                threshold, ev.many, ev.few)
+            rep.update(checkpoint=str(ckpt), train=spec.train, posthoc=spec.posthoc,
+                       score=spec.score, details=evaluator.info, method_file=str(spec.source))
+            results[m] = rep
+            log(f"{m}: closed overall {rep['closed_set']['overall']:.4f}, "
+                f"F {rep['open_set']['f_measure']:.4f}")
+    finally:
+        collected.clear()
+        nets.clear()
+        shutil.rmtree(cache, ignore_errors=True)
+    report = {
+        "recipe": str(recipe), "methods": results,
+        "columns": [f"{a}.{b}" for a, b in COLUMNS],
+        "threshold": ev.threshold,
+        "protocol": ("closed: top-1 on test; open: test + open, rejected when score < threshold; "
+                     "msp/openmax at eval.threshold, energy/max_logit at the val-matched "
+                     "operating point of MSP; auroc: known vs open by the score"),
+        "shot_rule": f"many: > {ev.many} training images, few: < {ev.few}, medium: "
+                     f"{ev.few}..{ev.many} inclusive; bucket accuracy = mean of per-class "
+                     f"accuracies; overall = accuracy over known test images",
+    }
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", markdown_table(report))
+    bar_chart(report, out / "report.png")
+    return report

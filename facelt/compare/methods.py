@@ -1,0 +1,90 @@
+"""Method specifications of ``facelt compare``: ``METHODS_DIR/<name>.yaml`` read and checked, and a
+method's config (``recipe + plain's overlay + its overlay + --set``)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from facelt.config import Config, config_from_dict, deep_merge, load_config, load_yaml
+from facelt.errors import ConfigError
+
+TRAIN_KINDS = ("stage1", "stage2", "reuse")
+POSTHOCS = ("none", "tau_norm", "logit_adjust", "openmax")
+SCORES = ("msp", "energy", "max_logit", "openmax")
+BASE_METHOD = "plain"
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    source: Path
+    train: str = "stage1"
+    posthoc: str = "none"
+    posthoc_args: dict = field(default_factory=dict)
+    score: str = "msp"
+    score_args: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+_POSTHOC_ARGS = {"none": set(), "tau_norm": {"taus"}, "logit_adjust": {"tau"},
+                 "openmax": {"tailsize", "alpha_rank", "distance", "translate"}}
+_SCORE_ARGS = {"msp": set(), "energy": {"T"}, "max_logit": set(), "openmax": set()}
+
+
+def _choice(value: Any, choices: tuple, key: str, where: Path) -> str:
+    if value not in choices:
+        raise ConfigError(f"{where}: '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _args(value: Any, allowed: set, key: str, where: Path) -> dict:
+    value = value or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{key}.{unknown[0]}' (known: "
+                          f"{', '.join(sorted(allowed)) or 'none'})")
+    return dict(value)
+
+
+def load_method(name: str, methods_dir: Path) -> MethodSpec:
+    """Read and check ``methods_dir/<name>.yaml``."""
+    path = Path(methods_dir) / f"{name}.yaml"
+    if not path.is_file():
+        avail = sorted(p.stem for p in Path(methods_dir).glob("*.yaml"))
+        raise ConfigError(f"unknown method '{name}': {path} does not exist (available: "
+                          f"{', '.join(avail) or 'none'})")
+    data = load_yaml(path)
+    known = {f.name for f in dataclasses.fields(MethodSpec)} - {"name", "source"}
+    for k in data:
+        if k not in known:
+            raise ConfigError(f"{path}: unknown key '{k}' (known: {', '.join(sorted(known))})")
+    train = _choice(data.get("train", "stage1"), TRAIN_KINDS, "train", path)
+    posthoc = _choice(data.get("posthoc", "none"), POSTHOCS, "posthoc", path)
+    score = _choice(data.get("score", "msp"), SCORES, "score", path)
+    if (posthoc == "openmax") != (score == "openmax"):
+        raise ConfigError(f"{path}: posthoc 'openmax' and score 'openmax' go together")
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: 'config' must be a mapping of config keys")
+    if train == "reuse" and config:
+        raise ConfigError(f"{path}: a 'reuse' method evaluates plain's model and cannot change "
+                          f"its config")
+    return MethodSpec(name, path, train, posthoc,
+                      _args(data.get("posthoc_args"), _POSTHOC_ARGS[posthoc], "posthoc_args", path),
+                      score, _args(data.get("score_args"), _SCORE_ARGS[score], "score_args", path),
+                      config)
+
+
+def method_config(recipe: Path, spec: MethodSpec, base: Optional[MethodSpec],
+                  overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """``recipe + base overlay + spec overlay + overrides``, every key checked."""
+    tree = load_yaml(recipe)
+    config_from_dict(tree, str(recipe))
+    for s in ([base] if base is not None and base is not spec else []) + [spec]:
+        tree = deep_merge(tree, s.config)
+        config_from_dict(tree, f"{s.source} (config overlay on {recipe})")
+    return load_config(None, list(overrides), base=tree)

@@ -1,0 +1,75 @@
+"""Training (or reusing) the run of each compared method under ``OUT/runs/<method>/stageN``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from facelt.compare.methods import BASE_METHOD, MethodSpec
+from facelt.config import Config
+from facelt.errors import CheckpointError, FaceltError
+from facelt.train.checkpoint import load_checkpoint
+
+
+def run_dir(out: Path, method: str) -> Path:
+    return Path(out) / "runs" / method
+
+
+def checkpoint_of(out: Path, spec: MethodSpec) -> Path:
+    if spec.train == "reuse":
+        return run_dir(out, BASE_METHOD) / "stage1" / "checkpoint.pt"
+    stage = 2 if spec.train == "stage2" else 1
+    return run_dir(out, spec.name) / f"stage{stage}" / "checkpoint.pt"
+
+
+def recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
+    """The first recipe key where ``saved`` differs from ``cfg``; a key the saved config lacks
+    (written before the key existed) counts at its default."""
+    now = cfg.to_dict()
+    defaults = Config().to_dict()
+    keys = [("seed",), ("model",), (f"stage{stage}",), ("data", "train"), ("data", "image_size"),
+            ("data", "channels"), ("data", "num_classes")]
+    for key in keys:
+        a, b, d = saved, now, defaults
+        for part in key:
+            a = a.get(part) if isinstance(a, dict) else None
+            b = b.get(part) if isinstance(b, dict) else None
+            d = d.get(part) if isinstance(d, dict) else None
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                old = a[k] if k in a else (d or {}).get(k)
+                if old != b.get(k):
+                    return f"{'.'.join(key)}.{k}: checkpoint {old!r}, now {b.get(k)!r}"
+        elif a != b:
+            return f"{'.'.join(key)}: checkpoint {a!r}, now {b!r}"
+    return None
+
+
+def is_complete(ckpt: Path, cfg: Config, stage: int) -> bool:
+    """True when ``ckpt`` holds a finished run of this recipe; an error when it is another's."""
+    if not ckpt.is_file():
+        return False
+    state = load_checkpoint(ckpt)
+    diff = recipe_diff(state.get("config", {}), cfg, stage)
+    if diff is not None:
+        raise CheckpointError(f"{ckpt} was trained with another recipe ({diff}); choose another "
+                              f"--out or remove it")
+    return bool(state.get("complete"))
+
+
+def ensure_trained(spec: MethodSpec, cfg: Config, out: Path, resume: bool,
+                   log: Callable[[str], None] = print) -> Path:
+    """Train ``spec`` unless its complete checkpoint is there; return the checkpoint path."""
+    from facelt.train.trainer import train
+    ckpt = checkpoint_of(out, spec)
+    stage = 2 if spec.train == "stage2" else 1
+    if is_complete(ckpt, cfg, stage):
+        log(f"{spec.name}: reusing {ckpt}")
+        return ckpt
+    init = None
+    if spec.train == "stage2":
+        init = run_dir(out, BASE_METHOD) / "stage1" / "checkpoint.pt"
+        if not init.is_file():
+            raise FaceltError(f"{spec.name}: stage 2 starts from {init}, which does not exist")
+    log(f"{spec.name}: training stage {stage} -> {ckpt.parent}")
+    train(cfg, [stage], run_dir(out, spec.name), resume=resume, init_checkpoint=init)
+    return ckpt
