@@ -97,7 +97,7 @@ def bench_stage(cfg: Config, stage: int, out: Path, steps: int, rounds: int) -> 
     bare = copy.deepcopy(parts.net)
     opt = torch.optim.SGD([p for p in bare.parameters() if p.requires_grad], lr=st.classifier_lr,
                           momentum=st.momentum, weight_decay=st.weight_decay)
-    closs = (DiscCentroidLoss(st.centroid_margin, st.centroid_repel_weight)
+    closs = (DiscCentroidLoss(st.centroid_loss.margin, st.centroid_loss.repel_weight)
              if parts.loss.centroid is not None else None)
     facelt_ips, bare_ips = [], []
     for r in range(rounds + 1):  # round 0 is the warm-up
@@ -105,7 +105,7 @@ def bench_stage(cfg: Config, stage: int, out: Path, steps: int, rounds: int) -> 
         m = train_one_epoch(parts, r)
         f_ips = m["images"] / (time.perf_counter() - t)
         t = time.perf_counter()
-        n = bare_epoch(bare, opt, loader, sampler, r, steps, closs, st.centroid_loss_weight)
+        n = bare_epoch(bare, opt, loader, sampler, r, steps, closs, st.centroid_loss.weight)
         b_ips = n / (time.perf_counter() - t)
         if r > 0:
             facelt_ips.append(f_ips)

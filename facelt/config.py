@@ -76,6 +76,70 @@ class ModelConfig:
 
 
 @dataclass
+class CosineConfig:
+    """The cosine classifier (``cosine`` head, and the classifier of the ``meta`` head)."""
+
+    scale: float = 16.0
+    """Logit scale of ``squash(x) . w_k / ||w_k||``."""
+
+
+@dataclass
+class MetaConfig:
+    """The OLTR meta-embedding head (``head: meta``)."""
+
+    reach_scale: float = 10.0
+    """``s`` of ``v_meta = (s / gamma) (v + e * memory)``."""
+
+
+@dataclass
+class MarginConfig:
+    """ArcFace / CosFace heads (``head: arcface | cosface``)."""
+
+    s: float = 64.0
+    """Logit scale."""
+    m: float = 0.5
+    """Margin (angular for ArcFace, cosine for CosFace)."""
+
+
+@dataclass
+class FSLwFConfig:
+    """The few-shot weight generator head (``head: fslwf``)."""
+
+    novel_max_count: int = 20
+    """Classes with fewer training images are novel; their weights are generated."""
+    fake_novel_prob: float = 0.5
+    """Probability that a class of a training batch is treated as fake novel."""
+
+
+@dataclass
+class FocalConfig:
+    """``loss: focal``."""
+
+    gamma: float = 2.0
+
+
+@dataclass
+class LogitAdjustedConfig:
+    """``loss: logit_adjusted``: logits + tau * log prior."""
+
+    tau: float = 1.0
+
+
+@dataclass
+class CentroidLossConfig:
+    """The discriminative-centroid loss, added for heads that keep centroids (``meta``)."""
+
+    weight: float = 0.01
+    """Its weight (reference config 0.01; the paper's lambda 0.1); 0 freezes the centroids."""
+    update: Literal["autograd", "reference"] = "autograd"
+    """How the attract term moves the centroids: its true gradient, or the OLTR reference's
+    center-loss-style update ``sum (c - v) / (1 + n_k) / B`` that ignores the loss weights."""
+    margin: float = 10.0
+    """Repel margin on the mean squared distance to the other classes' centroids."""
+    repel_weight: float = 0.01
+
+
+@dataclass
 class StageConfig:
     """One training stage of the two-stage OLTR recipe."""
 
@@ -88,15 +152,14 @@ class StageConfig:
     """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020);
     ``fslwf``: cosine classifier + attention-based few-shot weight generator (Gidaris & Komodakis
     2018, see facelt/models/fslwf.py)."""
-    fslwf_novel_max_count: int = 20
-    """``fslwf``: classes with fewer training images are novel; their weights are generated."""
-    fslwf_fake_novel_prob: float = 0.5
-    """``fslwf``: probability that a class of a training batch is treated as fake novel."""
+    cosine: CosineConfig = field(default_factory=CosineConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    margin: MarginConfig = field(default_factory=MarginConfig)
+    fslwf: FSLwFConfig = field(default_factory=FSLwFConfig)
     loss: Literal[LOSS_NAMES] = "ce"
     """Classification loss on the logits."""
-    focal_gamma: float = 2.0
-    la_tau: float = 1.0
-    """Logit-adjusted loss: logits + tau * log prior."""
+    focal: FocalConfig = field(default_factory=FocalConfig)
+    logit_adjusted: LogitAdjustedConfig = field(default_factory=LogitAdjustedConfig)
     aux_loss: Literal[AUX_LOSS_NAMES] = "none"
     """Feature loss added to the classification loss (the paper's Table 3 baselines)."""
     aux_loss_weight: float = 0.01
@@ -118,19 +181,7 @@ class StageConfig:
     lr_step: int = 10
     """Step LR: multiply by ``lr_gamma`` every ``lr_step`` epochs."""
     lr_gamma: float = 0.1
-    centroid_loss_weight: float = 0.01
-    """Weight of the discriminative-centroid loss (reference config 0.01; the paper's lambda 0.1)."""
-    centroid_update: Literal["autograd", "reference"] = "autograd"
-    """How the attract term moves the centroids: its true gradient, or the OLTR reference's
-    center-loss-style update ``sum (c - v) / (1 + n_k) / B`` that ignores the loss weights."""
-    centroid_margin: float = 10.0
-    centroid_repel_weight: float = 0.01
-    reach_scale: float = 10.0
-    cos_scale: float = 16.0
-    margin_scale: float = 64.0
-    """ArcFace / CosFace logit scale s."""
-    margin: float = 0.5
-    """ArcFace / CosFace margin m."""
+    centroid_loss: CentroidLossConfig = field(default_factory=CentroidLossConfig)
     checkpoint_every: int = 0
     """Also write ``checkpoint.pt`` every N steps inside an epoch (0: at epoch ends only); a
     resumed run continues from that step (exactly, on the CPU with ``data.num_workers: 0``)."""
@@ -318,6 +369,39 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+#: flat stage keys of checkpoints written before the head / loss settings had their own sections
+LEGACY_STAGE_KEYS = {
+    "fslwf_novel_max_count": ("fslwf", "novel_max_count"),
+    "fslwf_fake_novel_prob": ("fslwf", "fake_novel_prob"),
+    "focal_gamma": ("focal", "gamma"), "la_tau": ("logit_adjusted", "tau"),
+    "centroid_loss_weight": ("centroid_loss", "weight"),
+    "centroid_update": ("centroid_loss", "update"),
+    "centroid_margin": ("centroid_loss", "margin"),
+    "centroid_repel_weight": ("centroid_loss", "repel_weight"),
+    "reach_scale": ("meta", "reach_scale"), "cos_scale": ("cosine", "scale"),
+    "margin_scale": ("margin", "s"),
+}
+
+
+def upgrade_saved_config(tree: dict) -> dict:
+    """A config saved in a checkpoint, with the flat stage keys of older versions moved into
+    their sections (``stage1.cos_scale`` -> ``stage1.cosine.scale``, a float ``stage1.margin`` ->
+    ``stage1.margin.m`` ...). A current config comes back unchanged."""
+    out = dict(tree)
+    for stage in ("stage1", "stage2"):
+        st = out.get(stage)
+        if not isinstance(st, dict):
+            continue
+        st = dict(st)
+        if isinstance(st.get("margin"), (int, float)) and not isinstance(st.get("margin"), bool):
+            st["margin"] = {"m": st["margin"]}
+        for old, (section, key) in LEGACY_STAGE_KEYS.items():
+            if old in st:
+                st[section] = dict(st.get(section) or {}, **{key: st.pop(old)})
+        out[stage] = st
+    return out
 
 
 def config_from_dict(data: dict, where: str = "config") -> Config:

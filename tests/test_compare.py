@@ -60,7 +60,7 @@ def test_every_method_file_is_a_valid_overlay(name):
     if spec.train == "stage2":
         assert cfg.stage2.init_from == "stage1"
     if name == "focal":
-        assert cfg.stage1.loss == "focal" and cfg.stage1.focal_gamma == 2.0
+        assert cfg.stage1.loss == "focal" and cfg.stage1.focal.gamma == 2.0
 
 
 def test_bad_method_files_are_named(tmp_path):

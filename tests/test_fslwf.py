@@ -224,7 +224,7 @@ def test_checkpoints_written_before_a_config_key_existed_are_still_reused():
     from facelt.compare import load_method, method_config, recipe_diff
     cfg = method_config(RECIPE, load_method("plain", METHODS), None)
     saved = cfg.to_dict()
-    del saved["stage1"]["fslwf_novel_max_count"]     # a checkpoint older than the key
+    del saved["stage1"]["fslwf"]["novel_max_count"]  # a checkpoint older than the key
     assert recipe_diff(saved, cfg, 1) is None
-    saved["stage1"]["fslwf_fake_novel_prob"] = 0.25  # a real difference is still named
-    assert "stage1.fslwf_fake_novel_prob" in recipe_diff(saved, cfg, 1)
+    saved["stage1"]["fslwf"]["fake_novel_prob"] = 0.25  # a real difference is still named
+    assert "stage1.fslwf.fake_novel_prob" in recipe_diff(saved, cfg, 1)

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from facelt.config import StageConfig
+from facelt.config import FocalConfig, LogitAdjustedConfig, StageConfig
 from facelt.losses import (FocalLoss, LiftedStructuredLoss, RangeLoss, build_aux_loss,
                                build_loss)
 
@@ -16,7 +16,7 @@ def test_focal_gamma0_is_cross_entropy():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 7, generator=g)
     y = torch.randint(0, 7, (16,), generator=g)
-    loss = build_loss(StageConfig(loss="focal", focal_gamma=0.0), [5] * 7)(logits, y)
+    loss = build_loss(StageConfig(loss="focal", focal=FocalConfig(gamma=0.0)), [5] * 7)(logits, y)
     assert torch.allclose(loss, F.cross_entropy(logits, y), atol=1e-6)
 
 
@@ -46,13 +46,13 @@ def test_balanced_softmax_by_hand_and_as_shifted_ce():
 
 def test_logit_adjusted_loss_by_hand():
     # prior [1/4, 3/4], tau 2: p(label 0) = (1/4)^2 / ((1/4)^2 + (3/4)^2) = 1/10
-    loss = build_loss(StageConfig(loss="logit_adjusted", la_tau=2.0), [1, 3])(
+    loss = build_loss(StageConfig(loss="logit_adjusted", logit_adjusted=LogitAdjustedConfig(tau=2.0)), [1, 3])(
         torch.zeros(1, 2), torch.tensor([0]))
     assert abs(loss.item() - math.log(10.0)) < 1e-6
     # tau = 1 is balanced softmax (the shifts differ by the constant log N)
     g = torch.Generator().manual_seed(2)
     logits, y = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
-    la = build_loss(StageConfig(loss="logit_adjusted", la_tau=1.0), [2, 5, 9])(logits, y)
+    la = build_loss(StageConfig(loss="logit_adjusted", logit_adjusted=LogitAdjustedConfig(tau=1.0)), [2, 5, 9])(logits, y)
     bs = build_loss(StageConfig(loss="balanced_softmax"), [2, 5, 9])(logits, y)
     assert torch.allclose(la, bs, atol=1e-6)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from facelt.compare.methods import BASE_METHOD, MethodSpec
-from facelt.config import Config
+from facelt.config import Config, upgrade_saved_config
 from facelt.errors import CheckpointError, FaceltError
 from facelt.train.checkpoint import load_checkpoint
 
@@ -21,9 +21,23 @@ def checkpoint_of(out: Path, spec: MethodSpec) -> Path:
     return run_dir(out, spec.name) / f"stage{stage}" / "checkpoint.pt"
 
 
+def _first_difference(saved, now, default, key: str) -> Optional[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        default = default if isinstance(default, dict) else {}
+        for k in sorted(set(saved) | set(now)):
+            old = saved[k] if k in saved else default.get(k)
+            diff = _first_difference(old, now.get(k), default.get(k), f"{key}.{k}")
+            if diff is not None:
+                return diff
+        return None
+    return None if saved == now else f"{key}: checkpoint {saved!r}, now {now!r}"
+
+
 def recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
     """The first recipe key where ``saved`` differs from ``cfg``; a key the saved config lacks
-    (written before the key existed) counts at its default."""
+    (written before the key existed) counts at its default; flat keys of older versions are read
+    in their sections (:func:`~facelt.config.upgrade_saved_config`)."""
+    saved = upgrade_saved_config(saved)
     now = cfg.to_dict()
     defaults = Config().to_dict()
     keys = [("seed",), ("model",), (f"stage{stage}",), ("data", "train"), ("data", "image_size"),
@@ -34,13 +48,9 @@ def recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
             a = a.get(part) if isinstance(a, dict) else None
             b = b.get(part) if isinstance(b, dict) else None
             d = d.get(part) if isinstance(d, dict) else None
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                old = a[k] if k in a else (d or {}).get(k)
-                if old != b.get(k):
-                    return f"{'.'.join(key)}.{k}: checkpoint {old!r}, now {b.get(k)!r}"
-        elif a != b:
-            return f"{'.'.join(key)}: checkpoint {a!r}, now {b!r}"
+        diff = _first_difference(a, b, d, ".".join(key))
+        if diff is not None:
+            return diff
     return None
 
 

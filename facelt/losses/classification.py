@@ -116,9 +116,9 @@ LossFactory = Callable[["StageConfig", Counts], nn.Module]
 #: the one table of classification losses; ``StageConfig.loss`` takes its names from it
 LOSSES: dict[str, LossFactory] = {
     "ce": lambda st, counts: CrossEntropy(),
-    "focal": lambda st, counts: FocalLoss(gamma=st.focal_gamma),
+    "focal": lambda st, counts: FocalLoss(gamma=st.focal.gamma),
     "balanced_softmax": lambda st, counts: balanced_softmax_loss(counts),
-    "logit_adjusted": lambda st, counts: logit_adjusted_loss(counts, st.la_tau),
+    "logit_adjusted": lambda st, counts: logit_adjusted_loss(counts, st.logit_adjusted.tau),
 }
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 

@@ -56,10 +56,11 @@ class StageLoss:
 
 def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts) -> StageLoss:
     """The stage's objective; the centroid loss is added for heads that declare
-    ``uses_centroid_loss`` (the meta-embedding head) when ``centroid_loss_weight > 0``."""
+    ``uses_centroid_loss`` (the meta-embedding head) when ``centroid_loss.weight > 0``."""
     centroid = None
-    if head.uses_centroid_loss and st.centroid_loss_weight > 0:
-        centroid = DiscCentroidLoss(margin=st.centroid_margin, repel_weight=st.centroid_repel_weight,
-                                    centroid_update=st.centroid_update)
+    cl = st.centroid_loss
+    if head.uses_centroid_loss and cl.weight > 0:
+        centroid = DiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
+                                    centroid_update=cl.update)
     return StageLoss(build_loss(st, class_counts), build_aux_loss(st), st.aux_loss_weight,
-                     centroid, st.centroid_loss_weight, lambda: head.centroids)
+                     centroid, cl.weight, lambda: head.centroids)

@@ -99,10 +99,10 @@ class FSLwFHead(Head):
         if num_classes < 2:
             raise ConfigError(f"stage2.head fslwf needs at least 2 classes, got {num_classes}")
         if not 0.0 <= fake_novel_prob <= 1.0:
-            raise ConfigError(f"stage2.fslwf_fake_novel_prob must be in [0, 1], "
+            raise ConfigError(f"stage2.fslwf.fake_novel_prob must be in [0, 1], "
                               f"got {fake_novel_prob}")
         if novel_max_count < 0:
-            raise ConfigError(f"stage2.fslwf_novel_max_count must be >= 0, got {novel_max_count}")
+            raise ConfigError(f"stage2.fslwf.novel_max_count must be >= 0, got {novel_max_count}")
         self.novel_max_count = int(novel_max_count)
         self.fake_novel_prob = float(fake_novel_prob)
         bound = 1.0 / math.sqrt(in_dim)
@@ -134,7 +134,7 @@ class FSLwFHead(Head):
             raise ValueError(f"class counts have shape {tuple(counts.shape)}, "
                              f"expected {tuple(self.class_counts.shape)}")
         if bool((counts < self.novel_max_count).all()):
-            raise ConfigError(f"stage2.fslwf_novel_max_count = {self.novel_max_count} makes every "
+            raise ConfigError(f"stage2.fslwf.novel_max_count = {self.novel_max_count} makes every "
                               f"class novel (largest class: {int(counts.max())} images): no base "
                               f"class is left to generate novel weights from")
         self.class_counts.copy_(counts.to(self.class_counts.device))

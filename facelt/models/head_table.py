@@ -20,14 +20,14 @@ HeadFactory = Callable[[int, int, "StageConfig"], Head]
 
 HEADS: dict[str, HeadFactory] = {
     "linear": lambda dim, k, st: LinearHead(dim, k),
-    "cosine": lambda dim, k, st: CosineHead(dim, k, scale=st.cos_scale),
-    "meta": lambda dim, k, st: MetaEmbeddingHead(dim, k, reach_scale=st.reach_scale,
-                                                 cos_scale=st.cos_scale),
-    "arcface": lambda dim, k, st: MarginHead(dim, k, kind="arcface", s=st.margin_scale, m=st.margin),
-    "cosface": lambda dim, k, st: MarginHead(dim, k, kind="cosface", s=st.margin_scale, m=st.margin),
+    "cosine": lambda dim, k, st: CosineHead(dim, k, scale=st.cosine.scale),
+    "meta": lambda dim, k, st: MetaEmbeddingHead(dim, k, reach_scale=st.meta.reach_scale,
+                                                 cos_scale=st.cosine.scale),
+    "arcface": lambda dim, k, st: MarginHead(dim, k, kind="arcface", s=st.margin.s, m=st.margin.m),
+    "cosface": lambda dim, k, st: MarginHead(dim, k, kind="cosface", s=st.margin.s, m=st.margin.m),
     "lws": lambda dim, k, st: LWSHead(dim, k),
-    "fslwf": lambda dim, k, st: FSLwFHead(dim, k, novel_max_count=st.fslwf_novel_max_count,
-                                          fake_novel_prob=st.fslwf_fake_novel_prob),
+    "fslwf": lambda dim, k, st: FSLwFHead(dim, k, novel_max_count=st.fslwf.novel_max_count,
+                                          fake_novel_prob=st.fslwf.fake_novel_prob),
 }
 
 HEAD_NAMES: tuple[str, ...] = tuple(HEADS)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from facelt.errors import CheckpointError
-from facelt.config import Config, config_from_dict
+from facelt.config import Config, config_from_dict, upgrade_saved_config
 from facelt.models.build import build_net
 from facelt.models.net import OLTRNet
 from facelt.utils.io import atomic_path
@@ -103,7 +103,7 @@ def net_from_checkpoint(path: str | Path, device: torch.device) -> tuple[OLTRNet
     """Rebuild the network a checkpoint was trained with and load its weights (strictly);
     returns ``(net on device, in eval mode; its config; the checkpoint dict)``."""
     state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"], where=f"{path} (embedded config)")
+    cfg = config_from_dict(upgrade_saved_config(state["config"]), where=f"{path} (embedded config)")
     net = build_net(cfg, int(state["stage"]), int(state["num_classes"]))
     load_model_state(net, state["model"], str(path))
     return net.to(device).eval(), cfg, state
