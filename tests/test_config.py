@@ -62,3 +62,23 @@ def test_yaml_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(tmp_path / "missing.yaml")
     assert "missing.yaml" in str(e.value)
+
+
+def test_flat_head_and_loss_keys_of_older_checkpoints_are_read_in_their_sections():
+    from facelt.config import config_from_dict, upgrade_saved_config
+    old = {"stage1": {"head": "arcface", "margin": 0.3, "margin_scale": 32.0, "focal_gamma": 1.5,
+                      "la_tau": 0.5, "cos_scale": 8.0},
+           "stage2": {"head": "meta", "reach_scale": 5.0, "centroid_loss_weight": 0.1,
+                      "centroid_update": "reference", "centroid_margin": 7.0,
+                      "centroid_repel_weight": 0.2, "fslwf_novel_max_count": 3,
+                      "fslwf_fake_novel_prob": 0.25}}
+    cfg = config_from_dict(upgrade_saved_config(old))
+    s1, s2 = cfg.stage1, cfg.stage2
+    assert (s1.margin.m, s1.margin.s, s1.focal.gamma, s1.logit_adjusted.tau, s1.cosine.scale) == \
+        (0.3, 32.0, 1.5, 0.5, 8.0)
+    assert (s2.meta.reach_scale, s2.centroid_loss.weight, s2.centroid_loss.update,
+            s2.centroid_loss.margin, s2.centroid_loss.repel_weight) == (5.0, 0.1, "reference", 7.0, 0.2)
+    assert (s2.fslwf.novel_max_count, s2.fslwf.fake_novel_prob) == (3, 0.25)
+    assert s2.epochs == 60 and s2.cosine.scale == 16.0  # untouched keys keep their defaults
+    with pytest.raises(ConfigError, match="stage1.margin"):  # a current config has no flat keys
+        config_from_dict(old)
