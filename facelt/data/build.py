@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facelt.config import DataConfig, StageConfig
 from facelt.errors import ConfigError
-from facelt.data.lists import check_files_exist, read_list
+from facelt.data.lists import check_files_exist, read_list, resolve_list_file
 from facelt.data.images import ListDataset
 from facelt.data.transforms import build_transforms
 from facelt.data.samplers import ClassAwareSampler, InstanceSampler
@@ -42,6 +42,8 @@ def split_location(cfg: DataConfig, split: str) -> Optional[Path]:
     base = cfg.splits_dir or (cfg.root if cfg.format == "rec" else "")
     if base and not p.is_absolute():
         p = Path(base) / p
+    if cfg.format == "list":
+        p = resolve_list_file(p)
     return p
 
 
