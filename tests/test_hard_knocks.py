@@ -1,0 +1,101 @@
+"""Issue 11 (hard knocks): each bad input ends in a clear error (exit 2, the file / key / row named,
+no traceback) or in the right result, and nothing written before is lost."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facelt.cli import main as cli_main
+from facelt.data.recordio import read_insightface
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = cli_main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def _images(root: Path, labels: list[int], seed: int = 0, channels: int = 3) -> Path:
+    """PNG files under ``root`` and an im2rec .lst over them (index, label, path)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i, lab in enumerate(labels):
+        shape = (16, 16, 3) if channels == 3 else (16, 16)
+        ok, buf = cv2.imencode(".png", rng.integers(0, 256, shape, dtype=np.uint8))
+        (root / f"{i}.png").write_bytes(buf.tobytes())
+        lines.append(f"{i}\t{lab}\t{i}.png")
+    lst = root.parent / f"{root.name}.lst"
+    lst.write_text("\n".join(lines) + "\n")
+    return lst
+
+
+# ------------------------------------------------------------------- C: rec pack onto an existing prefix
+def test_rec_pack_refuses_existing_prefix_and_shared_property(tmp_path, capsys):
+    six = _images(tmp_path / "six", [0, 1, 2, 3, 4, 5])
+    three = _images(tmp_path / "three", [0, 1, 2], seed=1)
+    out = tmp_path / "rec"
+    assert _run(["rec", "pack", "--list", str(six), "--root", str(tmp_path / "six"),
+                 "--out", str(out / "train")], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert before["property"] == b"6,112,112"
+
+    # the same prefix again: refused without --force, nothing changed
+    rc, err = _run(["rec", "pack", "--list", str(three), "--root", str(tmp_path / "three"),
+                    "--out", str(out / "train")], capsys)
+    assert rc == 2 and str(out / "train.rec") in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # another prefix in the folder needing another property: refused even with --force
+    rc, err = _run(["rec", "pack", "--list", str(three), "--root", str(tmp_path / "three"),
+                    "--out", str(out / "val"), "--force"], capsys)
+    assert rc == 2 and "property" in err and "train.rec" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert read_insightface(out / "train").num_classes == 6
+
+    # --force on the prefix itself replaces it (property then follows it: no other .rec uses it)
+    assert _run(["rec", "pack", "--list", str(three), "--root", str(tmp_path / "three"),
+                 "--out", str(out / "train"), "--force"], capsys)[0] == 0
+    assert (out / "property").read_bytes() == b"3,112,112"
+    assert read_insightface(out / "train").num_classes == 3
+
+
+def test_rec_pack_same_property_is_left_untouched(tmp_path, capsys):
+    a = _images(tmp_path / "a", [0, 1, 2])
+    b = _images(tmp_path / "b", [0, 0, 1, 2], seed=2)
+    out = tmp_path / "rec"
+    assert _run(["rec", "pack", "--list", str(a), "--root", str(tmp_path / "a"),
+                 "--out", str(out / "train")], capsys)[0] == 0
+    stamp = (out / "property").stat().st_mtime_ns
+    os.utime(out / "property", ns=(stamp - 10**9, stamp - 10**9))
+    assert _run(["rec", "pack", "--list", str(b), "--root", str(tmp_path / "b"),
+                 "--out", str(out / "val")], capsys)[0] == 0
+    assert (out / "property").stat().st_mtime_ns == stamp - 10**9
+    assert read_insightface(out / "val").num_classes == 3
+
+
+def test_killed_writer_temporaries_are_cleaned_on_the_next_pack(tmp_path, capsys):
+    out = tmp_path / "rec"
+    out.mkdir()
+    # a writer killed inside atomic_path (os._exit: no cleanup runs), as a killed `rec pack` is
+    code = ("import os, sys; from facelt.utils.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as t:\n    t.write_bytes(b'x' * 4096)\n    os._exit(9)\n")
+    for name in ("train.rec", "train.idx"):
+        subprocess.run([sys.executable, "-c", code, str(out / name)], check=False,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert len(list(out.glob(".*.tmp"))) == 2
+    lst = _images(tmp_path / "imgs", [0, 1])
+    assert _run(["rec", "pack", "--list", str(lst), "--root", str(tmp_path / "imgs"),
+                 "--out", str(out / "train")], capsys)[0] == 0
+    assert list(out.glob(".*.tmp")) == []
+    assert read_insightface(out / "train").num_classes == 2
