@@ -99,3 +99,37 @@ def test_killed_writer_temporaries_are_cleaned_on_the_next_pack(tmp_path, capsys
                  "--out", str(out / "train")], capsys)[0] == 0
     assert list(out.glob(".*.tmp")) == []
     assert read_insightface(out / "train").num_classes == 2
+
+
+# ------------------------------------------------------------------- D: NaN / inf features
+def _megaface_files(tmp_path: Path) -> dict[str, Path]:
+    probes = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], np.float32)
+    np.save(tmp_path / "p.npy", probes)
+    (tmp_path / "p.csv").write_text("path,identity\na/1.png,a\na/2.png,a\nb/1.png,b\nb/2.png,b\n")
+    np.save(tmp_path / "d.npy", np.array([[0.5, 0.5, 0.5, 0.5], [0, 0, 0, 1], [0, 0, 0, 1]], np.float32))
+    np.save(tmp_path / "t.npy", np.array([[1, 0, 0, 0]] * 3, np.float32))
+    return {"p": tmp_path / "p.npy", "d": tmp_path / "d.npy", "t": tmp_path / "t.npy"}
+
+
+def _megaface_argv(tmp_path: Path, files: dict[str, Path]) -> list[str]:
+    return ["megaface-eval", "--gallery", "3", "--probe-features", str(files["p"]),
+            "--probe-list", str(tmp_path / "p.csv"), "--distractor-features", str(files["d"]),
+            "--train-features", str(files["t"]), "--out", str(tmp_path / "out")]
+
+
+@pytest.mark.parametrize("which,row,value", [("d", None, np.nan), ("p", 2, np.nan), ("d", 1, np.inf),
+                                             ("t", 2, -np.inf)])
+def test_non_finite_features_are_refused(tmp_path, capsys, which, row, value):
+    files = _megaface_files(tmp_path)
+    assert _run(_megaface_argv(tmp_path, files), capsys)[0] == 0     # the clean files evaluate
+    arr = np.load(files[which])
+    if row is None:
+        arr[:] = value                                                 # all rows NaN
+    else:
+        arr[row, 1] = value
+    np.save(files[which], arr)
+    rc, err = _run(_megaface_argv(tmp_path, files) + ["--out", str(tmp_path / "out2")], capsys)
+    assert rc == 2 and str(files[which]) in err
+    assert f"row(s) {0 if row is None else row}" in err
+    assert ("NaN" if np.isnan(value) else "inf") in err
+    assert not (tmp_path / "out2" / "report.json").exists()
