@@ -133,3 +133,63 @@ def test_non_finite_features_are_refused(tmp_path, capsys, which, row, value):
     assert f"row(s) {0 if row is None else row}" in err
     assert ("NaN" if np.isnan(value) else "inf") in err
     assert not (tmp_path / "out2" / "report.json").exists()
+
+
+# ------------------------------------------------------------------- a tiny face checkpoint
+@pytest.fixture(scope="module")
+def face_run(tmp_path_factory):
+    from pipelines.synthetic_faces import write_synthetic_rec
+    d = tmp_path_factory.mktemp("hk_faces")
+    write_synthetic_rec(d / "faces" / "train", counts=[4, 3, 2], seed=3, size=32)
+    over = [f"data.root={d / 'faces'}", "data.image_size=32", "data.num_workers=0",
+            "model.backbone=resnet10", "model.embedding_dim=8", "device=cpu", "stage1.epochs=1",
+            "stage1.batch_size=4", "stage1.max_steps_per_epoch=1"]
+    sets = [a for o in over for a in ("--set", o)]
+    assert cli_main(["--quiet", "train", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"),
+                     "--stage", "1", "--out", str(d / "run"), *sets]) == 0
+    return {"dir": d, "rec": d / "faces" / "train", "ckpt": d / "run" / "stage1" / "checkpoint.pt"}
+
+
+# ------------------------------------------------------------------- E: stale features
+def test_repacked_source_is_re_extracted(face_run, tmp_path, capsys):
+    from pipelines.synthetic_faces import write_synthetic_rec
+    src = tmp_path / "dist"
+    write_synthetic_rec(src / "train", counts=[2, 2, 1], seed=10, size=32)
+    feats = tmp_path / "f.npy"
+    argv = ["extract-features", "--checkpoint", str(face_run["ckpt"]), "--rec", str(src / "train"),
+            "--out", str(feats)]
+    assert _run(argv, capsys)[0] == 0
+    old = np.load(feats)
+    keys_before = (src / "train.idx").read_text().split("\n")
+    # the same keys and labels, other pixels
+    write_synthetic_rec(src / "train", counts=[2, 2, 1], seed=11, size=32)
+    assert [ln.split("\t")[0] for ln in (src / "train.idx").read_text().split("\n")] == \
+        [ln.split("\t")[0] for ln in keys_before]
+    assert _run(argv, capsys)[0] == 0
+    new = np.load(feats)
+    fresh = tmp_path / "fresh.npy"
+    assert _run(argv[:-1] + [str(fresh)], capsys)[0] == 0
+    np.testing.assert_array_equal(new, np.load(fresh))
+    assert not np.allclose(new, old)
+    # an unchanged source is not extracted again (the file is left as it is)
+    stamp = feats.stat().st_mtime_ns
+    assert _run(argv, capsys)[0] == 0 and feats.stat().st_mtime_ns == stamp
+
+
+def test_image_source_fingerprint_sees_content_and_files(tmp_path):
+    from facelt.utils.fingerprint import image_source_fingerprint
+    a, b, idx = tmp_path / "a.bin", tmp_path / "b.bin", tmp_path / "x.idx"
+    a.write_bytes(bytes(range(256)) * 40)
+    b.write_bytes(b"\x01" * 5000)
+    idx.write_text("1\t0\n")
+    base = image_source_fingerprint([a, b], [idx], samples=8, window=512)
+    assert image_source_fingerprint([a, b], [idx], samples=8, window=512) == base
+    st = b.stat()
+    b.write_bytes(b"\x02" * 5000)                       # same size, same mtime, other bytes
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image_source_fingerprint([a, b], [idx], samples=8, window=512) != base
+    b.write_bytes(b"\x01" * 5000)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image_source_fingerprint([a, b], [idx], samples=8, window=512) == base
+    idx.write_text("2\t0\n")
+    assert image_source_fingerprint([a, b], [idx], samples=8, window=512) != base

@@ -76,8 +76,8 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
         for x, _, _ in image_batches(loader, f"features {Path(out).name}"):
             yield x
 
-    fp = source_fingerprint(checkpoint, rows, flip)
-    if finished_with(out, fp):  # already made from this checkpoint and these rows
+    fp = source_fingerprint(checkpoint, rows, flip, dataset)
+    if finished_with(out, fp):  # already made from this checkpoint, these rows and these images
         return Path(out)
     with torch.no_grad():
         dim = int(embed(dataset[0][0].unsqueeze(0)).shape[1])
@@ -92,8 +92,10 @@ def manifest_path(features: str | Path) -> Path:
     return Path(f"{Path(features).with_suffix('')}.rows.txt")
 
 
-def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool) -> str:
-    """Names the checkpoint file (path, size, mtime) and the exact rows embedded."""
+def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool,
+                       dataset: Optional[Dataset] = None) -> str:
+    """Names the checkpoint file (path, size, mtime), the exact rows embedded and, with
+    ``dataset``, the content of its image source (``image_source_fingerprint``)."""
     import hashlib
     import json
     st = Path(checkpoint).stat()
@@ -101,6 +103,10 @@ def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool) -> s
                                    bool(flip)]).encode())
     for r in rows:
         h.update(r.encode() + b"\n")
+    if dataset is not None:
+        from facelt.data.build import dataset_source_files
+        from facelt.utils.fingerprint import image_source_fingerprint
+        h.update(image_source_fingerprint(*dataset_source_files(dataset)).encode())
     return h.hexdigest()
 
 

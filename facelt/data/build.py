@@ -77,6 +77,24 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
     return Split(split, ds, labels, items)
 
 
+def dataset_source_files(dataset: Dataset) -> tuple[list[Path], list[Path]]:
+    """``(data_files, index_files)`` a dataset's images are read from, for
+    :func:`facelt.utils.fingerprint.image_source_fingerprint`: a RecordDataset's ``.rec`` and its
+    ``.idx`` / ``property``, a ListDataset's image files and its list file, FolderImages' files."""
+    from facelt.data.images import FolderImages
+    from facelt.data.rec_dataset import RecordDataset
+    from facelt.data.recordio import insightface_paths
+    if isinstance(dataset, RecordDataset):
+        rec, idx, prop = insightface_paths(dataset.prefix)
+        return [rec], [idx] + ([prop] if prop.is_file() else [])
+    if isinstance(dataset, ListDataset):
+        lst = dataset.image_list
+        return [dataset.root / item for item in lst.items], [lst.path]
+    if isinstance(dataset, FolderImages):
+        return list(dataset.paths), []
+    raise TypeError(f"no image files known for a {type(dataset).__name__}")
+
+
 class FaceCropTensor:
     """An aligned face image file as the RecordIO pipeline presents it: RGB, the whole crop (resized
     only when it is not ``size`` x ``size``), scaled to [-1, 1] like ``RecordDataset``."""
