@@ -193,3 +193,53 @@ def test_image_source_fingerprint_sees_content_and_files(tmp_path):
     assert image_source_fingerprint([a, b], [idx], samples=8, window=512) == base
     idx.write_text("2\t0\n")
     assert image_source_fingerprint([a, b], [idx], samples=8, window=512) != base
+
+
+# ------------------------------------------------------------------- F: config values
+@pytest.mark.parametrize("override,words", [
+    ("stage1.epochs=0", ["stage1.epochs", ">= 1", "got 0"]),
+    ("stage2.epochs=-1", ["stage2.epochs", ">= 1", "got -1"]),
+    ("stage1.batch_size=0", ["stage1.batch_size", ">= 1"]),
+    ("stage2.samples_per_class=0", ["stage2.samples_per_class", ">= 1"]),
+    ("eval.batch_size=0", ["eval.batch_size", ">= 1"]),
+    ("stage1.backbone_lr=-0.1", ["stage1.backbone_lr", ">= 0", "-0.1"]),
+    ("stage2.classifier_lr=-1", ["stage2.classifier_lr", ">= 0"]),
+    ("eval.threshold=1.5", ["eval.threshold", "<= 1", "1.5"]),
+    ("eval.threshold=-0.1", ["eval.threshold", ">= 0"]),
+    ("eval.sweep=[0.1, 2]", ["eval.sweep[1]", "<= 1"]),
+    ("stage1.weight_decay=abc", ["stage1.weight_decay", "number", "abc"]),
+])
+def test_config_ranges_are_checked_when_loaded(override, words, capsys, demo_data):
+    from facelt.config import load_config
+    from facelt.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    for w in words:
+        assert w in str(e.value)
+    if override.startswith("stage1.epochs"):   # the CLI: exit 2 before anything is trained
+        rc, err = _run(["train", "--config", str(ROOT / "configs" / "demo_list.yaml"), "--stage", "1",
+                        "--out", str(demo_data.parent / "never"), "--set", override], capsys)
+        assert rc == 2 and "stage1.epochs" in err and "already complete" not in err
+        assert not (demo_data.parent / "never").exists()
+
+
+def test_every_float_spelling_is_a_number(tmp_path):
+    from facelt.config import load_config
+    cfg = load_config(None, ["stage1.weight_decay=5e-4", "stage2.weight_decay=5E-2",
+                             "stage1.backbone_lr=.5", "stage2.backbone_lr=1e0", "eval.threshold=+0.25",
+                             "stage1.momentum=9e-1"])
+    assert (cfg.stage1.weight_decay, cfg.stage2.weight_decay) == (0.0005, 0.05)
+    assert (cfg.stage1.backbone_lr, cfg.stage2.backbone_lr, cfg.eval.threshold) == (0.5, 1.0, 0.25)
+    assert cfg.stage1.momentum == 0.9
+    p = tmp_path / "r.yaml"
+    p.write_text("stage1:\n  weight_decay: 5e-2\n  classifier_lr: 1e-3\neval:\n  sweep: [1e-1, 5e-1]\n")
+    cfg = load_config(p)
+    assert (cfg.stage1.weight_decay, cfg.stage1.classifier_lr) == (0.05, 0.001)
+    assert cfg.eval.sweep == [0.1, 0.5]
+
+
+def test_extract_batch_size_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:         # refused by the parser, before any file is read
+        cli_main(["extract-features", "--checkpoint", str(tmp_path / "c.pt"), "--rec",
+                  str(tmp_path / "r"), "--out", str(tmp_path / "f.npy"), "--batch-size", "0"])
+    assert e.value.code == 2 and "--batch-size" in capsys.readouterr().err

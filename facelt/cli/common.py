@@ -21,6 +21,17 @@ def configs_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "configs"
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+    return value
+
+
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("recipe")
     g.add_argument("--config", help="YAML recipe (see configs/)")

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset
 
+from facelt.cli.common import positive_int
 from facelt.errors import FaceltError
 
 
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--images", help="folder of images (recursive)")
     p.add_argument("--root", default=".", help="image root for --list")
     p.add_argument("--out", required=True, help="output .npy (a .rows.txt manifest is written beside)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=run)
