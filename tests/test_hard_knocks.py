@@ -243,3 +243,102 @@ def test_extract_batch_size_must_be_positive(tmp_path, capsys):
         cli_main(["extract-features", "--checkpoint", str(tmp_path / "c.pt"), "--rec",
                   str(tmp_path / "r"), "--out", str(tmp_path / "f.npy"), "--batch-size", "0"])
     assert e.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- G: messages, not tracebacks
+def _demo_sets(demo_data: Path, *extra: str) -> list[str]:
+    from tests.conftest import demo_overrides
+    return [a for o in [*demo_overrides(demo_data), *extra] for a in ("--set", o)]
+
+
+def test_damaged_checkpoints_are_named(face_run, tmp_path, capsys):
+    import torch
+    from facelt.train.checkpoint import FORMAT
+    zero = tmp_path / "zero.pt"
+    zero.write_bytes(b"")
+    text = tmp_path / "text.pt"
+    text.write_text("this is a text file, not a checkpoint\n")
+    state = torch.load(face_run["ckpt"], weights_only=True)
+    del state["model"]
+    nomodel = tmp_path / "nomodel.pt"
+    torch.save(state, nomodel)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"format": FORMAT, "config": {}, "stage": 1, "num_classes": 3, "model": [1, 2]}, wrong)
+    for path, words in ((zero, "empty"), (text, "not a torch checkpoint"), (nomodel, "'model'"),
+                        (wrong, "'model'")):
+        rc, err = _run(["extract-features", "--checkpoint", str(path), "--rec", str(face_run["rec"]),
+                        "--out", str(tmp_path / "f.npy")], capsys)
+        assert rc == 2 and str(path) in err and words in err, err
+
+
+def test_empty_lists_are_errors(demo_data, face_run, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n")
+    demo = str(ROOT / "configs" / "demo_list.yaml")
+    rc, err = _run(["check", "--config", demo, *_demo_sets(demo_data, f"data.train={empty}")], capsys)
+    assert rc == 2 and str(empty) in err and "train" in err and "no images" in err
+    rc, err = _run(["classify", "--checkpoint", str(face_run["ckpt"]), "--config", demo,
+                    *_demo_sets(demo_data, f"data.test={empty}"), "--out", str(tmp_path / "rep")],
+                   capsys)
+    assert rc == 2 and str(empty) in err and "test" in err and "no images" in err
+    assert not (tmp_path / "rep" / "report.json").exists()
+
+
+def test_binary_property_file_is_a_data_error(face_run, tmp_path):
+    import shutil
+    from facelt.errors import DataError
+    for name in ("train.rec", "train.idx"):
+        shutil.copy(face_run["rec"].parent / name, tmp_path / name)
+    (tmp_path / "property").write_bytes(b"\xff\xfe\x00\x81garbage")
+    with pytest.raises(DataError) as e:
+        read_insightface(tmp_path / "train")
+    assert str(tmp_path / "property") in str(e.value) and "num_classes,height,width" in str(e.value)
+
+
+def test_unwritable_outputs_fail_before_the_work(face_run, tmp_path, capsys):
+    files = _megaface_files(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    argv = _megaface_argv(tmp_path, files)
+    rc, err = _run(argv[:-1] + [str(a_file)], capsys)
+    assert rc == 2 and str(a_file) in err and "is a file" in err
+    assert a_file.read_text() == "keep me"
+    rc, err = _run(argv[:-1] + [str(a_file / "sub")], capsys)
+    assert rc == 2 and "a_file" in err
+    # extract-features --out that is a folder: refused before the checkpoint is even read
+    folder = tmp_path / "folder.npy"
+    folder.mkdir()
+    rc, err = _run(["extract-features", "--checkpoint", str(tmp_path / "missing.pt"), "--rec",
+                    str(face_run["rec"]), "--out", str(folder)], capsys)
+    assert rc == 2 and str(folder) in err and "is a folder" in err
+    rc, err = _run(["train", "--config", str(ROOT / "configs" / "demo_list.yaml"), "--stage", "1",
+                    "--out", str(a_file)], capsys)
+    assert rc == 2 and str(a_file) in err
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_output_folder_fails_before_the_evaluation(tmp_path, capsys):
+    files = _megaface_files(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        rc, err = _run(_megaface_argv(tmp_path, files)[:-1] + [str(ro)], capsys)
+    finally:
+        ro.chmod(0o755)
+    assert rc == 2 and str(ro) in err and "not writable" in err
+
+
+def test_ensure_writable_helpers(tmp_path):
+    from facelt.errors import OutputError
+    from facelt.utils.io import ensure_writable_dir, ensure_writable_file
+    assert ensure_writable_dir(tmp_path / "a" / "b", "--out").is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        ensure_writable_dir(tmp_path / "f", "--out")
+    with pytest.raises(OutputError, match="a parent of it is a file"):
+        ensure_writable_dir(tmp_path / "f" / "g", "--out")
+    with pytest.raises(OutputError, match="is a folder"):
+        ensure_writable_file(tmp_path / "a", "--out")
+    assert ensure_writable_file(tmp_path / "new" / "x.npy", "--out") == tmp_path / "new" / "x.npy"
+    assert list((tmp_path / "a" / "b").iterdir()) == []          # the probe file is gone

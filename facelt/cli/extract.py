@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from facelt.cli.common import positive_int
+from facelt.utils.io import ensure_writable_file
 from facelt.errors import FaceltError
 
 
@@ -114,6 +115,7 @@ def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool,
 def run(args: argparse.Namespace) -> int:
     from facelt.classify import net_from_checkpoint
     from facelt.train.distributed import pick_device
+    ensure_writable_file(args.out, "--out")
     net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
     path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,

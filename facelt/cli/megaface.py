@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from facelt.cli.common import positive_int
+from facelt.utils.io import ensure_writable_dir
 from facelt.errors import ConfigError, DataError
 
 NOISE_ENV = "FACELT_NOISE_LISTS"
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     if args.checkpoint:
         _extract_first(args)
     if args.probe_features is None or args.distractor_features is None:

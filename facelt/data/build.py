@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facelt.config import DataConfig, StageConfig
-from facelt.errors import ConfigError
+from facelt.errors import ConfigError, DataError
 from facelt.data.lists import check_files_exist, read_list, resolve_list_file
 from facelt.data.images import ListDataset
 from facelt.data.transforms import build_transforms
@@ -63,6 +63,11 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
         return None
     if cfg.format == "list":
         image_list = read_list(loc)
+        if len(image_list) == 0:
+            raise DataError(f"{image_list.path}: the {split} list (data.{split}) holds no images; "
+                            f"expected '<path> <label>' lines" +
+                            ("" if split in ("train", "test") else
+                             f", or leave data.{split} empty to run without a {split} split"))
         root = _root_for(cfg, split)
         if check_files:
             check_files_exist(image_list, root)
@@ -72,6 +77,8 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
         return Split(split, ds, np.asarray(image_list.labels), list(image_list.items))
     from facelt.data.rec_dataset import RecordDataset
     ds = RecordDataset(str(loc), train=train and cfg.augment)
+    if len(ds) == 0:
+        raise DataError(f"{loc}: the {split} rec (data.{split}) holds no images")
     labels = np.asarray(ds.labels, dtype=np.int64)
     items = [f"{loc}#{k}" for k in ds.keys]
     return Split(split, ds, labels, items)
