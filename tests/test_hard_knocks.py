@@ -342,3 +342,95 @@ def test_ensure_writable_helpers(tmp_path):
         ensure_writable_file(tmp_path / "a", "--out")
     assert ensure_writable_file(tmp_path / "new" / "x.npy", "--out") == tmp_path / "new" / "x.npy"
     assert list((tmp_path / "a" / "b").iterdir()) == []          # the probe file is gone
+
+
+# ------------------------------------------------------------------- H: check, grey models
+def _demo_copy(demo_data: Path, tmp_path: Path) -> Path:
+    import shutil
+    data = tmp_path / "d"
+    shutil.copytree(demo_data, data)
+    return data
+
+
+def _check(data: Path, *extra: str) -> list[str]:
+    return ["check", "--config", str(ROOT / "configs" / "demo_list.yaml"), *_demo_sets(data), *extra]
+
+
+def test_check_prints_a_table_and_says_what_it_did_not_check(demo_data, capsys):
+    rc = cli_main(_check(demo_data))
+    out = capsys.readouterr().out
+    assert rc == 0 and "{" not in out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["split", "images", "classes"]
+    test_row = next(ln for ln in lines if ln.startswith("test "))
+    assert test_row.split() == ["test", "36", "6", "6..6"]        # 6 classes x 6 images
+    assert "not decoded" in out
+    assert cli_main(_check(demo_data, "--decode")) == 0
+    assert "every image decodes" in capsys.readouterr().out
+
+
+def test_check_reports_folders_undecodable_images_and_unknown_train_classes(demo_data, tmp_path, capsys):
+    data = _demo_copy(demo_data, tmp_path)
+    img = data / "images" / "test" / "id002" / "0001.png"
+    img.unlink()
+    img.mkdir()                                               # a folder where an image is listed
+    rc, err = _run(_check(data), capsys)
+    assert rc == 2 and str(img) in err and "is a folder" in err
+    img.rmdir()
+    img.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image decoder accepts")
+    assert _run(_check(data), capsys)[0] == 0                 # existence only: says so
+    rc, err = _run(_check(data, "--decode"), capsys)
+    assert rc == 2 and str(img) in err and "cannot be decoded" in err
+    img.write_bytes((demo_data / "images" / "test" / "id002" / "0001.png").read_bytes())
+    train = data / "demo_train.txt"
+    lines = train.read_text().splitlines()
+    lines[0] = lines[0].rsplit(" ", 1)[0] + " 6"              # classes are 0..5 in val/test
+    train.write_text("\n".join(lines) + "\n")
+    rc, err = _run(_check(data), capsys)
+    assert rc == 2 and "label 6" in err and "0..5" in err and lines[0].rsplit(" ", 1)[0] in err
+
+
+def test_check_walks_the_whole_idx_and_rec(face_run, tmp_path, capsys):
+    import shutil
+    rec_dir = tmp_path / "rec"
+    rec_dir.mkdir()
+    for name in ("train.rec", "train.idx", "property"):
+        shutil.copy(face_run["rec"].parent / name, rec_dir / name)
+    argv = ["check", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"), "--data-root", str(rec_dir)]
+    assert _run(argv, capsys)[0] == 0
+    idx = (rec_dir / "train.idx").read_text().splitlines()
+    key, off = idx[5].split("\t")
+    idx[5] = f"{key}\t{int(off) + 4}"                        # an entry pointing inside a record
+    (rec_dir / "train.idx").write_text("\n".join(idx) + "\n")
+    rc, err = _run(argv, capsys)
+    assert rc == 2 and "train.idx" in err and f"key {key}" in err and "not the start of a record" in err
+    shutil.copy(face_run["rec"].parent / "train.idx", rec_dir / "train.idx")
+    # a damaged payload (the JPEG's bytes) passes the framing walk but not --decode
+    reader_off = int(idx[6].split("\t")[1])
+    data = bytearray((rec_dir / "train.rec").read_bytes())
+    data[reader_off + 8 + 24: reader_off + 8 + 24 + 64] = b"\0" * 64    # past the IR header
+    (rec_dir / "train.rec").write_bytes(bytes(data))
+    assert _run(argv, capsys)[0] == 0
+    rc, err = _run(argv + ["--decode"], capsys)
+    assert rc == 2 and "train.rec" in err and "decode" in err
+    # a broken magic word: the framing walk names the record
+    data[reader_off:reader_off + 4] = b"XXXX"
+    (rec_dir / "train.rec").write_bytes(bytes(data))
+    rc, err = _run(argv, capsys)
+    assert rc == 2 and "bad magic word" in err and "train.rec" in err
+
+
+def test_rec_features_decode_to_the_models_channels(face_run):
+    from facelt.cli.extract import dataset_for
+    from facelt.config import load_config
+    from facelt.data.recordio import RecordReader, insightface_paths
+    rec, idx, _ = insightface_paths(face_run["rec"])
+    grey_cfg = load_config(None, ["data.channels=1"])
+    ds, rows = dataset_for(grey_cfg, rec=str(face_run["rec"]))
+    x = ds[0][0]
+    _, payload = RecordReader(rec, idx).read_unpacked(int(ds.keys[0]))
+    grey = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert tuple(x.shape) == (1, *grey.shape)
+    np.testing.assert_allclose(x[0].numpy(), grey / 127.5 - 1.0, atol=1e-6)
+    colour, _ = dataset_for(load_config(None, []), rec=str(face_run["rec"]))
+    assert colour[0][0].shape[0] == 3

@@ -36,7 +36,7 @@ def dataset_for(cfg, rec: Optional[str] = None, list_file: Optional[str] = None,
     """Test-transform dataset and row names for one of the three sources."""
     if rec:
         from facelt.data.rec_dataset import RecordDataset
-        ds = RecordDataset(rec, train=False)
+        ds = RecordDataset(rec, train=False, channels=cfg.data.channels)
         return ds, [f"{rec}#{int(k)}" for k in ds.keys]
     from facelt.data.build import eval_transform
     tf = eval_transform(cfg.data)

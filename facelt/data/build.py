@@ -76,7 +76,7 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
         ds = ListDataset(image_list, root, transform, channels=cfg.channels)
         return Split(split, ds, np.asarray(image_list.labels), list(image_list.items))
     from facelt.data.rec_dataset import RecordDataset
-    ds = RecordDataset(str(loc), train=train and cfg.augment)
+    ds = RecordDataset(str(loc), train=train and cfg.augment, channels=cfg.channels)
     if len(ds) == 0:
         raise DataError(f"{loc}: the {split} rec (data.{split}) holds no images")
     labels = np.asarray(ds.labels, dtype=np.int64)

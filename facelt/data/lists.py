@@ -162,15 +162,22 @@ def check_files_exist(image_list: ImageList, root: str | os.PathLike, max_report
     """Raise one :class:`DataError` listing the first ``max_report`` missing images and the total."""
     root = Path(root)
     missing: list[int] = []
+    folders: set[int] = set()
     for i, item in enumerate(progress(image_list.items, desc="checking images", unit="img")):
         if not os.path.isfile(root / item):
             missing.append(i)
+            if os.path.isdir(root / item):
+                folders.add(i)
     if missing:
         shown = "\n".join(f"  {root / image_list.items[i]} ({image_list.line_of(i)})"
+                          + (" is a folder, not an image file" if i in folders else "")
                           for i in missing[:max_report])
         more = f"\n  ... and {len(missing) - max_report} more" if len(missing) > max_report else ""
+        what = "missing" if not folders else \
+            ("folders, not image files" if len(folders) == len(missing) else
+             f"missing or folders ({len(folders)} folders)")
         raise DataError(f"{len(missing)} of {len(image_list)} images listed in {image_list.path} are "
-                        f"missing under root {root}:\n{shown}{more}")
+                        f"{what} under root {root}:\n{shown}{more}")
 
 
 def list_stats(image_list: ImageList, many: int = 100, few: int = 20) -> dict[str, int]:

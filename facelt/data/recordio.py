@@ -413,6 +413,16 @@ class RecordReader:
                     yield start, record
                 i += 1
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """Byte offsets of the .idx entries, in the order of :attr:`keys`."""
+        return self._offsets
+
+    def record_offsets(self) -> np.ndarray:
+        """Start offsets of every record in file order, walking the part headers only (payloads are
+        skipped): checks the framing of the whole file; a damaged part is a :class:`DataError`."""
+        return np.fromiter((start for start, _ in self._walk_all(0, 1, keep=False)), dtype=np.int64)
+
     def scan(self, shard: int = 0, num_shards: int = 1) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, record) for every record in file order, without the .idx.
 
