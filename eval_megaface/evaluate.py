@@ -28,6 +28,7 @@ from eval_megaface.pseudo_shots import DEFAULT_THRESHOLD, bucket_report, count_a
 from eval_megaface.search import (APPROX_INDEXES, DEFAULT_CHUNK_ROWS, approx_topk, rescore,
                                   stream_topk, top1_agreement)
 from facelt.errors import DataError
+from facelt.utils.finite import check_finite_rows
 
 
 @dataclass
@@ -103,7 +104,9 @@ def run_evaluation(cfg: MegaFaceEvalConfig) -> dict[str, Any]:
             raise DataError(f"gallery size {n} exceeds the {len(order)} distractors available in "
                             f"{dist_ff.path}{why}")
 
-    feats = probe_ff.read(0, probe_ff.rows)[keep]
+    feats = probe_ff.read(0, probe_ff.rows)
+    check_finite_rows(feats, probe_ff.path)
+    feats = feats[keep]
     if cfg.normalize:
         feats = l2_normalize(feats)
     exact = stream_topk(feats, dist_ff, order, cfg.gallery_sizes, k=MAX_RANK,

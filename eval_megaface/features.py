@@ -23,6 +23,7 @@ import numpy as np
 
 from facelt.errors import DataError
 from facelt.utils.io import write_json
+from facelt.utils.finite import check_finite_rows
 
 FEATURE_DTYPE = np.dtype("<f4")
 PARTIAL_SUFFIX = ".partial"
@@ -157,7 +158,9 @@ def iter_row_chunks(ff: FeatureFile, rows: np.ndarray, chunk_rows: int
     buf = np.empty((min(chunk_rows, max(len(rows), 1)), ff.dim), dtype=np.float32)
     for a in range(0, len(rows), chunk_rows):
         idx = rows[a:a + chunk_rows]
-        yield idx, ff.read_rows(idx, out=buf)
+        block = ff.read_rows(idx, out=buf)
+        check_finite_rows(block, ff.path, rows=idx)
+        yield idx, block
 
 
 def read_manifest(path: Union[str, os.PathLike]) -> list[str]:

@@ -10,6 +10,8 @@ allowed head and loss names come from those tables (``facelt.models.head_table.H
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,16 +45,16 @@ class DataConfig:
     open: str = ""
     """The four splits: list files (``format: list``) or rec prefixes (``format: rec``). ``val`` and
     ``open`` may be empty."""
-    num_classes: int = 0
+    num_classes: int = field(default=0, metadata={"ge": 0})
     """Number of known classes; 0 = infer from the training split."""
     class_names: str = ""
     """Optional text file with one class name per line, in label order."""
-    image_size: int = 224
+    image_size: int = field(default=224, metadata={"ge": 1})
     channels: Literal[1, 3] = 3
     mean: list[float] = field(default_factory=list)
     """Per-channel normalisation mean (default: ImageNet for RGB, 0.5 for grey)."""
     std: list[float] = field(default_factory=list)
-    num_workers: int = 2
+    num_workers: int = field(default=2, metadata={"ge": 0})
     augment: bool = True
     """Random training augmentation (crop/flip/colour for lists, flip for faces); false: the test
     transform is used for training too (deterministic runs)."""
@@ -68,8 +70,8 @@ class ModelConfig:
     """insightface-style stem (3x3 stride-1 conv, no max-pool): 112x112 faces give a 7x7 map."""
     neck: Literal["pool", "face"] = "pool"
     """``pool``: global average pool; ``face``: BN-dropout-FC-BN to ``embedding_dim`` (insightface)."""
-    embedding_dim: int = 512
-    dropout: float = 0.0
+    embedding_dim: int = field(default=512, metadata={"ge": 1})
+    dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     pretrained: str = ""
     """Local file with ImageNet-pretrained backbone weights (nothing is downloaded)."""
     pretrained_format: Literal["auto", "torchvision", "caffe"] = "auto"
@@ -79,7 +81,7 @@ class ModelConfig:
 class CosineConfig:
     """The cosine classifier (``cosine`` head, and the classifier of the ``meta`` head)."""
 
-    scale: float = 16.0
+    scale: float = field(default=16.0, metadata={"gt": 0})
     """Logit scale of ``squash(x) . w_k / ||w_k||``."""
 
 
@@ -87,7 +89,7 @@ class CosineConfig:
 class MetaConfig:
     """The OLTR meta-embedding head (``head: meta``)."""
 
-    reach_scale: float = 10.0
+    reach_scale: float = field(default=10.0, metadata={"gt": 0})
     """``s`` of ``v_meta = (s / gamma) (v + e * memory)``."""
 
 
@@ -95,9 +97,9 @@ class MetaConfig:
 class MarginConfig:
     """ArcFace / CosFace heads (``head: arcface | cosface``)."""
 
-    s: float = 64.0
+    s: float = field(default=64.0, metadata={"gt": 0})
     """Logit scale."""
-    m: float = 0.5
+    m: float = field(default=0.5, metadata={"ge": 0})
     """Margin (angular for ArcFace, cosine for CosFace)."""
 
 
@@ -105,9 +107,9 @@ class MarginConfig:
 class FSLwFConfig:
     """The few-shot weight generator head (``head: fslwf``)."""
 
-    novel_max_count: int = 20
+    novel_max_count: int = field(default=20, metadata={"ge": 0})
     """Classes with fewer training images are novel; their weights are generated."""
-    fake_novel_prob: float = 0.5
+    fake_novel_prob: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     """Probability that a class of a training batch is treated as fake novel."""
 
 
@@ -115,7 +117,7 @@ class FSLwFConfig:
 class FocalConfig:
     """``loss: focal``."""
 
-    gamma: float = 2.0
+    gamma: float = field(default=2.0, metadata={"ge": 0})
 
 
 @dataclass
@@ -129,24 +131,24 @@ class LogitAdjustedConfig:
 class CentroidLossConfig:
     """The discriminative-centroid loss, added for heads that keep centroids (``meta``)."""
 
-    weight: float = 0.01
+    weight: float = field(default=0.01, metadata={"ge": 0})
     """Its weight (reference config 0.01; the paper's lambda 0.1); 0 freezes the centroids."""
     update: Literal["autograd", "reference"] = "autograd"
     """How the attract term moves the centroids: its true gradient, or the OLTR reference's
     center-loss-style update ``sum (c - v) / (1 + n_k) / B`` that ignores the loss weights."""
-    margin: float = 10.0
+    margin: float = field(default=10.0, metadata={"ge": 0})
     """Repel margin on the mean squared distance to the other classes' centroids."""
-    repel_weight: float = 0.01
+    repel_weight: float = field(default=0.01, metadata={"ge": 0})
 
 
 @dataclass
 class StageConfig:
     """One training stage of the two-stage OLTR recipe."""
 
-    epochs: int = 30
-    batch_size: int = 128
+    epochs: int = field(default=30, metadata={"ge": 1})
+    batch_size: int = field(default=128, metadata={"ge": 1})
     sampler: Literal["instance", "class_aware"] = "instance"
-    samples_per_class: int = 4
+    samples_per_class: int = field(default=4, metadata={"ge": 1})
     """Class-aware sampler: consecutive samples drawn from one class."""
     head: Literal[HEAD_NAMES] = "linear"
     """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020);
@@ -162,7 +164,7 @@ class StageConfig:
     logit_adjusted: LogitAdjustedConfig = field(default_factory=LogitAdjustedConfig)
     aux_loss: Literal[AUX_LOSS_NAMES] = "none"
     """Feature loss added to the classification loss (the paper's Table 3 baselines)."""
-    aux_loss_weight: float = 0.01
+    aux_loss_weight: float = field(default=0.01, metadata={"ge": 0})
     reinit_classifier: bool = True
     """With ``init_from: stage1``: start the classifier afresh (cRT, OLTR). False keeps stage 1's
     linear classifier (LWS needs it)."""
@@ -172,34 +174,35 @@ class StageConfig:
     """``stage1``: start from the stage-1 checkpoint's backbone (and neck)."""
     freeze_backbone: bool = False
     """Freeze backbone and neck; only attention, classifier and centroids train."""
-    backbone_lr: float = 0.1
-    attention_lr: float = 0.1
-    classifier_lr: float = 0.1
-    centroids_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_step: int = 10
+    backbone_lr: float = field(default=0.1, metadata={"ge": 0})
+    attention_lr: float = field(default=0.1, metadata={"ge": 0})
+    classifier_lr: float = field(default=0.1, metadata={"ge": 0})
+    centroids_lr: float = field(default=0.01, metadata={"ge": 0})
+    momentum: float = field(default=0.9, metadata={"ge": 0, "le": 1})
+    weight_decay: float = field(default=5e-4, metadata={"ge": 0})
+    lr_step: int = field(default=10, metadata={"ge": 1})
     """Step LR: multiply by ``lr_gamma`` every ``lr_step`` epochs."""
-    lr_gamma: float = 0.1
+    lr_gamma: float = field(default=0.1, metadata={"gt": 0})
     centroid_loss: CentroidLossConfig = field(default_factory=CentroidLossConfig)
-    checkpoint_every: int = 0
+    checkpoint_every: int = field(default=0, metadata={"ge": 0})
     """Also write ``checkpoint.pt`` every N steps inside an epoch (0: at epoch ends only); a
     resumed run continues from that step (exactly, on the CPU with ``data.num_workers: 0``)."""
-    max_steps_per_epoch: int = 0
+    max_steps_per_epoch: int = field(default=0, metadata={"ge": 0})
     """Cap on iterations per epoch (0: a full pass); for smoke runs."""
-    grad_clip: float = 0.0
+    grad_clip: float = field(default=0.0, metadata={"ge": 0})
 
 
 @dataclass
 class EvalConfig:
-    threshold: float = 0.1
+    threshold: float = field(default=0.1, metadata={"ge": 0, "le": 1})
     """Open-set rejection: predict ``unknown`` when max softmax < threshold."""
-    many: int = 100
+    many: int = field(default=100, metadata={"ge": 0})
     """Classes with more than ``many`` training images are *many-shot*."""
-    few: int = 20
+    few: int = field(default=20, metadata={"ge": 0})
     """Classes with fewer than ``few`` training images are *few-shot*."""
-    batch_size: int = 256
-    sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(21)])
+    batch_size: int = field(default=256, metadata={"ge": 1})
+    sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(21)],
+                               metadata={"ge": 0, "le": 1})
 
 
 @dataclass
@@ -211,7 +214,7 @@ class Config:
     """Mixed precision on CUDA (ignored on CPU)."""
     out: str = ""
     """Default output folder (``--out`` overrides); empty: ``runs/<name>``."""
-    log_every: int = 50
+    log_every: int = field(default=50, metadata={"ge": 1})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
@@ -283,8 +286,12 @@ def _convert(value: Any, tp: Any, key: str, where: str, default: Any = None) -> 
             raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            value = parse_float(value, key, where)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if value is None:
@@ -293,6 +300,38 @@ def _convert(value: Any, tp: Any, key: str, where: str, default: Any = None) -> 
             raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: '{key}' has unsupported type {tp!r}")  # pragma: no cover
+
+
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def parse_float(text: str, key: str, where: str) -> float:
+    """A number as a person writes it (``5e-4``, ``5E-2``, ``.5``, ``1_000.0``): YAML 1.1 reads
+    ``5e-4`` (no dot) as a string, so strings are parsed here; anything else is a ConfigError."""
+    t = text.strip()
+    if not _FLOAT_RE.match(t):
+        raise ConfigError(f"{where}: '{key}' must be a number, got {text!r}")
+    return float(t.replace("_", ""))
+
+
+_RULES = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+          "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def check_field_rules(value: Any, metadata: Any, key: str, where: str) -> None:
+    """Check ``value`` (or each item of a list) against a field's range rules
+    (``metadata={"ge": 1}``, ``gt``, ``le``, ``lt``); a ConfigError names the key, value and rule."""
+    rules = [(name, metadata[name]) for name in _RULES if name in metadata]
+    if not rules:
+        return
+    items = value if isinstance(value, list) else [value]
+    for i, v in enumerate(items):
+        for name, bound in rules:
+            sign, ok = _RULES[name]
+            if not ok(v, bound):
+                whole = " and ".join(f"{_RULES[n][0]} {b}" for n, b in rules)
+                at = f"{key}[{i}]" if isinstance(value, list) else key
+                raise ConfigError(f"{where}: '{at}' must be {whole}, got {v!r}")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -304,7 +343,8 @@ def _build(cls, data: dict, prefix: str, where: str, default: Any = None):
     ``stage2`` has other defaults than ``stage1``)."""
     hints = _hints(cls)
     base = default if default is not None else cls()
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs = {}
     for k, v in data.items():
         dotted = f"{prefix}.{k}" if prefix else str(k)
@@ -312,6 +352,7 @@ def _build(cls, data: dict, prefix: str, where: str, default: Any = None):
             raise ConfigError(f"{where}: unknown key '{dotted}' (known keys of "
                               f"{prefix or 'the top level'}: {', '.join(sorted(names))})")
         kwargs[k] = _convert(v, hints[k], dotted, where, getattr(base, k))
+        check_field_rules(kwargs[k], fields[k].metadata, dotted, where)
     return dataclasses.replace(base, **kwargs)
 
 

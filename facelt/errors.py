@@ -21,3 +21,7 @@ class DataError(FaceltError):
 
 class CheckpointError(FaceltError):
     """A checkpoint is missing, corrupt, unsafe or from another model."""
+
+
+class OutputError(FaceltError):
+    """An output path cannot be written (a file where a folder is needed, no permission ...)."""

@@ -1,7 +1,7 @@
 """Embeddings of a checkpoint over a rec, a list or an image folder, flip-summed and L2-normalised
 (the insightface convention) into a memory-mapped ``.npy`` with a row manifest beside it
 (``F.npy`` -> ``F.rows.txt``); resumable after a kill (rows already written are kept), and reused
-when already made from the same checkpoint file and the same rows (:func:`source_fingerprint`)."""
+when already made from the same checkpoint file, rows and image content (:func:`source_fingerprint`)."""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +24,7 @@ def dataset_for(cfg, rec: Optional[str] = None, list_file: Optional[str] = None,
     """Test-transform dataset and row names for one of the three sources."""
     if rec:
         from facelt.data.rec_dataset import RecordDataset
-        ds = RecordDataset(rec, train=False)
+        ds = RecordDataset(rec, train=False, channels=cfg.data.channels)
         return ds, [f"{rec}#{int(k)}" for k in ds.keys]
     from facelt.data.build import eval_transform
     tf = eval_transform(cfg.data)
@@ -61,8 +61,8 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
         for x, _, _ in image_batches(loader, f"features {Path(out).name}"):
             yield x
 
-    fp = source_fingerprint(checkpoint, rows, flip)
-    if finished_with(out, fp):  # already made from this checkpoint and these rows
+    fp = source_fingerprint(checkpoint, rows, flip, dataset)
+    if finished_with(out, fp):  # already made from this checkpoint, these rows and these images
         return Path(out)
     with torch.no_grad():
         dim = int(embed(dataset[0][0].unsqueeze(0)).shape[1])
@@ -77,11 +77,17 @@ def manifest_path(features: str | Path) -> Path:
     return Path(f"{Path(features).with_suffix('')}.rows.txt")
 
 
-def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool) -> str:
-    """Names the checkpoint file (path, size, mtime) and the exact rows embedded."""
+def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool,
+                       dataset: Optional[Dataset] = None) -> str:
+    """Names the checkpoint file (path, size, mtime), the exact rows embedded and, with
+    ``dataset``, the content of its image source (``image_source_fingerprint``)."""
     st = Path(checkpoint).stat()
     h = hashlib.sha256(json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns,
                                    bool(flip)]).encode())
     for r in rows:
         h.update(r.encode() + b"\n")
+    if dataset is not None:
+        from facelt.data.build import dataset_source_files
+        from facelt.utils.fingerprint import image_source_fingerprint
+        h.update(image_source_fingerprint(*dataset_source_files(dataset)).encode())
     return h.hexdigest()

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from facelt.data.lists import read_list
+from facelt.data.lists import read_list, resolve_list_file
 from facelt.config import load_config
 from facelt.data.longtail import (LongTailRecipe, class_names_from_list, prepare_longtail,
                                   scan_class_folders, spec_from_config)
@@ -95,7 +95,7 @@ def prepare_imagenet_lt(source_train_dir: str | os.PathLike, out_dir: str | os.P
             raise DataError(f"{source_train_dir}: class folders differ from the wnids of "
                             f"{Path(splits_dir) / SPEC.list_files['test']}: {len(absent)} missing "
                             f"(first {absent[:5]}), {len(extra)} extra (first {extra[:5]})")
-        public_val = Path(splits_dir) / SPEC.list_files["val"]
+        public_val = resolve_list_file(Path(splits_dir) / SPEC.list_files["val"])
         if public_val.is_file():
             reserve.append(public_val)
             notes.append(f"images of {public_val} are reserved: the new train and val avoid them")

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from facelt.data.lists import read_list
+from facelt.data.lists import read_list, resolve_list_file
 from facelt.config import load_config
 from facelt.data.longtail import (LongTailRecipe, class_names_from_list, prepare_longtail,
                                   scan_class_folders, spec_from_config)
@@ -79,7 +79,7 @@ def prepare_places_lt(source_train_dir: str | os.PathLike, out_dir: str | os.Pat
     elif class_order is None:
         notes.append("labels follow sorted folder names, NOT the released Places-LT label order")
     if splits_dir is not None:
-        public_val = Path(splits_dir) / SPEC.list_files["val"]
+        public_val = resolve_list_file(Path(splits_dir) / SPEC.list_files["val"])
         if public_val.is_file():
             reserve.append(public_val)
             notes.append(f"images of {public_val} are reserved: the new train and val avoid them")

@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("FACELT_QUIET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+TEST_DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,10 @@ from facelt.data.lists import list_stats, read_list
 from facelt.data.longtail import resolve_split_paths, validate_split_paths
 from facelt.errors import DataError
 from pipelines import imagenet_lt, places_lt
+from pipelines.splits import PACKAGED_SPLITS_DIR
 
-SPLITS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "oltr_splits"
+SPLITS_DIR = PACKAGED_SPLITS_DIR  # the public lists shipped in pipelines/splits (.txt.gz)
 
-needs_shared = pytest.mark.skipif(
-    not SPLITS_DIR.is_dir(),
-    reason=f"public OLTR split lists not found at {SPLITS_DIR} (no ../shared in this clone)")
 
 
 def _per_class(name: str, num_classes: int) -> np.ndarray:
@@ -25,7 +23,6 @@ def _per_class(name: str, num_classes: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- published statistics
 
-@needs_shared
 def test_places_lt_train_statistics():
     stats = list_stats(read_list(SPLITS_DIR / "Places_LT_train.txt"))
     assert stats["classes"] == 365 and stats["images"] == 62_500
@@ -33,7 +30,6 @@ def test_places_lt_train_statistics():
     assert (stats["many"], stats["medium"], stats["few"]) == (131, 163, 71)
 
 
-@needs_shared
 def test_places_lt_val_test_open():
     assert _per_class("Places_LT_val.txt", 365).tolist() == [20] * 365
     assert _per_class("Places_LT_test.txt", 365).tolist() == [100] * 365
@@ -41,7 +37,6 @@ def test_places_lt_val_test_open():
     assert len(open_list) == 6_600 and np.all(open_list.labels == -1)
 
 
-@needs_shared
 def test_imagenet_lt_val_test_open():
     assert _per_class("ImageNet_LT_val.txt", 1000).tolist() == [20] * 1000
     assert _per_class("ImageNet_LT_test.txt", 1000).tolist() == [50] * 1000
@@ -50,7 +45,6 @@ def test_imagenet_lt_val_test_open():
     assert all(p.startswith("ILSVRC2010_val_") and "/" not in p for p in open_list.items)
 
 
-@needs_shared
 def test_imagenet_labels_are_sorted_wnids():
     names = imagenet_lt.class_names(SPLITS_DIR)        # raises unless label k = k-th sorted wnid
     assert names == sorted(names) and len(set(names)) == 1000
@@ -61,7 +55,6 @@ def test_imagenet_labels_are_sorted_wnids():
                for p, k in zip(val.items, val.labels.tolist()))
 
 
-@needs_shared
 def test_places_labels_come_from_the_lists_not_sorting():
     names = places_lt.class_names(SPLITS_DIR)
     assert len(names) == 365 and names[0] == "airfield"
@@ -160,7 +153,6 @@ def test_validate_rejects_bad_labels(tmp_path):
         validate_split_paths(imagenet_lt.SPEC, paths)
 
 
-@needs_shared
 def test_validate_public_lists_against_an_empty_root(tmp_path):
     paths = resolve_split_paths(places_lt.SPEC, tmp_path / "places365", SPLITS_DIR, open_root=tmp_path / "x69")
     with pytest.raises(DataError) as err:

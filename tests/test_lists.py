@@ -9,9 +9,9 @@ import pytest
 
 from facelt.data.lists import ImageList, check_files_exist, list_stats, read_list, write_list
 from facelt.errors import DataError
+from pipelines.splits import PACKAGED_SPLITS_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SPLITS = SHARED / "oltr_splits"
+SPLITS = PACKAGED_SPLITS_DIR  # the public lists shipped in pipelines/splits (.txt.gz)
 
 
 def _write(tmp_path: Path, text: str, name: str = "split.txt") -> Path:
@@ -146,8 +146,6 @@ def test_reading_a_115k_line_list_is_fast(tmp_path):
 
 def test_places_lt_train_published_statistics():
     path = SPLITS / "Places_LT_train.txt"
-    if not path.exists():
-        pytest.skip(f"shared OLTR split lists not found at {SPLITS}")
     stats = list_stats(read_list(path))
     assert stats["classes"] == 365
     assert stats["images"] == 62_500
@@ -157,8 +155,6 @@ def test_places_lt_train_published_statistics():
 
 def test_places_lt_open_list_is_all_open():
     path = SPLITS / "Places_LT_open.txt"
-    if not path.exists():
-        pytest.skip(f"shared OLTR split lists not found at {SPLITS}")
     lst = read_list(path)
     assert len(lst) == 6_600 and lst.num_classes == 0
     assert list_stats(lst)["open"] == 6_600

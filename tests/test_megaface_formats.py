@@ -14,8 +14,7 @@ from eval_megaface.features import (FeatureFile, extract_features, finalize_feat
 from eval_megaface.noise import noise_mask, read_noise_list
 from facelt.errors import DataError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-NOISES = SHARED / "megaface"
+NOISES = Path(__file__).resolve().parent / "data" / "megaface"  # copied from the public test data
 
 
 # ----------------------------------------------------------------------------------- devkit .bin
@@ -147,10 +146,8 @@ def test_extract_features_flip_normalise_and_resume(tmp_path):
 
 # ------------------------------------------------------------------------------------- noise lists
 
-needs_shared = pytest.mark.skipif(not NOISES.is_dir(), reason=f"shared test data not found at {NOISES}")
 
 
-@needs_shared
 def test_shared_noise_lists_read():
     fs = read_noise_list(NOISES / "facescrub_noises.txt")
     mf = read_noise_list(NOISES / "megaface_noises.txt")
@@ -159,7 +156,6 @@ def test_shared_noise_lists_read():
     assert not any(x.startswith("#") for x in fs + mf)
 
 
-@needs_shared
 def test_refined_protocol_drops_exactly_the_listed_rows(tmp_path):
     # probes: a clean and a noisy image of two identities (Aaron_Eckhart_136/221 are listed noise)
     probe_paths = ["Aaron_Eckhart/Aaron_Eckhart_1.png", "Aaron_Eckhart/Aaron_Eckhart_136.png",

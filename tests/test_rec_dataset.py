@@ -1,4 +1,4 @@
-"""RecordDataset / RecordStream over the MXNet-written faces.rec (shared/data/recordio)."""
+"""RecordDataset / RecordStream over the MXNet-written faces.rec (tests/data/recordio)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +13,7 @@ import torch.utils.data
 
 from facelt.data.rec_dataset import RecordDataset, RecordStream
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "recordio"
-pytestmark = pytest.mark.skipif(not (DATA / "expected.json").is_file(),
-                                reason=f"shared MXNet-written RecordIO files not found at {DATA}")
+DATA = Path(__file__).resolve().parent / "data" / "recordio"  # MXNet-written, copied into the repo
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""RecordIO reader/writer against files written by MXNet 1.9.1 (shared/data/recordio)."""
+"""RecordIO reader/writer against files written by MXNet 1.9.1 (tests/data/recordio)."""
 from __future__ import annotations
 
 import argparse
@@ -17,9 +17,7 @@ from facelt.data.recordio import (IRHeader, InsightfaceRecWriter, RecordReader, 
                                   encode_record, pack, read_insightface, unpack)
 from facelt.errors import DataError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "recordio"
-needs_data = pytest.mark.skipif(not (DATA / "expected.json").is_file(),
-                                reason=f"shared MXNet-written RecordIO files not found at {DATA}")
+DATA = Path(__file__).resolve().parent / "data" / "recordio"  # MXNet-written, copied into the repo
 MAGIC = b"\x0a\x23\xd7\xce"
 
 
@@ -43,7 +41,6 @@ def _check_record(header: IRHeader, payload: bytes, want: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-@needs_data
 def test_every_faces_record_matches_expected(expected):
     want = expected["faces"]["records"]
     reader = RecordReader(DATA / "faces.rec", DATA / "faces.idx")
@@ -57,7 +54,6 @@ def test_every_faces_record_matches_expected(expected):
             assert pixels.mean() == pytest.approx(want[str(key)]["pixels_bgr_mean"])
 
 
-@needs_data
 def test_every_split_record_is_rejoined(expected):
     reader = RecordReader(DATA / "split.rec", DATA / "split.idx")
     assert len(reader) == len(expected["split"])
@@ -65,7 +61,6 @@ def test_every_split_record_is_rejoined(expected):
         _check_record(*reader.read_unpacked(key), expected["split"][str(key)])
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["faces", "split"])
 def test_scan_without_idx_gives_the_same_records(tmp_path, name):
     shutil.copy(DATA / f"{name}.rec", tmp_path / f"{name}.rec")
@@ -80,7 +75,6 @@ def test_scan_without_idx_gives_the_same_records(tmp_path, name):
     assert len(bare) == len(offsets)
 
 
-@needs_data
 def test_pack_rebuilds_the_mxnet_record_bytes():
     reader = RecordReader(DATA / "faces.rec")
     for key in reader.keys.tolist():
@@ -89,7 +83,6 @@ def test_pack_rebuilds_the_mxnet_record_bytes():
 
 
 # ----------------------------------------------------------------------------- writing
-@needs_data
 @pytest.mark.parametrize("name", ["faces", "split"])
 def test_writer_is_byte_identical_to_mxnet(tmp_path, name):
     reader = RecordReader(DATA / f"{name}.rec", DATA / f"{name}.idx")
@@ -148,7 +141,6 @@ def _error(fn) -> str:
     return str(info.value)
 
 
-@needs_data
 def test_truncated_file_names_file_key_offset(tmp_path):
     rec, idx = _copy(tmp_path, "split")
     rec.write_bytes(rec.read_bytes()[:600])  # record 5 starts at 268 and runs to 1304
@@ -157,7 +149,6 @@ def test_truncated_file_names_file_key_offset(tmp_path):
     assert "truncated" in _error(lambda: list(RecordReader(rec, None).scan()))
 
 
-@needs_data
 def test_bad_magic_word_names_file_key_offset(tmp_path):
     rec, idx = _copy(tmp_path, "split")
     data = bytearray(rec.read_bytes())
@@ -168,7 +159,6 @@ def test_bad_magic_word_names_file_key_offset(tmp_path):
     assert "magic" in msg
 
 
-@needs_data
 def test_idx_offset_past_the_end(tmp_path):
     rec, idx = _copy(tmp_path, "split")
     idx.write_text(idx.read_text() + "7\t99999\n")
@@ -199,7 +189,6 @@ def test_label_count_overrunning_the_record(tmp_path):
 
 
 # ----------------------------------------------------------------------------- insightface layout
-@needs_data
 def test_insightface_writer_reproduces_the_mxnet_files(tmp_path, expected):
     reader = RecordReader(DATA / "faces.rec")
     images = [unpack(reader.read(k)) for k in range(1, expected["faces"]["num_images"] + 1)]
@@ -210,7 +199,6 @@ def test_insightface_writer_reproduces_the_mxnet_files(tmp_path, expected):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
-@needs_data
 def test_read_insightface_on_mxnet_files(expected):
     want = expected["faces"]["records"]
     index = read_insightface(DATA / "faces")
@@ -263,7 +251,6 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-@needs_data
 def test_cli_inspect_record_1_matches_expected(capsys, expected):
     assert _cli(["rec", "inspect", str(DATA / "faces"), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

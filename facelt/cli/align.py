@@ -21,6 +21,7 @@ import numpy as np
 
 from facelt.align import check_image_size, norm_crop
 from facelt.errors import DataError, FaceltError
+from facelt.utils.io import ensure_writable_dir
 from facelt.landmarks import MTCNNDetector, read_landmarks, read_megaface_json
 from facelt.utils.io import atomic_path, write_text
 from facelt.utils.progress import progress
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--images {images} is not a folder")
     if out.resolve() == images.resolve() or images.resolve() in out.resolve().parents:
         raise DataError(f"--out {out} must not be inside --images {images}")
+    ensure_writable_dir(out, "--out")
     size = check_image_size(args.size)
     sources = build_sources(args)
 

@@ -1,6 +1,8 @@
 """``facelt check``: validate a recipe's data before a long run -- every split's list or rec is read,
-every listed image must exist (one error listing the first missing ones and the count), labels
-must fit the classes -- and print the splits' statistics."""
+every listed image must exist (one error listing the first missing ones and the count), every
+``.idx`` entry of a rec must point at a sound record, labels must fit the classes, train labels
+must be classes the val/test splits know -- and print the splits' statistics as a table.
+``--decode`` also decodes every image (slow: a full pass over the data)."""
 from __future__ import annotations
 
 import argparse
@@ -17,12 +19,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--decode", action="store_true",
+                   help="decode every image (list files and rec records), not only check they exist")
     p.set_defaults(func=run)
+
+
+def format_check_table(report: dict) -> str:
+    """The report of ``check`` as an aligned text table, a row a split."""
+    head = ("split", "images", "classes", "per class (min..max)")
+    rows = []
+    for name in ("train", "val", "test", "open"):
+        entry = report.get(name)
+        if entry is None:
+            continue
+        per = entry.get("per_class")
+        rows.append((name, f"{entry['images']:,}", str(entry.get("classes", "-")),
+                     f"{per[0]:,}..{per[1]:,}" if per else "-"))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    shots = report["train"]["shots"]
+    lines.append("")
+    lines.append(f"classes: {report['num_classes']}; train shots: "
+                 + ", ".join(f"{k} {v}" for k, v in shots.items()))
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from facelt.data.build import SPLITS, build_split, class_counts, infer_num_classes
     from facelt.data.lists import labels_outside
+    from facelt.data.verify import verify_split_data
     from facelt.metrics import shot_counts
     cfg = config_from_args(args)
     splits = {s: build_split(cfg.data, s, train=False, check_files=True) for s in SPLITS}
@@ -50,11 +77,47 @@ def run(args: argparse.Namespace) -> int:
             entry["classes"] = int((present > 0).sum())
             entry["per_class"] = [int(present[present > 0].min()), int(present.max())]
         report[name] = entry
+    _check_train_classes_are_evaluated(splits, cfg.data.num_classes)
+    problems = []
+    for name, split in splits.items():
+        if split is None:
+            continue
+        bad, shown = verify_split_data(split.dataset, decode=args.decode)
+        if bad:
+            problems.append(f"{name} split: {bad} problem(s):\n" + "\n".join(f"  {m}" for m in shown)
+                            + (f"\n  ... and {bad - len(shown)} more" if bad > len(shown) else ""))
+    if problems:
+        raise DataError("\n".join(problems))
     report["train"]["shots"] = shot_counts(counts[counts > 0], cfg.eval.many, cfg.eval.few)
+    report["decoded"] = bool(args.decode)
     if args.json:
         print(json.dumps(report))
     else:
-        for name, entry in report.items():
-            print(f"{name:<12} {entry}")
-        print("ok: every listed file exists and every label fits")
+        print(format_check_table(report))
+        done = "every image decodes" if args.decode else \
+            "images not decoded: --decode decodes every one"
+        print(f"ok: every listed file exists, every label fits, every .idx entry reads; {done}")
     return 0
+
+
+def _check_train_classes_are_evaluated(splits: dict, declared: int) -> None:
+    """Train labels past the classes the test (or val) split knows are reported: with an
+    inferred class count they mean a mislabelled line or a list from another split."""
+    if declared:
+        return
+    train = splits["train"]
+    for name in ("test", "val"):
+        other = splits.get(name)
+        if other is None:
+            continue
+        known = other.labels[other.labels >= 0]
+        if not known.size:
+            continue
+        top = int(known.max())
+        beyond = np.flatnonzero(train.labels > top)
+        if beyond.size:
+            i = int(beyond[0])
+            raise DataError(f"train split: {train.items[i]} has label {int(train.labels[i])}, but the "
+                            f"{name} split knows classes 0..{top} only ({beyond.size} train images "
+                            f"past them); fix the label or set data.num_classes")
+        return

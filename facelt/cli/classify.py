@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from facelt.cli.common import add_config_args, config_from_args
+from facelt.utils.io import ensure_writable_dir
 from facelt.errors import FaceltError
 
 
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}\t{label}\t{score:.4f}")
         return 0
     out = args.out or str(Path(ckpt).parent / "eval")
+    ensure_writable_dir(out, "--out")
     report = evaluate_checkpoint(ckpt, out, data=cfg.data if cfg else None,
                                  threshold=args.threshold, device=args.device)
     show = {k: report[k] for k in ("closed_set", "open_set", "threshold")}

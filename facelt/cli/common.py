@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
 from facelt.config import Config, load_config, resolve_config_path
+from pipelines.splits import packaged_splits_dir
 
 
 def configs_dir() -> Path:
@@ -17,6 +19,17 @@ def configs_dir() -> Path:
     if here.is_dir():
         return here
     return Path(__file__).resolve().parents[2] / "configs"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+    return value
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -33,4 +46,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={args.data_root}")
-    return load_config(path, overrides)
+    return with_packaged_splits(load_config(path, overrides))
+
+
+def with_packaged_splits(cfg: Config) -> Config:
+    """``cfg`` with ``data.splits_dir`` set to the public lists shipped in ``pipelines/splits`` when
+    the recipe (``places_lt``, ``imagenet_lt``) reads list files and gives no ``data.splits_dir``."""
+    if cfg.data.format != "list" or cfg.data.splits_dir:
+        return cfg
+    shipped = packaged_splits_dir(cfg.name)
+    if shipped is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, splits_dir=str(shipped)))

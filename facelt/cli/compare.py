@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={args.data_root}")
+    from facelt.utils.io import ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")
     compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from facelt.cli.common import positive_int
+from facelt.utils.io import ensure_writable_file
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract-features", help="embed images with a checkpoint into a .npy",
@@ -16,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--images", help="folder of images (recursive)")
     p.add_argument("--root", default=".", help="image root for --list")
     p.add_argument("--out", required=True, help="output .npy (a .rows.txt manifest is written beside)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=run)
@@ -26,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
+    ensure_writable_file(args.out, "--out")
     net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
     path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from facelt.cli.common import positive_int
+from facelt.utils.io import ensure_writable_dir
 from facelt.errors import ConfigError, DataError
 
 NOISE_ENV = "FACELT_NOISE_LISTS"
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     x.add_argument("--distractor-images", type=Path, metavar="DIR", help="distractor image folder")
     x.add_argument("--distractor-rec", help="distractor rec prefix")
     x.add_argument("--train-rec", help="training rec prefix (for pseudo-shots)")
-    x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--distractor-list", type=Path, metavar="D.txt",
                    help="one relative path per distractor row (or devkit JSON {\"path\": [...]}); "
                         "needed for --noise-lists and --gallery-order")
@@ -50,11 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "list's folder)")
     p.add_argument("--index", choices=("flat", "ivf", "hnsw", "sq8"), default="flat",
                    help="flat = exact (default); others approximate, reported against exact")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF cells visited (ivf, sq8)")
+    p.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells visited (ivf, sq8)")
     p.add_argument("--seed", type=int, default=0, help="gallery permutation seed")
     p.add_argument("--threshold", type=float, default=0.7,
                    help="pseudo-shot cosine threshold (strictly greater counts)")
-    p.add_argument("--chunk-rows", type=int, default=65536, help="rows read per chunk")
+    p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows read per chunk")
     p.add_argument("--no-normalize", action="store_true",
                    help="use raw inner products instead of L2-normalising features")
     p.add_argument("--out", type=Path, default=Path("megaface_report"), metavar="DIR")
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
     if args.checkpoint:

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.dataset
     if name not in ("fashion_lt", "demo") and not args.source:
         raise FaceltError(f"--source is required for --dataset {name}")
+    from facelt.utils.io import ensure_writable_dir
+    ensure_writable_dir(args.out, "--out")
     if name == "ms1m_lt":
         from pipelines.ms1m_lt import PAPER_TARGET_IMAGES, prepare_ms1m_lt
         result = prepare_ms1m_lt(_ms1m_source(args.source), args.out, seed=args.seed,

@@ -15,8 +15,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from facelt.data.recordio import InsightfaceRecWriter, RecordReader, insightface_paths, unpack
+from facelt.data.recordio import (InsightfaceRecWriter, RecordReader, insightface_paths,
+                                  property_needs_writing, unpack)
 from facelt.errors import DataError
+from facelt.utils.io import ensure_writable_dir
 from facelt.utils.progress import progress
 
 _COLUMNS = (("key", 8), ("offset", 12), ("flag", 4), ("label", 22), ("id", 10), ("id2", 6),
@@ -40,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="PREFIX: writes PREFIX.rec, PREFIX.idx and property beside them")
     pack.add_argument("--image-size", default="112,112", type=_size,
                       help="H,W written to the property file (default 112,112)")
+    pack.add_argument("--force", action="store_true",
+                      help="replace an existing PREFIX.rec / PREFIX.idx (refused without it)")
     parser.set_defaults(func=run)
 
 
@@ -54,7 +58,7 @@ def _size(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     if args.rec_command == "inspect":
         return _inspect(args.prefix, args.json)
-    return _pack(args.list, args.root, args.out, args.image_size)
+    return _pack(args.list, args.root, args.out, args.image_size, args.force)
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -133,13 +137,29 @@ def read_lst(path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     return np.array(labels, np.int64), paths, np.array(lines, np.int64)
 
 
-def _pack(lst: Path, root: Path, out: Path, image_size: Sequence[int]) -> int:
+def check_pack_target(out: Path, num_classes: int, image_size: Sequence[int], force: bool) -> None:
+    """Refuse to replace an existing ``PREFIX.rec``/``.idx`` unless ``force``, and to change a
+    ``property`` file that another ``.rec`` in the folder depends on (even with ``force``)."""
+    rec, idx, _ = insightface_paths(out)
+    existing = [p for p in (rec, idx) if p.exists()]
+    if existing and not force:
+        raise DataError(f"{existing[0]} already exists: pass --force to replace it (other files in "
+                        f"{rec.parent} are never touched)")
+    for p in (rec, idx):
+        if p.is_dir():
+            raise DataError(f"--out {out}: {p} is a folder, expected a file name")
+    property_needs_writing(out, num_classes, image_size)
+
+
+def _pack(lst: Path, root: Path, out: Path, image_size: Sequence[int], force: bool = False) -> int:
     labels, paths, lines = read_lst(lst)
     present = np.unique(labels)
     if present.size != int(present[-1]) + 1:
         missing = np.setdiff1d(np.arange(present[-1] + 1), present)
         raise DataError(f"{lst}: labels must be 0..K-1 with every identity present; label "
                         f"{int(missing[0])} has no image (K would be {int(present[-1]) + 1})")
+    check_pack_target(out, int(present.size), image_size, force)
+    ensure_writable_dir(insightface_paths(out)[0].parent, "rec pack --out folder")
     order = np.argsort(labels, kind="stable")
     with InsightfaceRecWriter(out, len(paths), image_size) as writer:
         for i in progress(order.tolist(), desc="pack", unit="img"):

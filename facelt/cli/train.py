@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from facelt.cli.common import add_config_args, config_from_args
+from facelt.utils.io import ensure_writable_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from facelt.train.trainer import train
     cfg = config_from_args(args)
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
+    ensure_writable_dir(out, "--out")
     stages = [1, 2] if args.stage == "all" else [int(args.stage)]
     results = train(cfg, stages, out, resume=args.resume,
                     init_checkpoint=Path(args.init) if args.init else None)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from facelt.config import DataConfig, StageConfig
 from facelt.errors import ConfigError, DataError
-from facelt.data.lists import check_files_exist, labels_outside, read_list
+from facelt.data.lists import check_files_exist, labels_outside, read_list, resolve_list_file
 from facelt.data.images import ListDataset
 from facelt.data.transforms import build_transforms
 from facelt.data.samplers import ClassAwareSampler, InstanceSampler
@@ -52,6 +52,8 @@ def split_location(cfg: DataConfig, split: str) -> Optional[Path]:
     base = cfg.splits_dir or (cfg.root if cfg.format == "rec" else "")
     if base and not p.is_absolute():
         p = Path(base) / p
+    if cfg.format == "list":
+        p = resolve_list_file(p)
     return p
 
 
@@ -71,6 +73,11 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
         return None
     if cfg.format == "list":
         image_list = read_list(loc)
+        if len(image_list) == 0:
+            raise DataError(f"{image_list.path}: the {split} list (data.{split}) holds no images; "
+                            f"expected '<path> <label>' lines" +
+                            ("" if split in ("train", "test") else
+                             f", or leave data.{split} empty to run without a {split} split"))
         root = _root_for(cfg, split)
         if check_files:
             check_files_exist(image_list, root)
@@ -79,10 +86,30 @@ def build_split(cfg: DataConfig, split: str, train: bool, check_files: bool = Fa
         ds = ListDataset(image_list, root, transform, channels=cfg.channels)
         return Split(split, ds, np.asarray(image_list.labels), list(image_list.items))
     from facelt.data.rec_dataset import RecordDataset
-    ds = RecordDataset(str(loc), train=train and cfg.augment)
+    ds = RecordDataset(str(loc), train=train and cfg.augment, channels=cfg.channels)
+    if len(ds) == 0:
+        raise DataError(f"{loc}: the {split} rec (data.{split}) holds no images")
     labels = np.asarray(ds.labels, dtype=np.int64)
     items = [f"{loc}#{k}" for k in ds.keys]
     return Split(split, ds, labels, items)
+
+
+def dataset_source_files(dataset: Dataset) -> tuple[list[Path], list[Path]]:
+    """``(data_files, index_files)`` a dataset's images are read from, for
+    :func:`facelt.utils.fingerprint.image_source_fingerprint`: a RecordDataset's ``.rec`` and its
+    ``.idx`` / ``property``, a ListDataset's image files and its list file, FolderImages' files."""
+    from facelt.data.images import FolderImages
+    from facelt.data.rec_dataset import RecordDataset
+    from facelt.data.recordio import insightface_paths
+    if isinstance(dataset, RecordDataset):
+        rec, idx, prop = insightface_paths(dataset.prefix)
+        return [rec], [idx] + ([prop] if prop.is_file() else [])
+    if isinstance(dataset, ListDataset):
+        lst = dataset.image_list
+        return [dataset.root / item for item in lst.items], [lst.path]
+    if isinstance(dataset, FolderImages):
+        return list(dataset.paths), []
+    raise TypeError(f"no image files known for a {type(dataset).__name__}")
 
 
 class FaceCropTensor:

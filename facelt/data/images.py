@@ -38,6 +38,8 @@ def load_image(path: str | os.PathLike, mode: str, where: str) -> Image.Image:
             return img.convert(mode)
     except FileNotFoundError:
         raise DataError(f"image {path} ({where}) does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"image {path} ({where}) is a folder, not an image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"image {path} ({where}) cannot be decoded: {e}") from None
 

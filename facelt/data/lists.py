@@ -7,6 +7,8 @@ whitespace.  Blank lines and lines starting with ``#`` are ignored.
 """
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import re
 from dataclasses import dataclass
@@ -83,18 +85,45 @@ def _bad_line(path: Path, lineno: int, text: str, why: str) -> DataError:
     return DataError(f"{path}, line {lineno}: {why} in {text!r}; expected {_EXPECTED}")
 
 
-def read_list(path: str | os.PathLike) -> ImageList:
-    """Read an OLTR list file; raise :class:`DataError` naming file, line and text on a bad line."""
+#: Compressed list files read as their text: suffix -> opener.
+COMPRESSED_SUFFIXES = {".gz": gzip.open, ".xz": lzma.open}
+
+
+def resolve_list_file(path: str | os.PathLike) -> Path:
+    """``path`` if it exists, else ``path.gz`` / ``path.xz`` if one of those exists, else ``path``
+    (so the error of a later read names the file that was asked for)."""
     path = Path(path)
+    if path.exists():
+        return path
+    for suffix in COMPRESSED_SUFFIXES:
+        alt = path.with_name(path.name + suffix)
+        if alt.is_file():
+            return alt
+    return path
+
+
+def read_list_text(path: str | os.PathLike) -> str:
+    """The text of a list file, plain or compressed (``.gz``, ``.xz``), UTF-8."""
+    path = Path(path)
+    opener = COMPRESSED_SUFFIXES.get(path.suffix, open)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with opener(path, "rt", encoding="utf-8") as fh:
+            return fh.read()
     except FileNotFoundError:
         raise DataError(f"list file {path} does not exist") from None
     except IsADirectoryError:
         raise DataError(f"list file {path} is a directory, expected a text file") from None
     except UnicodeDecodeError as e:
         raise DataError(f"list file {path} is not UTF-8 text ({e})") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise DataError(f"list file {path} cannot be read as {path.suffix or 'text'} ({e})") from None
+
+
+def read_list(path: str | os.PathLike) -> ImageList:
+    """Read an OLTR list file (plain, ``.gz`` or ``.xz``; ``NAME.txt`` also finds ``NAME.txt.gz``);
+    raise :class:`DataError` naming file, line and text on a bad line."""
+    path = resolve_list_file(path)
+    text = read_list_text(path)
 
     items: list[str] = []
     labels: list[int] = []
@@ -143,15 +172,22 @@ def check_files_exist(image_list: ImageList, root: str | os.PathLike, max_report
     """Raise one :class:`DataError` listing the first ``max_report`` missing images and the total."""
     root = Path(root)
     missing: list[int] = []
+    folders: set[int] = set()
     for i, item in enumerate(progress(image_list.items, desc="checking images", unit="img")):
         if not os.path.isfile(root / item):
             missing.append(i)
+            if os.path.isdir(root / item):
+                folders.add(i)
     if missing:
         shown = "\n".join(f"  {root / image_list.items[i]} ({image_list.line_of(i)})"
+                          + (" is a folder, not an image file" if i in folders else "")
                           for i in missing[:max_report])
         more = f"\n  ... and {len(missing) - max_report} more" if len(missing) > max_report else ""
+        what = "missing" if not folders else \
+            ("folders, not image files" if len(folders) == len(missing) else
+             f"missing or folders ({len(folders)} folders)")
         raise DataError(f"{len(missing)} of {len(image_list)} images listed in {image_list.path} are "
-                        f"missing under root {root}:\n{shown}{more}")
+                        f"{what} under root {root}:\n{shown}{more}")
 
 
 def list_stats(image_list: ImageList, many: int = 100, few: int = 20) -> dict[str, int]:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from facelt.data.lists import OPEN_LABEL, ImageList, labels_outside, read_list, write_list
+from facelt.data.lists import OPEN_LABEL, ImageList, labels_outside, read_list, resolve_list_file, write_list
 from facelt.metrics import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import write_json
@@ -120,7 +120,7 @@ def resolve_split_paths(spec: BenchmarkSpec, data_root: str | os.PathLike,
     ``open_root`` (image root of the open list).
     """
     splits = Path(splits_dir)
-    out = {split: splits / spec.list_files[split] for split in SPLITS}
+    out = {split: resolve_list_file(splits / spec.list_files[split]) for split in SPLITS}
     out["root"] = Path(data_root)
     out["open_root"] = Path(open_root) if open_root is not None else splits / spec.open_dir_name
     return out

@@ -23,18 +23,27 @@ from facelt.errors import DataError
 PathLike = Union[str, os.PathLike]
 
 
-def decode_image(payload: bytes, rgb: bool = True, where: str = "record") -> np.ndarray:
-    """Decode encoded image bytes to an HxWx3 uint8 array (RGB when ``rgb``, else BGR)."""
-    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+def decode_image(payload: bytes, rgb: bool = True, where: str = "record",
+                 channels: int = 3) -> np.ndarray:
+    """Decode encoded image bytes to an HxWx3 uint8 array (RGB when ``rgb``, else BGR), or with
+    ``channels=1`` to an HxWx1 grey one (a colour image is converted, as a grey model needs)."""
+    if channels not in (1, 3):
+        raise DataError(f"{where}: channels must be 1 (grey) or 3 (colour), got {channels!r}")
+    flags = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(payload, np.uint8), flags)
     if image is None:
         raise DataError(f"{where}: payload of {len(payload)} bytes is not an image OpenCV can decode")
+    if channels == 1:
+        return image[:, :, None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if rgb else image
 
 
 def to_tensor(image: np.ndarray, flip: bool = False) -> torch.Tensor:
-    """HxWx3 uint8 -> 3xHxW float32 in [-1, 1]; ``flip`` mirrors it horizontally."""
+    """HxWxC uint8 -> CxHxW float32 in [-1, 1]; ``flip`` mirrors it horizontally."""
     if flip:
         image = cv2.flip(image, 1)
+        if image.ndim == 2:          # OpenCV drops a single channel axis
+            image = image[:, :, None]
     tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
     return tensor.div_(127.5).sub_(1.0)
 
@@ -56,10 +65,13 @@ class RecordDataset(torch.utils.data.Dataset):
     the index.  ``labels`` (int64 array) and ``num_classes`` serve class-aware samplers.
     """
 
-    def __init__(self, prefix: PathLike, train: bool, flip: bool = True, rgb: bool = True) -> None:
+    def __init__(self, prefix: PathLike, train: bool, flip: bool = True, rgb: bool = True,
+                 channels: int = 3) -> None:
+        """``channels``: 3 (colour, RGB or BGR by ``rgb``) or 1 (grey) items, as the model takes."""
         index = read_insightface(prefix)
         self.prefix = Path(prefix)
         self.train, self.flip, self.rgb = bool(train), bool(flip), bool(rgb)
+        self.channels = int(channels)
         self.keys: np.ndarray = index.keys
         self.labels: np.ndarray = index.labels
         self.num_classes: int = index.num_classes
@@ -73,7 +85,7 @@ class RecordDataset(torch.utils.data.Dataset):
         key = int(self.keys[index])
         header, payload = self.reader.read_unpacked(key)
         where = self.reader.where(key, self.reader.offset_of(key))
-        image = decode_image(payload, self.rgb, where)
+        image = decode_image(payload, self.rgb, where, self.channels)
         return to_tensor(image, _flip_now(self.train, self.flip)), int(self.labels[index]), int(index)
 
 

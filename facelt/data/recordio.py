@@ -28,7 +28,7 @@ from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from facelt.errors import DataError
-from facelt.utils.io import atomic_path
+from facelt.utils.io import atomic_path, remove_stale_temporaries
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -413,6 +413,16 @@ class RecordReader:
                     yield start, record
                 i += 1
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """Byte offsets of the .idx entries, in the order of :attr:`keys`."""
+        return self._offsets
+
+    def record_offsets(self) -> np.ndarray:
+        """Start offsets of every record in file order, walking the part headers only (payloads are
+        skipped): checks the framing of the whole file; a damaged part is a :class:`DataError`."""
+        return np.fromiter((start for start, _ in self._walk_all(0, 1, keep=False)), dtype=np.int64)
+
     def scan(self, shard: int = 0, num_shards: int = 1) -> Iterator[tuple[int, bytes]]:
         """Yield (offset, record) for every record in file order, without the .idx.
 
@@ -448,6 +458,8 @@ class RecordWriter:
             if self._partial:
                 self._open_partial(resume)
             else:
+                for final in (self.rec_path, self.idx_path):   # a killed earlier writer's leftovers
+                    remove_stale_temporaries(final)
                 rec_tmp = self._stack.enter_context(atomic_path(self.rec_path))
                 idx_tmp = self._stack.enter_context(atomic_path(self.idx_path))
                 self._rec = open(rec_tmp, "w+b")
@@ -571,6 +583,40 @@ def insightface_paths(prefix: PathLike) -> tuple[Path, Path, Path]:
     return p.with_name(p.name + ".rec"), p.with_name(p.name + ".idx"), p.parent / "property"
 
 
+def property_users(prefix: PathLike) -> list[Path]:
+    """The other ``.rec`` files in the folder of ``PREFIX``: they share its ``property`` file."""
+    rec_path, _, prop = insightface_paths(prefix)
+    if not prop.parent.is_dir():
+        return []
+    return sorted(p for p in prop.parent.glob("*.rec") if p.name != rec_path.name)
+
+
+def property_needs_writing(prefix: PathLike, num_classes: int, image_size: Sequence[int]) -> bool:
+    """Whether packing ``PREFIX`` must (re)write the folder's ``property`` as ``K,H,W``.
+
+    False when the file already says exactly that (it is left untouched).  Raises
+    :class:`DataError` when it says something else and another ``.rec`` in the folder depends on
+    it: rewriting it would break that file; such a pack needs a folder of its own.
+    """
+    _, _, prop = insightface_paths(prefix)
+    want = (int(num_classes), int(image_size[0]), int(image_size[1]))
+    if not prop.is_file():
+        return True
+    try:
+        have = _read_property(prop)
+    except DataError:
+        have = None
+    if have == want:
+        return False
+    others = property_users(prefix)
+    if others:
+        shown = ", ".join(p.name for p in others[:5])
+        raise DataError(f"{prop}: holds {prop.read_bytes()[:40]!r}, which {shown} in the same folder "
+                        f"depend on; packing {Path(prefix).name} needs '{want[0]},{want[1]},{want[2]}' "
+                        "and would break them: pack into a folder of its own")
+    return True
+
+
 class InsightfaceRecWriter:
     """Write the insightface layout: record 0, images grouped by identity, identity records.
 
@@ -653,9 +699,13 @@ class InsightfaceRecWriter:
                 self._writer.write(key, pack(IRHeader(2, (float(start), float(end)), key, 0), b""))
                 key += 1
             self._writer.rewrite_at(self._head0, self._record0(key))
-            with atomic_path(self.property_path) as tmp:
-                h, w = self.image_size
-                tmp.write_text(f"{self.num_classes},{h},{w}")
+            if property_needs_writing(self.rec_path, self.num_classes, self.image_size):
+                remove_stale_temporaries(self.property_path)
+                with atomic_path(self.property_path) as tmp:
+                    h, w = self.image_size
+                    tmp.write_text(f"{self.num_classes},{h},{w}")
+                    self._writer.close()
+            else:
                 self._writer.close()
         except BaseException as exc:
             self._writer.abort(exc)
@@ -695,7 +745,12 @@ class InsightfaceIndex:
 def _read_property(path: Path) -> Optional[tuple[int, int, int]]:
     if not path.is_file():
         return None
-    text = path.read_text().strip()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: expected 'num_classes,height,width' as text, got binary data "
+                        f"{raw[:24]!r}") from None
     try:
         k, h, w = (int(v) for v in text.split(","))
     except ValueError:

@@ -34,7 +34,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
+        raise CheckpointError(f"checkpoint not found: {p}" + (" (it is a folder)" if p.is_dir() else ""))
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: the file is empty (0 bytes), not a checkpoint")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -43,10 +45,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"(weights_only load failed: {str(exc).splitlines()[0]})") from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated or corrupt?): "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    except Exception as exc:  # torch.load on a text file / garbage: KeyError, IndexError, ValueError ...
+        raise CheckpointError(f"{p}: not a torch checkpoint file (torch.load failed with "
+                              f"{type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a facelt checkpoint (expected format '{FORMAT}')")
+    check_checkpoint_structure(state, p)
     return state
+
+
+#: What every facelt checkpoint holds, and the type of each entry.
+REQUIRED_ENTRIES = {"config": dict, "stage": int, "num_classes": int, "model": dict}
+
+
+def check_checkpoint_structure(state: dict[str, Any], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` and the entry when a checkpoint lacks an entry
+    of :data:`REQUIRED_ENTRIES` or holds one of another type (or a model entry that is no tensor)."""
+    for key, tp in REQUIRED_ENTRIES.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint has no '{key}' entry (a damaged or foreign file)")
+        if not isinstance(state[key], tp) or isinstance(state[key], bool):
+            raise CheckpointError(f"{path}: checkpoint entry '{key}' is a {type(state[key]).__name__}, "
+                                  f"expected {tp.__name__}")
+    if state["stage"] not in (1, 2):
+        raise CheckpointError(f"{path}: checkpoint entry 'stage' is {state['stage']}, expected 1 or 2")
+    bad = next((k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: model entry '{bad}' is a {type(state['model'][bad]).__name__}, "
+                              "expected a tensor")
 
 
 @dataclass

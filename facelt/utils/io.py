@@ -7,11 +7,54 @@ partial file under the final name and never destroys the previous good copy.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from facelt.errors import OutputError
+
+
+def temporary_prefix(path: str | os.PathLike, pid: Optional[int] = None) -> str:
+    """The name prefix of :func:`atomic_path`'s temporaries for ``path``: ``.<name>.pid<PID>.``
+    (the writing process's id, so a later run can tell a dead writer's leftovers from a live one's)."""
+    return f".{Path(path).name}.pid{os.getpid() if pid is None else int(pid)}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that killed writers of ``path`` left beside it; returns them.
+
+    Only files named by :func:`temporary_prefix` (``.<name>.pid<PID>.*.tmp``) whose process no longer
+    runs on this machine are removed; a live writer's temporary is kept.
+    """
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    removed = []
+    pattern = re.compile(re.escape(f".{final.name}.pid") + r"([0-9]+)\..*\.tmp\Z")
+    for entry in final.parent.glob(f".{glob.escape(final.name)}.pid*.tmp"):
+        m = pattern.match(entry.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -22,7 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(final), suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -72,3 +115,45 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             break  # a torn final line from a killed process
     return rows
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create folder ``path`` if needed and check a file can be written in it, before any work.
+
+    Raises :class:`~facelt.errors.OutputError` naming ``what`` and the path when it is a file, a
+    parent is a file, or the folder is not writable.  Returns the path.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is a file, expected a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{what} {folder}: a parent of it is a file, expected folders") from None
+    except NotADirectoryError:
+        raise OutputError(f"{what} {folder}: a parent of it is a file, expected folders") from None
+    except PermissionError:
+        raise OutputError(f"{what} {folder} cannot be created: permission denied") from None
+    except OSError as exc:
+        raise OutputError(f"{what} {folder} cannot be created: {exc.strerror}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".facelt-write-check.", dir=folder)
+    except PermissionError:
+        raise OutputError(f"{what} {folder} is not writable: permission denied") from None
+    except OSError as exc:
+        raise OutputError(f"{what} {folder} is not writable: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
+def ensure_writable_file(path: str | os.PathLike, what: str) -> Path:
+    """Check that file ``path`` can be written (it is not a folder; its folder is writable, created
+    if needed) before any work.  Raises :class:`~facelt.errors.OutputError`; returns the path."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"{what} {target} is a folder, expected a file name")
+    ensure_writable_dir(target.parent if str(target.parent) else Path("."), f"the folder of {what}")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError(f"{what} {target} exists and is not writable")
+    return target
