@@ -142,7 +142,8 @@ class MarginHead(nn.Module):
         self.th = math.cos(math.pi - self.m)
         self.mm = math.sin(math.pi - self.m) * self.m
 
-    def _target_logit(self, cos: torch.Tensor) -> torch.Tensor:
+    def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
+        """The target class's margin logit (before the scale ``s``) from its cosine."""
         if self.kind == "cosface":
             return cos - self.m
         sin = (1.0 - cos * cos).clamp_min(1e-12).sqrt()
@@ -156,7 +157,7 @@ class MarginHead(nn.Module):
             return self.s * cos, {}
         rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
         cols = labels[rows]
-        target = self._target_logit(cos[rows, cols])
+        target = self.target_logit(cos[rows, cols])
         cos = cos.index_put((rows, cols), target)
         return self.s * cos, {}
 
