@@ -21,6 +21,7 @@ from torch import nn
 
 from facelt import collectives as col
 from facelt.losses import reference_attract
+from facelt.models.heads import at_least_float32
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
@@ -59,8 +60,9 @@ def sharded_cross_entropy(local_logits: torch.Tensor, targets: torch.Tensor,
                           group=None) -> torch.Tensor:
     """Mean cross-entropy over all K classes from this rank's ``(B, K_local)`` logits;
     ``targets[i]`` is row i's column here or -1 when another rank owns its class.  Every row's
-    class must be owned by exactly one rank (labels in ``[0, K)``)."""
-    return _ShardedCrossEntropy.apply(local_logits, targets.long(), group)
+    class must be owned by exactly one rank (labels in ``[0, K)``).  Half-precision logits are
+    computed in float32, as ``F.cross_entropy`` does under autocast."""
+    return _ShardedCrossEntropy.apply(at_least_float32(local_logits), targets.long(), group)
 
 
 class ShardedDiscCentroidLoss(nn.Module):

@@ -93,3 +93,14 @@ def test_sharded_heads_match_single_process_under_torchrun(nproc):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     for r in range(nproc):
         assert f"SHARDED-OK {r}" in res.stdout
+
+
+def test_sharded_cross_entropy_half_logits_in_float32():
+    z = torch.tensor([[8.0, -3.0, 1.5], [0.25, 0.5, -7.0]])
+    y = torch.tensor([2, 0])
+    # hand-written log-sum-exp minus the target logit, from the float16-rounded values
+    zh = z.half().double()
+    expect = (torch.logsumexp(zh, 1) - zh[torch.arange(2), y]).mean()
+    got = sharded_cross_entropy(z.half(), y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expect, rtol=1e-6, atol=1e-6)
