@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from facelt import collectives as col
 from facelt.losses import DiscCentroidLoss
-from facelt.models.heads import MarginHead, MetaEmbeddingHead
-from facelt.models.sharded import (ShardedMarginHead, ShardedMetaEmbeddingHead, class_range,
+from facelt.models.heads import LinearHead, MarginHead, MetaEmbeddingHead
+from facelt.models.sharded import (ShardedLinearHead, ShardedMarginHead, ShardedMetaEmbeddingHead, class_range,
                                    consolidate_state, gather_logits, sharded_top1)
 from facelt.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
 
@@ -171,6 +171,36 @@ def check_sampling(rank, world):
     close(vs.grad, vr.grad[mine], dtype, "sampled feature grad")
 
 
+def check_linear(rank, world, dtype, sample_rate):
+    """The plain stage's linear classifier, sharded (sample_rate 1) and sampled (0.4): CE over
+    the kept classes, written out from the unsharded head's full logits."""
+    torch.manual_seed(9)
+    ref = LinearHead(D, K).to(dtype)
+    v, y, sizes, starts = batch(world, dtype, seed=10)
+    y = y % 3                                                     # positives: classes 0..2
+    mine = my_rows(rank, sizes, starts)
+    head = ShardedLinearHead(D, K, sample_rate=sample_rate, sample_seed=5).to(dtype)
+    head.load_shard(ref.state_dict())
+    vs = v[mine].clone().requires_grad_(True)
+    logits, aux = head(vs, y[mine])
+    sharded_cross_entropy(logits, aux["targets"]).backward()
+    kept = (torch.cat(col.all_gather_padded(aux["sampled"])) if sample_rate < 1
+            else torch.arange(K))
+    assert set(range(3)) <= set(kept.tolist())
+    if sample_rate < 1:
+        assert len(kept) < K
+    vr = v.clone().requires_grad_(True)
+    full, _ = ref(vr, y)
+    remap = {int(c): i for i, c in enumerate(kept.tolist())}
+    loss_ref = F.cross_entropy(full[:, kept], torch.tensor([remap[int(t)] for t in y]))
+    loss_ref.backward()
+    what = f"linear {dtype} rate {sample_rate} rank {rank}/{world}"
+    grads = consolidate_state(grads_of(head), head.sharded_keys)
+    for name, g in grads_of(ref).items():
+        close(grads[name], g, dtype, f"{what} grad {name}")
+    close(vs.grad, vr.grad[mine], dtype, what + " feature grad")
+
+
 def check_grad_scale(rank, world):
     """feature_grad_scale = world: the backbone gradient DDP will average back to the true one."""
     torch.manual_seed(7)
@@ -197,6 +227,9 @@ def main() -> None:
     check_meta(rank, world, torch.float64, "reference")
     check_centroid_init(rank, world)
     check_sampling(rank, world)
+    for dtype in (torch.float64, torch.float32):
+        check_linear(rank, world, dtype, 1.0)
+    check_linear(rank, world, torch.float64, 0.4)
     check_grad_scale(rank, world)
     dist.barrier()
     print(f"SHARDED-OK {rank}", flush=True)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelt import collectives as col
-from facelt.models.heads import (Aux, MarginHead, MetaEmbeddingHead, at_least_float32,
+from facelt.models.heads import (Aux, LinearHead, MarginHead, MetaEmbeddingHead,
+                                 at_least_float32,
                                  copy_class_means, nearest_squared)
 
 
@@ -131,6 +132,42 @@ class ShardedHeadMixin:
         mine = (labels >= self.class_start) & (labels < self.class_stop)
         return torch.where(mine, labels - self.class_start, torch.full_like(labels, -1))
 
+    def _setup_sampling(self, sample_rate: float, sample_seed: int) -> None:
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        self.sample_rate = float(sample_rate)
+        self.sample_seed = int(sample_seed)
+        self.sample_step = 0
+
+    def set_sample_step(self, step: int) -> None:
+        """The step the next training forward samples for (set it on resume)."""
+        self.sample_step = int(step)
+
+    def sampled_classes(self, labels: torch.Tensor, step: int) -> torch.Tensor:
+        """This rank's sampled classes (LOCAL indices, sorted) for a global batch's ``labels``:
+        every class present in ``labels`` and each other class ``k`` with ``u_k < sample_rate``,
+        ``u = torch.rand(K)`` from a generator seeded with ``sample_seed + step``."""
+        gen = torch.Generator().manual_seed(self.sample_seed + step)
+        u = torch.rand(self.num_classes, generator=gen)[self.class_start:self.class_stop]
+        keep = u < self.sample_rate
+        mine = labels[(labels >= self.class_start) & (labels < self.class_stop)] - self.class_start
+        keep[mine.cpu()] = True
+        return torch.nonzero(keep, as_tuple=True)[0].to(labels.device)
+
+    def sample_rows(self, labels: torch.Tensor | None, targets: torch.Tensor, aux: Aux
+                    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(chosen local classes or None, targets remapped to the chosen columns)``; sampling
+        happens in training with labels and ``sample_rate < 1`` only (``aux["sampled"]``: the
+        chosen classes' global indices)."""
+        if labels is None or not self.training or self.sample_rate >= 1.0:
+            return None, targets
+        chosen = self.sampled_classes(labels, self.sample_step)
+        self.sample_step += 1
+        column = torch.full((self.local_classes,), -1, dtype=torch.int64, device=targets.device)
+        column[chosen] = torch.arange(chosen.numel(), device=targets.device)
+        aux["sampled"] = chosen + self.class_start
+        return chosen, torch.where(targets >= 0, column[targets.clamp_min(0)], targets)
+
     def load_shard(self, state: dict[str, torch.Tensor], strict: bool = True):
         """Load this rank's part of an UNSHARDED head state dict."""
         return self.load_state_dict(shard_state(state, self.sharded_keys, self.num_classes,
@@ -226,41 +263,20 @@ class ShardedMarginHead(ShardedHeadMixin, MarginHead):
                  m: float | None = None, rank: int | None = None, world: int | None = None,
                  group=None, sample_rate: float = 1.0, sample_seed: int = 0,
                  feature_grad_scale: float = 1.0) -> None:
-        if not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         start, stop = class_range(num_classes, col.rank(group) if rank is None else rank,
                                   col.world_size(group) if world is None else world)
         MarginHead.__init__(self, in_dim, stop - start, kind=kind, s=s, m=m)
         self._setup_shard(num_classes, rank, world, group, feature_grad_scale)
-        self.sample_rate = float(sample_rate)
-        self.sample_seed = int(sample_seed)
-        self.sample_step = 0
-
-    def set_sample_step(self, step: int) -> None:
-        self.sample_step = int(step)
-
-    def sampled_classes(self, labels: torch.Tensor, step: int) -> torch.Tensor:
-        """This rank's sampled classes (LOCAL indices, sorted) for a global batch's ``labels``."""
-        gen = torch.Generator().manual_seed(self.sample_seed + step)
-        u = torch.rand(self.num_classes, generator=gen)[self.class_start:self.class_stop]
-        keep = u < self.sample_rate
-        mine = labels[(labels >= self.class_start) & (labels < self.class_stop)] - self.class_start
-        keep[mine.cpu()] = True
-        return torch.nonzero(keep, as_tuple=True)[0].to(labels.device)
+        self._setup_sampling(sample_rate, sample_seed)
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
         feats, labels = self.gather_batch(v, labels)
         weight = self.weight
         targets = self.local_targets(labels, feats.shape[0], feats.device)
         aux: Aux = {"direct": feats, "labels": labels}
-        if labels is not None and self.training and self.sample_rate < 1.0:
-            chosen = self.sampled_classes(labels, self.sample_step)
-            self.sample_step += 1
+        chosen, targets = self.sample_rows(labels, targets, aux)
+        if chosen is not None:
             weight = weight.index_select(0, chosen)
-            column = torch.full((self.local_classes,), -1, dtype=torch.int64, device=feats.device)
-            column[chosen] = torch.arange(chosen.numel(), device=feats.device)
-            targets = torch.where(targets >= 0, column[targets.clamp_min(0)], targets)
-            aux["sampled"] = chosen + self.class_start
         cos = col.copy_to_shards(F.normalize(feats, dim=1), self.group) @ F.normalize(weight, dim=1).t()
         cos = cos.clamp(-1.0, 1.0)
         if labels is not None:
@@ -271,6 +287,33 @@ class ShardedMarginHead(ShardedHeadMixin, MarginHead):
         return self.s * cos, aux
 
 
+class ShardedLinearHead(ShardedHeadMixin, LinearHead):
+    """:class:`LinearHead` (the plain stage's classifier) with its rows sharded by class, and the
+    same ``sample_rate`` option as :class:`ShardedMarginHead`."""
+
+    sharded_keys = ("fc.weight", "fc.bias")
+
+    def __init__(self, in_dim: int, num_classes: int, rank: int | None = None,
+                 world: int | None = None, group=None, sample_rate: float = 1.0,
+                 sample_seed: int = 0, feature_grad_scale: float = 1.0) -> None:
+        start, stop = class_range(num_classes, col.rank(group) if rank is None else rank,
+                                  col.world_size(group) if world is None else world)
+        LinearHead.__init__(self, in_dim, stop - start)
+        self._setup_shard(num_classes, rank, world, group, feature_grad_scale)
+        self._setup_sampling(sample_rate, sample_seed)
+
+    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
+        feats, labels = self.gather_batch(v, labels)
+        aux: Aux = {"direct": feats, "labels": labels}
+        targets = self.local_targets(labels, feats.shape[0], feats.device)
+        chosen, targets = self.sample_rows(labels, targets, aux)
+        weight, bias = self.fc.weight, self.fc.bias
+        if chosen is not None:
+            weight, bias = weight.index_select(0, chosen), bias.index_select(0, chosen)
+        aux["targets"] = targets
+        return F.linear(col.copy_to_shards(feats, self.group), weight, bias), aux
+
+
 def sharded_parameter_names(head: nn.Module, prefix: str = "") -> list[str]:
     """Names of a sharded head's per-rank parameters (keep them OUT of DDP: they differ by rank).
     The other head parameters are replicated and receive the full gradient on every rank."""
@@ -279,5 +322,5 @@ def sharded_parameter_names(head: nn.Module, prefix: str = "") -> list[str]:
 
 
 __all__ = ["class_range", "shard_state", "consolidate_state", "gather_logits", "sharded_top1",
-           "ShardedHeadMixin", "ShardedMetaEmbeddingHead", "ShardedMarginHead",
+           "ShardedHeadMixin", "ShardedMetaEmbeddingHead", "ShardedMarginHead", "ShardedLinearHead",
            "sharded_parameter_names"]
