@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from facelt import collectives as col
 from facelt.losses import DiscCentroidLoss
 from facelt.models.heads import LinearHead, MarginHead, MetaEmbeddingHead
-from facelt.models.sharded import (ShardedLinearHead, ShardedMarginHead, ShardedMetaEmbeddingHead, class_range,
+from facelt.models.sharded import (ShardedLinearHead, accumulate_shard_sums, ShardedMarginHead, ShardedMetaEmbeddingHead, class_range,
                                    consolidate_state, gather_logits, sharded_top1)
 from facelt.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
 
@@ -107,6 +107,28 @@ def check_centroid_init(rank, world):
     expect = means[lo:hi].clone()
     expect[0] = 0.0
     torch.testing.assert_close(head.centroids.detach(), expect)
+
+
+def check_shard_sums(rank, world):
+    """Centroids accumulated per shard from every rank's data equal the per-class means."""
+    g = torch.Generator().manual_seed(12)
+    feats = torch.randn(23, D, generator=g, dtype=torch.float64)
+    labels = torch.randint(-1, K - 1, (23,), generator=g)          # class K-1 never seen; -1 skipped
+    # rank r's share of the data: rows r, r + world, ... (unequal counts)
+    head = ShardedMetaEmbeddingHead(D, K).double()
+    sums = torch.zeros(head.local_classes, D, dtype=torch.float64)
+    counts = torch.zeros(head.local_classes, dtype=torch.float64)
+    for chunk in (slice(0, 12), slice(12, 23)):                    # two batches each
+        idx = torch.arange(23)[chunk]
+        idx = idx[idx % world == rank]
+        accumulate_shard_sums(sums, counts, feats[idx], labels[idx], head.class_start)
+    head.init_centroids_from_sums(sums, counts)
+    lo, hi = class_range(K, rank, world)
+    for k in range(lo, hi):
+        rows = feats[labels == k]
+        expect = rows.mean(0) if len(rows) else torch.zeros(D, dtype=torch.float64)
+        torch.testing.assert_close(head.centroids.detach()[k - lo], expect)
+        assert counts[k - lo] == len(rows)
 
 
 def check_margin(rank, world, dtype, kind):
@@ -226,6 +248,7 @@ def main() -> None:
             check_margin(rank, world, dtype, kind)
     check_meta(rank, world, torch.float64, "reference")
     check_centroid_init(rank, world)
+    check_shard_sums(rank, world)
     check_sampling(rank, world)
     for dtype in (torch.float64, torch.float32):
         check_linear(rank, world, dtype, 1.0)

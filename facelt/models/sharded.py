@@ -98,6 +98,23 @@ def sharded_top1(local_logits: torch.Tensor, class_start: int, group=None
     return 1.0 / sum_exp, best
 
 
+@torch.no_grad()
+def accumulate_shard_sums(sums: torch.Tensor, counts: torch.Tensor, features: torch.Tensor,
+                          labels: torch.Tensor, class_start: int, group=None) -> None:
+    """Per-shard centroid initialisation: add every rank's ``(features, labels)`` rows whose class
+    lies in ``[class_start, class_start + len(sums))`` into this shard's ``sums (K_local, d)`` and
+    ``counts (K_local,)`` (in place, in their dtype; float64 recommended).  Collective: every rank
+    calls it once per batch of its own data share (row counts may differ, labels -1 are skipped);
+    afterwards each shard holds its classes' sums over ALL ranks' data, no further reduction needed
+    (then ``head.init_centroids_from_sums(sums, counts)``)."""
+    feats = torch.cat(col.all_gather_padded(features.detach(), group), 0)
+    labels = torch.cat(col.all_gather_padded(labels.long(), group), 0)
+    keep = (labels >= class_start) & (labels < class_start + sums.shape[0])
+    local = labels[keep] - class_start
+    sums.index_add_(0, local, feats[keep].to(sums.dtype))
+    counts.index_add_(0, local, torch.ones_like(local, dtype=counts.dtype))
+
+
 class ShardedHeadMixin:
     """Shard bookkeeping shared by the sharded heads (set up by :meth:`_setup_shard`)."""
 
@@ -321,6 +338,6 @@ def sharded_parameter_names(head: nn.Module, prefix: str = "") -> list[str]:
     return [prefix + n for n, _ in head.named_parameters() if n in keys]
 
 
-__all__ = ["class_range", "shard_state", "consolidate_state", "gather_logits", "sharded_top1",
+__all__ = ["class_range", "accumulate_shard_sums", "shard_state", "consolidate_state", "gather_logits", "sharded_top1",
            "ShardedHeadMixin", "ShardedMetaEmbeddingHead", "ShardedMarginHead", "ShardedLinearHead",
            "sharded_parameter_names"]
