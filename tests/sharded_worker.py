@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from facelt import collectives as col
 from facelt.losses import DiscCentroidLoss
 from facelt.models.heads import LinearHead, MarginHead, MetaEmbeddingHead
-from facelt.models.sharded import (ShardedLinearHead, accumulate_shard_sums, ShardedMarginHead, ShardedMetaEmbeddingHead, class_range,
+from facelt.models.sharded import (ShardedLinearHead, ShardedMarginHead,
+                                   ShardedMetaEmbeddingHead, accumulate_shard_sums, class_range,
                                    consolidate_state, gather_logits, sharded_top1)
 from facelt.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
 

@@ -338,6 +338,7 @@ def sharded_parameter_names(head: nn.Module, prefix: str = "") -> list[str]:
     return [prefix + n for n, _ in head.named_parameters() if n in keys]
 
 
-__all__ = ["class_range", "accumulate_shard_sums", "shard_state", "consolidate_state", "gather_logits", "sharded_top1",
+__all__ = ["class_range", "accumulate_shard_sums", "shard_state", "consolidate_state",
+           "gather_logits", "sharded_top1",
            "ShardedHeadMixin", "ShardedMetaEmbeddingHead", "ShardedMarginHead", "ShardedLinearHead",
            "sharded_parameter_names"]
