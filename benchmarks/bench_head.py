@@ -17,6 +17,17 @@ gradients.  The size a ``B x K x d`` float32 tensor would take is printed for co
 
     .venv/bin/python benchmarks/bench_head.py [--classes 74500] [--dim 512] [--batch 256]
         [--repeats 5] [--threads 2]
+
+Sharded mode (``--sharded N``): the stage-2 objective of the unsharded meta head (one process)
+against :class:`facelt.models.sharded.ShardedMetaEmbeddingHead` + ``sharded_cross_entropy`` +
+``0.01 * ShardedDiscCentroidLoss`` with the classes split over N processes (gloo, each process
+``B / N`` rows of the global batch, as under torchrun).  Here memory is the whole head's: the peak
+RSS over the RSS before the head is built (parameters, gradients, activations), per rank.  From a
+rank's peak and its class count it derives the bytes per class and prints the per-GPU memory of
+``--project-classes`` (2M) classes over ``--project-gpus`` (8) GPUs, with and without SGD momentum
+buffers (one more copy of the three ``K x d`` tables).
+
+    .venv/bin/python benchmarks/bench_head.py --sharded 2 --classes 1000000 --threads 1 --repeats 2
 """
 from __future__ import annotations
 
@@ -82,6 +93,9 @@ def child(variant: str, classes: int, dim: int, batch: int, repeats: int, thread
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if variant == "sharded":
+        return sharded_child(classes, dim, batch, repeats)
+    before_build = _rss_bytes()
     if variant == "linear":
         head = LinearHead(dim, classes)
     else:
@@ -113,7 +127,108 @@ def child(variant: str, classes: int, dim: int, batch: int, repeats: int, thread
             "max_s": max(times), "param_bytes": param_bytes,
             "maxrss_delta_bytes": _maxrss_bytes() - base_rss,
             "sampled_peak_delta_bytes": sampler.peak - base_rss,
-            "baseline_rss_bytes": base_rss}
+            "baseline_rss_bytes": base_rss,
+            "head_peak_bytes": _maxrss_bytes() - before_build}
+
+
+def sharded_child(classes: int, dim: int, batch: int, repeats: int) -> dict:
+    """One rank of the sharded meta head (RANK / WORLD_SIZE / MASTER_* set by the parent)."""
+    import torch
+    import torch.distributed as dist
+
+    from facelt.models.sharded import ShardedMetaEmbeddingHead
+    from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(rank)
+    before_build = _rss_bytes()
+    head = ShardedMetaEmbeddingHead(dim, classes)
+    head.init_centroids_from_sums(torch.randn(head.local_classes, dim),
+                                  torch.ones(head.local_classes))
+    centroid_loss = ShardedDiscCentroidLoss()
+    rows = batch // world + (1 if rank < batch % world else 0)
+    v = torch.randn(rows, dim, requires_grad=True)
+    y = torch.randint(0, classes, (rows,))
+    param_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
+
+    def step() -> None:
+        head.zero_grad(set_to_none=True)
+        v.grad = None
+        logits, aux = head(v, y)
+        loss = sharded_cross_entropy(logits, aux["targets"]) + CENTROID_LOSS_WEIGHT * centroid_loss(
+            aux["direct"], aux["targets"], head.centroids, classes)
+        loss.backward()
+
+    base_rss = _rss_bytes()
+    times = []
+    with RssSampler() as sampler:
+        step()
+        for _ in range(repeats):
+            dist.barrier()
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    dist.barrier()
+    dist.destroy_process_group()
+    return {"variant": "sharded", "rank": rank, "world": world, "local_classes": head.local_classes,
+            "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "param_bytes": param_bytes, "maxrss_delta_bytes": _maxrss_bytes() - base_rss,
+            "sampled_peak_delta_bytes": sampler.peak - base_rss, "baseline_rss_bytes": base_rss,
+            "head_peak_bytes": _maxrss_bytes() - before_build}
+
+
+def run_sharded(args: argparse.Namespace) -> list[dict]:
+    """Start ``args.sharded`` rank processes (gloo on 127.0.0.1) and collect their reports."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for r in range(args.sharded):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(args.sharded), LOCAL_RANK=str(r),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(args.threads))
+        cmd = [sys.executable, __file__, "--child", "sharded", "--classes", str(args.classes),
+               "--dim", str(args.dim), "--batch", str(args.batch), "--repeats", str(args.repeats),
+               "--threads", str(args.threads)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT, env=env))
+    out = []
+    for r, proc in enumerate(procs):
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"sharded rank {r} failed with status {proc.returncode}")
+        out.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+    return out
+
+
+def sharded_main(args: argparse.Namespace) -> None:
+    gib = 2 ** 30
+    print(f"K = {args.classes:,} classes, d = {args.dim}, global batch B = {args.batch}, "
+          f"{args.threads} thread(s) per process, median of {args.repeats} steps after 1 warm-up; "
+          f"unsharded in one process, then sharded over {args.sharded} processes (gloo)")
+    single = run_child("meta", args)
+    ranks = run_sharded(args)
+    print(f"{'head':<40} {'median s':>9} {'params GiB':>10} {'peak GiB':>9} {'classes':>9}")
+    print(f"{'meta + CE + centroid, 1 process':<40} {single['median_s']:9.3f} "
+          f"{single['param_bytes'] / gib:10.3f} {single['head_peak_bytes'] / gib:9.3f} "
+          f"{args.classes:9d}")
+    for r in ranks:
+        label = f"sharded, rank {r['rank']} of {r['world']}"
+        print(f"{label:<40} {r['median_s']:9.3f} {r['param_bytes'] / gib:10.3f} "
+              f"{r['head_peak_bytes'] / gib:9.3f} {r['local_classes']:9d}")
+    worst = max(r["head_peak_bytes"] for r in ranks)
+    print(f"peak memory, worst rank / unsharded = {worst / single['head_peak_bytes']:.3f}")
+    print(f"step time, slowest rank / unsharded = "
+          f"{max(r['median_s'] for r in ranks) / single['median_s']:.3f}")
+    per_class = max(r["head_peak_bytes"] / r["local_classes"] for r in ranks)
+    momentum_per_class = 4 * (3 * args.dim + 1)     # SGD momentum of the three K x d tables + bias
+    local = -(-args.project_classes // args.project_gpus)
+    print(f"measured bytes per class (worst rank's peak / its classes, B = {args.batch}) = "
+          f"{per_class:,.0f}")
+    print(f"K = {args.project_classes:,} on {args.project_gpus} GPUs: {local:,} classes per GPU -> "
+          f"{local * per_class / gib:.2f} GiB per GPU for the head's step, "
+          f"{local * (per_class + momentum_per_class) / gib:.2f} GiB with SGD momentum "
+          f"(unsharded on one GPU: {args.project_classes * (per_class + momentum_per_class) / gib:.1f} GiB)")
 
 
 def run_child(variant: str, args: argparse.Namespace) -> dict:
@@ -137,13 +252,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5, help="timed steps after one warm-up")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--sharded", type=int, default=0, metavar="N",
+                    help="compare the meta head with its class-sharded version over N processes")
+    ap.add_argument("--project-classes", type=int, default=2_000_000)
+    ap.add_argument("--project-gpus", type=int, default=8)
+    ap.add_argument("--child", choices=VARIANTS + ("sharded",), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     if args.child:
         print(json.dumps(child(args.child, args.classes, args.dim, args.batch, args.repeats,
                                args.threads)))
+        return
+    if args.sharded:
+        sharded_main(args)
         return
     print(f"K = {args.classes:,} classes, d = {args.dim}, batch B = {args.batch}, "
           f"{args.threads} threads, median of {args.repeats} steps after 1 warm-up, "

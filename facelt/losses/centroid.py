@@ -22,23 +22,36 @@ from torch import nn
 
 
 class _ReferenceAttract(torch.autograd.Function):
-    """``sum_i ||v_i - c_{y_i}||^2 / (2B)`` with the reference's centroid gradient."""
+    """``sum_i ||v_i - c_{y_i}||^2 / (2 batch)`` with the reference's centroid gradient."""
 
     @staticmethod
-    def forward(ctx, features, labels, centroids):
+    def forward(ctx, features, labels, centroids, batch):
         ctx.save_for_backward(features, labels, centroids)
+        ctx.batch = batch
         diff = features - centroids.index_select(0, labels)
-        return diff.pow(2).sum() / (2.0 * features.shape[0])
+        return diff.pow(2).sum() / (2.0 * batch)
 
     @staticmethod
     def backward(ctx, grad_output):
         features, labels, centroids = ctx.saved_tensors
-        batch = features.shape[0]
+        batch = ctx.batch
         diff = centroids.index_select(0, labels) - features                # c_y - v
         counts = torch.ones(centroids.shape[0], dtype=features.dtype, device=features.device)
         counts.index_add_(0, labels, torch.ones_like(labels, dtype=features.dtype))
         grad_c = torch.zeros_like(centroids).index_add_(0, labels, diff) / counts.unsqueeze(1)
-        return -grad_output * diff / batch, None, grad_c / batch
+        return -grad_output * diff / batch, None, grad_c / batch, None
+
+
+def reference_attract(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,
+                      batch: int | None = None) -> torch.Tensor:
+    """Attract term ``sum_i ||v_i - c_{y_i}||^2 / (2 batch)`` with the OLTR reference's
+    center-loss-style centroid gradient ``sum_{i: y_i = k} (c_k - v_i) / (1 + n_k) / batch``.
+
+    ``batch`` defaults to the number of rows; a class-sharded loss passes the global batch size
+    with only the rows whose class lives in its shard (``labels`` then index the shard).
+    """
+    return _ReferenceAttract.apply(features, labels.long(), centroids,
+                                   features.shape[0] if batch is None else int(batch))
 
 
 class DiscCentroidLoss(nn.Module):
@@ -58,7 +71,7 @@ class DiscCentroidLoss(nn.Module):
         batch, num_classes = features.shape[0], centroids.shape[0]
         labels = labels.long()
         own = (features - centroids.index_select(0, labels)).pow(2).sum()
-        attract = (_ReferenceAttract.apply(features, labels, centroids)
+        attract = (reference_attract(features, labels, centroids)
                    if self.centroid_update == "reference" else own / (2.0 * batch))
         centre = centroids.detach().mean(0)
         v = features - centre

@@ -24,13 +24,19 @@ def squared_distances(v: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(0.0)
 
 
-def _nearest_squared(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_squared(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance to the nearest centroid and its index (first on ties): ``((B,), (B,))``."""
     return squared_distances(v, centroids).min(dim=1)
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is a half type (float16 / bfloat16); float32 / float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def nearest_centroid(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance to the nearest centroid and its index: ``((B,), (B,))``."""
-    d2, idx = _nearest_squared(v, centroids)
+    d2, idx = nearest_squared(v, centroids)
     return d2.sqrt(), idx
 
 
@@ -130,11 +136,11 @@ class MetaEmbeddingHead(Head):
         # expansion ||v||^2 - 2 v.c + ||c||^2 loses everything below ~1 at feature norms of ~20
         # and a nearest distance rounded to 0 would make the scale infinite.
         with torch.autocast(v.device.type, enabled=False):
-            v32 = v.float()
-            d2_min, nearest = _nearest_squared(v32, centroids.float())
+            v32 = at_least_float32(v)
+            d2_min, nearest = nearest_squared(v32, centroids.to(v32.dtype))
             gamma = d2_min.clamp_min(self.eps ** 2).sqrt()      # (B,), never 0
             reachability = self.reach_scale / gamma
-            memory = torch.softmax(self.hallucinator(v32), dim=1) @ centroids.float()
+            memory = torch.softmax(self.hallucinator(v32), dim=1) @ centroids.to(v32.dtype)
             selector = torch.tanh(self.selector(v32))
             meta = reachability.unsqueeze(1) * (v32 + selector * memory)
         logits, _ = self.cosine(meta)
@@ -165,7 +171,8 @@ class MarginHead(Head):
         self.th = math.cos(math.pi - self.m)
         self.mm = math.sin(math.pi - self.m) * self.m
 
-    def _target_logit(self, cos: torch.Tensor) -> torch.Tensor:
+    def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
+        """The target class's margin logit (before the scale ``s``) from its cosine."""
         if self.kind == "cosface":
             return cos - self.m
         sin = (1.0 - cos * cos).clamp_min(1e-12).sqrt()
@@ -179,7 +186,7 @@ class MarginHead(Head):
             return self.s * cos, {}
         rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
         cols = labels[rows]
-        target = self._target_logit(cos[rows, cols])
+        target = self.target_logit(cos[rows, cols])
         cos = cos.index_put((rows, cols), target)
         return self.s * cos, {}
 
