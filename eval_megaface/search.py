@@ -84,13 +84,17 @@ def rescore(queries: np.ndarray, ff: FeatureFile, top: "TopK", normalize: bool =
     return TopK(np.take_along_axis(scores, order, axis=1), np.take_along_axis(top.ids, order, axis=1))
 
 
-BACKENDS = ("blas", "faiss", "faiss-gpu", "numpy")
+BACKENDS = ("blas", "faiss", "faiss-gpu", "torch", "numpy")
 
 
 def default_backend() -> str:
-    """``faiss-gpu`` when faiss sees a GPU, else ``blas``."""
+    """``faiss-gpu`` when faiss sees a GPU, else ``torch`` (matmul + topk on the GPU) when torch
+    sees one, else ``blas``."""
     import faiss
-    return "faiss-gpu" if faiss.get_num_gpus() > 0 else "blas"
+    if faiss.get_num_gpus() > 0:
+        return "faiss-gpu"
+    import torch
+    return "torch" if torch.cuda.is_available() else "blas"
 
 
 class ChunkSearcher:
@@ -99,16 +103,21 @@ class ChunkSearcher:
     Backends: ``blas`` -- scores by a BLAS matmul (numpy), a probe block at a time into one reused
     buffer, reduced to the top k by faiss's C++ heaps (multi-threaded); ``faiss`` -- ``faiss.knn``
     (note: faiss only switches to BLAS from 128,000 queries on, below that it is its slower SIMD
-    loop); ``faiss-gpu`` -- ``faiss.knn_gpu``; ``numpy`` -- matmul + ``argpartition`` (reference).
+    loop); ``faiss-gpu`` -- ``faiss.knn_gpu``; ``torch`` -- ``torch.matmul`` + ``torch.topk`` on
+    ``device`` (CUDA when visible: the queries are copied there once, each block once, probe blocks
+    bounded by ``block_elems`` scores); ``numpy`` -- matmul + ``argpartition`` (reference).
     """
 
-    def __init__(self, backend: Optional[str] = None, block_elems: int = _NUMPY_BLOCK_ELEMS):
+    def __init__(self, backend: Optional[str] = None, block_elems: int = _NUMPY_BLOCK_ELEMS,
+                 device: Optional[str] = None):
         self.backend = backend or default_backend()
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown search backend {self.backend!r}; choose from {BACKENDS}")
         self.block_elems = block_elems
+        self.device = device
         self._gpu_res = None
         self._scores: Optional[np.ndarray] = None
+        self._torch_queries = None  # (numpy queries it was made from, device tensor)
 
     def __call__(self, queries: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, local_ids)``, each ``(nq, min(k, len(block)))``, best first."""
@@ -119,6 +128,8 @@ class ChunkSearcher:
             return _numpy_topk(queries, block, kk, self.block_elems)
         if self.backend == "blas":
             return self._blas_topk(queries, block, kk)
+        if self.backend == "torch":
+            return self._torch_topk(queries, block, kk)
         import faiss
         if self.backend == "faiss-gpu":
             if self._gpu_res is None:
@@ -146,6 +157,25 @@ class ChunkSearcher:
         heaps.reorder()  # best first
         return scores, ids
 
+    def _torch_topk(self, queries: np.ndarray, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self._torch_queries is None or self._torch_queries[0] is not queries:
+            self._torch_queries = (queries, torch.from_numpy(queries).to(self.device))
+        q = self._torch_queries[1]
+        b = torch.from_numpy(block)
+        if b.device.type != self.device:
+            b = b.pin_memory().to(self.device, non_blocking=True) if self.device == "cuda" else b.to(self.device)
+        nq, nb = len(queries), len(block)
+        step = max(1, min(nq, self.block_elems // nb))
+        scores = torch.empty((nq, k), dtype=torch.float32, device=self.device)
+        ids = torch.empty((nq, k), dtype=torch.int64, device=self.device)
+        for a in range(0, nq, step):
+            s, i = torch.topk(q[a:a + step] @ b.T, k, dim=1, largest=True, sorted=True)
+            scores[a:a + step], ids[a:a + step] = s, i
+        return scores.cpu().numpy(), ids.cpu().numpy()
+
 
 def _numpy_topk(queries: np.ndarray, block: np.ndarray, k: int,
                 block_elems: int = _NUMPY_BLOCK_ELEMS) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +202,8 @@ def _as_queries(queries: np.ndarray) -> np.ndarray:
 
 def stream_topk(queries: np.ndarray, ff: FeatureFile, order: np.ndarray, sizes: Sequence[int],
                 k: int = 10, chunk_rows: int = DEFAULT_CHUNK_ROWS, normalize: bool = True,
-                backend: Optional[str] = None, desc: str = "distractors") -> list[TopK]:
+                backend: Optional[str] = None, desc: str = "distractors",
+                device: Optional[str] = None) -> list[TopK]:
     """Exact top-k distractors per query for each gallery ``order[:n]``, ``n`` in ``sizes``.
 
     ``order`` lists candidate rows of ``ff`` (the gallery of size n is its first n entries); rows
@@ -185,7 +216,7 @@ def stream_topk(queries: np.ndarray, ff: FeatureFile, order: np.ndarray, sizes: 
     if any(n < 0 or n > len(order) for n in sizes):
         raise ValueError(f"gallery sizes {sizes} exceed the {len(order)} candidate rows")
     q = _as_queries(queries)
-    searcher = ChunkSearcher(backend)
+    searcher = ChunkSearcher(backend, device=device)
     running = TopK.empty(len(q), k)
     snapshots: dict[int, TopK] = {}
     done = 0

@@ -20,7 +20,7 @@ from eval_megaface.pseudo_shots import bucket_of, bucket_report, count_above
 from eval_megaface.search import ChunkSearcher, approx_topk, stream_topk, top1_agreement
 from facelt.errors import ConfigError, DataError
 
-BACKENDS = ("blas", "faiss", "numpy")
+BACKENDS = ("blas", "faiss", "torch", "numpy")
 
 
 def _ff(tmp_path: Path, name: str, arr) -> FeatureFile:
@@ -151,15 +151,17 @@ def test_streaming_agrees_with_in_memory_and_brute_force(tmp_path):
     order = gallery_order(len(d), seed=1)
     sizes = [10, 100, 1500]
     ref = stream_topk(p, ff, order, sizes, chunk_rows=10 ** 9, normalize=False, backend="numpy")
-    for backend, chunk in (("blas", 7), ("blas", 10 ** 9), ("faiss", 11), ("numpy", 13)):
+    for backend, chunk in (("blas", 7), ("blas", 10 ** 9), ("faiss", 11), ("torch", 9), ("numpy", 13)):
         got = stream_topk(p, ff, order, sizes, chunk_rows=chunk, normalize=False, backend=backend)
         for a, b in zip(got, ref):
             assert np.array_equal(a.ids, b.ids)
             np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=1e-6)
             assert score_trials(p, ids, a.scores).cmc() == score_trials(p, ids, b.scores).cmc()
     small_blocks = ChunkSearcher("blas", block_elems=50)(p, d[:40], 10)  # probe blocks of one row
+    torch_blocks = ChunkSearcher("torch", block_elems=50)(p, d[:40], 10)
     reference = ChunkSearcher("numpy")(p, d[:40], 10)
     assert np.array_equal(small_blocks[1], reference[1])
+    assert np.array_equal(torch_blocks[1], reference[1])
     for n, top in zip(sizes, ref):
         cmc = score_trials(p, ids, top.scores).cmc()
         assert cmc == pytest.approx(_brute_force_cmc(p, ids, d[order[:n]]), abs=1e-12)
