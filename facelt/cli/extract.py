@@ -55,7 +55,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
                                 out: str | Path, batch_size: int = 256, flip: bool = True,
                                 device: str = "auto", net=None) -> Path:
     """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest."""
-    from eval_megaface.features import extract_features, finished_with, write_manifest
+    from facelt.features import extract_features, finished_with, write_manifest
     from facelt.classify import net_from_checkpoint
     from facelt.data.build import make_loader
     from facelt.train.distributed import pick_device

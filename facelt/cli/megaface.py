@@ -172,7 +172,7 @@ def _extract_first(args: argparse.Namespace) -> None:
 def _check_distractor_rows(args: argparse.Namespace, rows: list[str]) -> None:
     """Noise lists and --gallery-order address distractors by the list's rows: the extracted rows
     must be that list, in that order (without a list, the extraction's manifest is the list)."""
-    from eval_megaface.features import read_manifest
+    from facelt.features import read_manifest
     from facelt.cli.extract import manifest_path
     if args.distractor_list is None:
         args.distractor_list = manifest_path(args.distractor_features)
