@@ -67,8 +67,11 @@ class ModelConfig:
     embedding_dim: int = 512
     dropout: float = 0.0
     pretrained: str = ""
-    """Local file with ImageNet-pretrained backbone weights (nothing is downloaded)."""
-    pretrained_format: Literal["auto", "torchvision", "caffe"] = "auto"
+    """Local file with pretrained backbone weights (nothing is downloaded): ImageNet weights, or
+    an arcface_torch ``backbone.pth`` with ``pretrained_format: insightface``."""
+    pretrained_format: Literal["auto", "torchvision", "caffe", "insightface"] = "auto"
+    """``insightface``: an arcface_torch IResNet ``backbone.pth`` (trunk + its bn2/fc/features
+    embedding layer, which loads into the ``face`` neck); needs an ``iresnet*`` backbone."""
 
 
 @dataclass

@@ -167,8 +167,8 @@ class StageTrainer:
         _seed_everything(cfg.seed)  # the same initial weights on every rank
         net = build_net(cfg, self.stage, self.num_classes)
         if cfg.model.pretrained and self.stage == 1:
-            from facelt.models.pretrained import load_pretrained_backbone
-            load_pretrained_backbone(net.backbone, cfg.model.pretrained, cfg.model.pretrained_format)
+            from facelt.models.build import load_pretrained_weights
+            load_pretrained_weights(net, cfg)
         if st.init_from == "stage1":
             self._init_from_stage1(net)
         if st.freeze_backbone:
