@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
-from torch.utils.data import Dataset
+if TYPE_CHECKING:  # torch is imported where it is used: `facelt verify --features` never loads it
+    from torch.utils.data import Dataset
 
 from facelt.errors import FaceltError
 
@@ -62,6 +62,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
     from facelt.data.build import make_loader
     from facelt.train.distributed import pick_device
     from facelt.utils.progress import image_batches
+    import torch
     dev = pick_device(device)
     if net is None:
         net, _, _ = net_from_checkpoint(checkpoint, dev)
