@@ -36,7 +36,7 @@ from facelt.errors import DataError
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TARGETS = ("IJBB", "IJBC")
 PAIR_BLOCK = 1 << 20
-SCORE_BLOCK = 1 << 15
+SCORE_BLOCK = 1 << 13
 
 
 def far_key(far: float) -> str:
@@ -145,38 +145,69 @@ def read_meta(paths: IJBPaths) -> IJBMeta:
     return IJBMeta(names, lmk, scores, tids, mids)
 
 
+def parse_int_lines(buf: bytes, cols: int, where: str, first_line: int = 1) -> np.ndarray:
+    """Whitespace-separated non-negative integers, ``cols`` a line (blank lines skipped), parsed
+    vectorised from raw bytes; :class:`DataError` naming ``where`` and the line otherwise."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    digit = (a >= 48) & (a <= 57)
+    newline = np.flatnonzero(a == 10)
+
+    def line_of(pos: int) -> int:
+        return first_line + int(np.searchsorted(newline, pos))
+
+    bad = ~(digit | (a == 32) | (a == 9) | (a == 13) | (a == 10))
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise DataError(f"{where}: line {line_of(pos)}: expected {cols} integers, found "
+                        f"{bytes(a[max(0, pos - 20):pos + 20])!r}")
+    edges = np.diff(np.r_[np.int8(0), digit.astype(np.int8), np.int8(0)])
+    starts = np.flatnonzero(edges == 1)
+    lengths = np.flatnonzero(edges == -1) - starts
+    if len(starts) and lengths.max() > 18:
+        raise DataError(f"{where}: line {line_of(int(starts[np.argmax(lengths)]))}: number too long")
+    lines = np.searchsorted(newline, starts)
+    per_line = np.bincount(lines, minlength=len(newline) + 1)
+    wrong = (per_line != 0) & (per_line != cols)
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        raise DataError(f"{where}: line {first_line + k}: {per_line[k]} fields; expected {cols} "
+                        "integers")
+    values = np.zeros(len(starts), dtype=np.int64)
+    for j in range(int(lengths.max()) if len(starts) else 0):
+        m = lengths > j
+        values[m] = values[m] * 10 + (a[starts[m] + j].astype(np.int64) - 48)
+    return values.reshape(-1, cols)
+
+
 def iter_pairs(path: Union[str, os.PathLike], block: int = PAIR_BLOCK
                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(t1, t2, label)`` int64 arrays of up to ``block`` pairs at a time, in file order."""
+    """``(t1, t2, label)`` int64 arrays of about ``block`` pairs at a time, in file order."""
+    chunk = max(64, block * 16)
+    line = 1
+    rest = b""
     with open(path, "rb") as fh:
-        first_line = 1
         while True:
-            lines = fh.readlines(block * 24)
-            if not lines:
-                return
-            lines = [x for x in lines if x.strip()]
-            if not lines:
-                first_line += 1
+            data = fh.read(chunk)
+            buf = rest + data
+            if not data:
+                if not buf.strip():
+                    return
+                buf += b"\n"
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0:
+                rest = buf
                 continue
-            text = b" ".join(lines)
-            arr = np.array(text.split(), dtype=np.bytes_)
-            try:
-                vals = arr.astype(np.int64)
-            except ValueError:
-                vals = None
-            if vals is None or vals.size != 3 * len(lines):
-                for k, line in enumerate(lines):
-                    parts = line.split()
-                    if len(parts) != 3 or not all(p.lstrip(b"-").isdigit() for p in parts):
-                        raise DataError(f"{path}: pair line {first_line + k} {line.strip()[:60]!r}: "
-                                        "expected 'template1 template2 label' (integers)")
-            vals = vals.reshape(-1, 3)
+            buf, rest = buf[:cut], buf[cut:]
+            vals = parse_int_lines(buf, 3, f"{path} (pairs)", line)
             labels = vals[:, 2]
-            if not np.isin(labels, (0, 1)).all():
-                k = int(np.flatnonzero(~np.isin(labels, (0, 1)))[0])
-                raise DataError(f"{path}: pair line {first_line + k}: label {labels[k]}; expected 0 or 1")
-            first_line += len(lines)
-            yield vals[:, 0], vals[:, 1], labels
+            if len(vals) and not ((labels == 0) | (labels == 1)).all():
+                k = int(np.flatnonzero((labels != 0) & (labels != 1))[0])
+                nonblank = [i for i, ln in enumerate(buf.split(b"\n")) if ln.strip()]
+                raise DataError(f"{path}: pair line {line + nonblank[k]}: label {labels[k]}; "
+                                "expected 0 or 1")
+            line += buf.count(b"\n")
+            if len(vals):
+                yield vals[:, 0], vals[:, 1], labels
 
 
 # ------------------------------------------------------------------------------ aggregation
@@ -186,14 +217,22 @@ def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``(template_ids, feats)``: sorted unique template ids and their L2-normalised features.
 
-    ``features`` are the raw flip-summed image features in the 5-points order (an array or a
-    read-only memmap; read ``block_rows`` at a time).  Media feature = mean of its image features
+    ``features`` are the raw flip-summed image features in the 5-points order (an array, a
+    memmap or a :class:`~facelt.features.FeatureFile`; read ``block_rows`` at a time).  Media feature = mean of its image features
     (after the optional normalisation and detector-score weighting), template = sum of its media.
     """
+    from facelt.features import FeatureFile
     n = len(meta)
-    if features.ndim != 2 or features.shape[0] != n:
-        raise DataError(f"IJB features of shape {features.shape}: expected ({n}, d), one row per "
+    shape = (features.rows, features.dim) if isinstance(features, FeatureFile) else features.shape
+    if len(shape) != 2 or shape[0] != n:
+        raise DataError(f"IJB features of shape {shape}: expected ({n}, d), one row per "
                         "line of the 5-points file, in its order")
+
+    def read(rows_sorted: np.ndarray) -> np.ndarray:
+        if isinstance(features, FeatureFile):  # positional reads: no mapped pages kept
+            return features.read_rows(rows_sorted)
+        return np.asarray(features[rows_sorted])
+
     order = np.lexsort((meta.medias, meta.templates))
     t_sorted, m_sorted = meta.templates[order], meta.medias[order]
     new_media = np.ones(n, dtype=bool)
@@ -201,7 +240,7 @@ def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool 
     media_starts = np.flatnonzero(new_media)
     media_tids = t_sorted[media_starts]
     tids, media_tpl = np.unique(media_tids, return_inverse=True)
-    out = np.zeros((len(tids), features.shape[1]), dtype=np.float64)
+    out = np.zeros((len(tids), shape[1]), dtype=np.float64)
     media_ends = np.append(media_starts[1:], n)
     g = 0
     while g < len(media_starts):
@@ -210,7 +249,7 @@ def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool 
         h = max(h, g + 1)
         a, b = int(media_starts[g]), int(media_ends[h - 1])
         rows = order[a:b]
-        x = np.asarray(features[np.sort(rows)], dtype=np.float64)
+        x = read(np.sort(rows)).astype(np.float64)
         x = x[np.argsort(np.argsort(rows))]  # back to the grouped order
         if normalize_images:
             norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -275,7 +314,7 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     neg = int(len(labels) - pos)
     if pos == 0 or neg == 0:
         raise DataError(f"the pairs hold {pos} genuine and {neg} impostor pairs; TAR@FAR needs both")
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64))  # ties are grouped below anyway
     s = np.asarray(scores, dtype=np.float64)[order]
     lab = labels[order]
     tp = np.cumsum(lab, dtype=np.int64)

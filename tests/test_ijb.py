@@ -104,10 +104,18 @@ def test_pairs_stream_in_blocks_and_bad_lines_are_named(tmp_path):
     assert np.concatenate([b[0] for b in blocks]).tolist() == list(range(1000))
     assert np.concatenate([b[2] for b in blocks]).tolist() == [i % 2 for i in range(1000)]
     p.write_text("1 2 1\n3 4 x\n")
-    with pytest.raises(DataError, match=r"pairs.txt: pair line 2 .*integers"):
+    with pytest.raises(DataError, match=r"pairs.txt \(pairs\): line 2: expected 3 integers"):
         list(iter_pairs(p))
+    p.write_text("1 2 1\n\n3 4\n")
+    with pytest.raises(DataError, match=r"line 3: 2 fields; expected 3"):
+        list(iter_pairs(p))
+    p.write_text("1 2 1\n3 4 2")  # no final newline
+    with pytest.raises(DataError, match="pair line 2: label 2"):
+        list(iter_pairs(p))
+    p.write_text("1 2 1\n3 4 0")
+    assert np.concatenate([b[1] for b in iter_pairs(p)]).tolist() == [2, 4]
     p.write_text("1 2 1\n3 4 2\n")
-    with pytest.raises(DataError, match="line 2: label 2"):
+    with pytest.raises(DataError, match="pair line 2: label 2"):
         list(iter_pairs(p))
 
 

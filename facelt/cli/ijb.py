@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if ff.rows != len(meta):
             raise FaceltError(f"features {ff.path}: {ff.rows} rows, but {paths.landmarks} lists "
                               f"{len(meta)} images")
-        features = ff.memmap()
+        features = ff
     else:
         if not args.out:
             raise FaceltError("--out is needed when embedding: the image features are kept there "
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         if not finished_with(out, fp):
             embed_to_file(embedder, aligned_batches(meta, paths.images, args.batch_size, size[0]),
                           out, len(meta), normalize=False, flip=not args.no_flip, fingerprint=fp)
-        features = FeatureFile.open(out).memmap()
+        features = FeatureFile.open(out)
     report, scores, roc = evaluate_ijb(features, meta, paths.pairs,
                                        detector_score=not args.no_detector_score,
                                        normalize_images=args.normalize_images)
