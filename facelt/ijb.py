@@ -317,12 +317,13 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     order = np.argsort(-np.asarray(scores, dtype=np.float64))  # ties are grouped below anyway
     s = np.asarray(scores, dtype=np.float64)[order]
     lab = labels[order]
-    tp = np.cumsum(lab, dtype=np.int64)
-    fp = np.arange(1, len(lab) + 1, dtype=np.int64) - tp
+    del order
     ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    fpr = np.r_[0.0, fp[ends] / neg]
-    tpr = np.r_[0.0, tp[ends] / pos]
     thr = np.r_[np.inf, s[ends]]
+    del s
+    tp = np.cumsum(lab, dtype=np.int64)[ends]
+    tpr = np.r_[0.0, tp / pos]
+    fpr = np.r_[0.0, (ends + 1 - tp) / neg]
     return fpr, tpr, thr
 
 
