@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from facelt.errors import DataError
-from facelt.features import l2_normalize
 
 #: insightface's pixel normalisation for face models: ``(x - 127.5) / 127.5`` in [-1, 1].
 FACE_MEAN = 127.5
@@ -208,10 +207,6 @@ def embedder_for_checkpoint(net: torch.nn.Module, cfg, device: Union[str, torch.
 
     return TorchEmbedder(net, device, size, preprocess=preprocess)
 
-
-def l2_rows(x: np.ndarray) -> np.ndarray:
-    """A float32 copy of ``x`` with L2-normalised rows."""
-    return l2_normalize(np.array(x, dtype=np.float32, copy=True), out=None)
 
 
 # ------------------------------------------------------------------------------ image sources
