@@ -211,3 +211,34 @@ def test_cli_verify_from_features(tmp_path, capsys):
     np.save(feats, features_for(DIST)[:38])
     assert main(["verify", "--bin", str(path), "--features", str(feats)]) == 2
     assert "38 rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [300, 305])
+def test_matches_a_plain_transcription_of_the_protocol(n):
+    """insightface's calculate_roc written out with loops (np.less per threshold, sklearn KFold's
+    fold sizes), against the sorted-count implementation, on random features."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((2 * n, 8)).astype(np.float32)
+    same = rng.random(n) < 0.5
+    x[1::2][same] = x[0::2][same] + 0.8 * rng.standard_normal((int(same.sum()), 8)).astype(np.float32)
+    e = x / np.linalg.norm(x, axis=1, keepdims=True)
+    dist = np.sum(np.square(e[0::2] - e[1::2]), 1)
+    thresholds = np.arange(0, 4, 0.01)
+    sizes = [n // 10 + (1 if k < n % 10 else 0) for k in range(10)]
+    bounds = np.cumsum([0] + sizes)
+    accs, best = [], []
+    for k in range(10):
+        test = np.arange(bounds[k], bounds[k + 1])
+        train = np.setdiff1d(np.arange(n), test)
+
+        def acc(t, idx):
+            pred = np.less(dist[idx], t)
+            return np.sum(pred == same[idx]) / len(idx)
+        tr = [acc(t, train) for t in thresholds]
+        b = thresholds[int(np.argmax(tr))]
+        best.append(b)
+        accs.append(acc(b, test))
+    m = verification_metrics(x, same)
+    assert m["fold_accuracies"] == pytest.approx(accs)
+    assert m["fold_thresholds"] == pytest.approx(best)
+    assert m["accuracy"] == pytest.approx(np.mean(accs)) and m["std"] == pytest.approx(np.std(accs))
