@@ -1,8 +1,9 @@
 """MegaFace challenge-1 identification from feature files (FaceScrub probes vs up to 1M distractors).
 
+Feature files (stacked ``.npy``, resumable extraction) live in the engine: :mod:`facelt.features`.
+
 Modules, one job each:
 
-- :mod:`eval_megaface.features`     stacked float32 ``.npy`` feature files, writer, resumable extraction
 - :mod:`eval_megaface.devkit`       the devkit's per-image ``.bin`` files and the ``.bin`` <-> ``.npy`` converter
 - :mod:`eval_megaface.probes`       the probe list CSV (``path,identity[,attribute...]``)
 - :mod:`eval_megaface.noise`        the public noise lists (refined protocol)

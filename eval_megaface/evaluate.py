@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from eval_megaface.features import FeatureFile, l2_normalize, read_manifest
+from facelt.features import FeatureFile, l2_normalize, read_manifest
 from eval_megaface.noise import noise_list_paths, noise_mask, read_noise_list
 from eval_megaface.probes import read_probe_list
 from eval_megaface.protocol import MAX_RANK, gallery_order, group_rank1, score_trials

@@ -73,8 +73,11 @@ class ModelConfig:
     embedding_dim: int = field(default=512, metadata={"ge": 1})
     dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     pretrained: str = ""
-    """Local file with ImageNet-pretrained backbone weights (nothing is downloaded)."""
-    pretrained_format: Literal["auto", "torchvision", "caffe"] = "auto"
+    """Local file with pretrained backbone weights (nothing is downloaded): ImageNet weights, or
+    an arcface_torch ``backbone.pth`` with ``pretrained_format: insightface``."""
+    pretrained_format: Literal["auto", "torchvision", "caffe", "insightface"] = "auto"
+    """``insightface``: an arcface_torch IResNet ``backbone.pth`` (trunk + its bn2/fc/features
+    embedding layer, which loads into the ``face`` neck); needs an ``iresnet*`` backbone."""
 
 
 @dataclass

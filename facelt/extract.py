@@ -45,7 +45,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
                                 out: str | Path, batch_size: int = 256, flip: bool = True,
                                 device: str = "auto", net=None) -> Path:
     """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest."""
-    from eval_megaface.features import extract_features, finished_with, write_manifest
+    from facelt.features import extract_features, finished_with, write_manifest
     dev = pick_device(device)
     if net is None:
         net, _, _ = net_from_checkpoint(checkpoint, dev)

@@ -12,7 +12,9 @@ from facelt.utils.io import ensure_writable_file
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract-features", help="embed images with a checkpoint into a .npy",
                        description=__doc__)
-    p.add_argument("--checkpoint", required=True)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint")
+    model.add_argument("--onnx", help="ONNX recognition model (insightface convention, onnxruntime)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--rec", help="insightface rec prefix (PREFIX.rec/.idx)")
     src.add_argument("--list", dest="list_file", help="OLTR list file (paths relative to --root)")
@@ -26,10 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    ensure_writable_file(args.out, "--out")
+    if args.onnx:
+        from facelt.onnx_io import extract_onnx_features
+        path, rows = extract_onnx_features(args.onnx, args.out, args.rec, args.list_file, args.root,
+                                           args.images, args.batch_size, not args.no_flip)
+        print(f"{rows} rows -> {path}")
+        return 0
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
-    ensure_writable_file(args.out, "--out")
     net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
     path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,

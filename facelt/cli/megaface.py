@@ -199,7 +199,7 @@ def checked_distractor_list(distractor_list: Optional[Path], features: Path,
     """Noise lists and --gallery-order address distractors by the list's rows: the extracted rows
     must be that list, in that order. Returns the list to use (without one given, the
     extraction's manifest)."""
-    from eval_megaface.features import read_manifest
+    from facelt.features import read_manifest
     from facelt.extract import manifest_path
     if distractor_list is None:
         return manifest_path(features)

@@ -49,3 +49,30 @@ def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None 
                         dropout=cfg.model.dropout)
     head = build_head(st, neck.out_dim, num_classes)
     return OLTRNet(backbone, neck, head, attention=attention)
+
+
+def load_pretrained_weights(net: OLTRNet, cfg: Config) -> None:
+    """Load ``model.pretrained`` into ``net``: ImageNet weights into the backbone, or (format
+    ``insightface``) an arcface_torch ``backbone.pth`` into the IResNet trunk and, with the
+    ``face`` neck, its embedding layer (``bn2``/``fc``/``features``) into the neck."""
+    m = cfg.model
+    if not m.pretrained:
+        raise ConfigError("model.pretrained is empty: no weights file to load")
+    if m.pretrained_format == "insightface":
+        if not m.backbone.startswith("iresnet"):
+            raise ConfigError(f"model.pretrained_format insightface needs an iresnet backbone, "
+                              f"got model.backbone {m.backbone}")
+        from facelt.models.iresnet import load_insightface_backbone
+        load_insightface_backbone(net.backbone, m.pretrained,
+                                  neck=net.neck if m.neck == "face" else None)
+        return
+    from facelt.models.pretrained import load_pretrained_backbone
+    load_pretrained_backbone(net.backbone, m.pretrained, m.pretrained_format)
+
+
+def net_from_config(cfg: Config, num_classes: int = 1) -> OLTRNet:
+    """A stage-1 network of ``cfg`` with ``model.pretrained`` loaded, in eval mode: to evaluate
+    pretrained weights (e.g. an arcface_torch ``backbone.pth``) without training."""
+    net = build_net(cfg, 1, num_classes)
+    load_pretrained_weights(net, cfg)
+    return net.eval()

@@ -182,8 +182,8 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     seed_everything(cfg.seed)  # the same initial weights on every rank
     net = build_net(cfg, stage, data.num_classes)
     if cfg.model.pretrained and stage == 1:
-        from facelt.models.pretrained import load_pretrained_backbone
-        load_pretrained_backbone(net.backbone, cfg.model.pretrained, cfg.model.pretrained_format)
+        from facelt.models.build import load_pretrained_weights
+        load_pretrained_weights(net, cfg)
     if st.init_from == "stage1":
         src = init_checkpoint or stage_dir(Path(out or "."), 1) / "checkpoint.pt"
         init_from_stage1(net, st, stage, src, data.num_classes)

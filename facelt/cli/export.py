@@ -1,0 +1,39 @@
+"""``facelt export``: a checkpoint's embedding network (no classifier) as an ONNX model in the
+insightface model-zoo convention (one NCHW float RGB input, dynamic batch, one (N, d) output)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint's embedding network to ONNX",
+                       description=__doc__)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.add_argument("--normalize", choices=["outside", "inside"], default="outside",
+                   help="outside: feed (x - 127.5) / 127.5 (insightface's default); inside: the "
+                        "graph starts with Sub/Mul nodes and takes raw 0..255 pixels")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing onnxruntime's embeddings with facelt's on random images")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from facelt.classify import net_from_checkpoint
+    from facelt.errors import FaceltError
+    from facelt.onnx_io import compare_with_torch, export_onnx
+    net, cfg, _ = net_from_checkpoint(args.checkpoint, torch.device("cpu"))
+    if cfg.data.format != "rec":
+        raise FaceltError(f"{args.checkpoint} was trained on list data (data.format: list, its own "
+                          "mean/std and crop); ONNX export follows the face convention of rec-trained "
+                          "models ((x - 127.5) / 127.5 at data.image_size)")
+    path = export_onnx(net, args.out, image_size=cfg.data.image_size, channels=cfg.data.channels,
+                       normalize=args.normalize)
+    msg = f"{path}: input (N, {cfg.data.channels}, {cfg.data.image_size}, {cfg.data.image_size})"
+    if not args.no_check:
+        cos = compare_with_torch(path, net, cfg.data.image_size)
+        msg += f"; onnxruntime vs facelt: min cosine {cos:.6f} over 8 random images"
+    print(msg)
+    return 0

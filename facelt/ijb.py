@@ -1,0 +1,445 @@
+"""IJB-B / IJB-C 1:1 template verification in insightface's layout (``eval_ijbc.py``).
+
+Layout under ``IJB_ROOT`` (``<t>`` is ``ijbc`` or ``ijbb``, lower case as insightface ships it;
+upper case accepted too)::
+
+    meta/<t>_name_5pts_score.txt      image x1 y1 ... x5 y5 score   (one line an image: the row order)
+    meta/<t>_face_tid_mid.txt         image template_id media_id    (same images)
+    meta/<t>_template_pair_label.txt  template1 template2 label     (1 = same identity)
+    loose_crop/<image>                the photos; aligned with the 5 points to the 112x112 template
+
+The protocol (insightface's defaults):
+
+* image feature = ``embed(x) + embed(mirror(x))``, **not** normalised (its norm is a quality
+  signal), times the detector score; ``normalize_images`` L2-normalises it first,
+  ``detector_score=False`` drops the weighting;
+* media feature = mean of the media's image features; template feature = sum of its media
+  features, L2-normalised; pair score = cosine of the two templates;
+* TAR at FAR f = the highest TPR over score thresholds (accept ``score >= t``) whose FPR <= f;
+  0 when none (tied scores are accepted or rejected together).  insightface's printed table instead
+  takes the ROC point whose FPR is *nearest* f, which can lie above f.
+
+Pairs stream through memory in blocks (IJB-C has 15.7M); the scores (float64) are kept, one sort
+gives the ROC.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+
+from facelt.errors import DataError
+
+FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+TARGETS = ("IJBB", "IJBC")
+PAIR_BLOCK = 1 << 20
+SCORE_BLOCK = 1 << 13
+
+
+def far_key(far: float) -> str:
+    """The JSON key of a FAR: ``1e-06``, ``1e-05``, ``0.0001``, ``0.001``, ``0.01``, ``0.1``."""
+    return repr(float(far))
+
+
+@dataclass(frozen=True)
+class IJBPaths:
+    faces: Path       # <t>_face_tid_mid.txt
+    pairs: Path       # <t>_template_pair_label.txt
+    landmarks: Path   # <t>_name_5pts_score.txt
+    images: Path      # loose_crop/
+
+
+def ijb_paths(root: Union[str, os.PathLike], target: str) -> IJBPaths:
+    """The meta files and image folder of ``target`` under ``root``; :class:`DataError` naming the
+    first missing file."""
+    t = target.upper()
+    if t not in TARGETS:
+        raise DataError(f"IJB target {target!r}: expected one of {TARGETS}")
+    root = Path(root)
+    meta = root / "meta"
+    found = {}
+    for key, suffix in (("faces", "face_tid_mid.txt"), ("pairs", "template_pair_label.txt"),
+                        ("landmarks", "name_5pts_score.txt")):
+        options = [meta / f"{t.lower()}_{suffix}", meta / f"{t}_{suffix}"]
+        hit = next((p for p in options if p.is_file()), None)
+        if hit is None:
+            raise DataError(f"IJB root {root}: {options[0]} not found (insightface layout: "
+                            f"meta/{t.lower()}_{suffix})")
+        found[key] = hit
+    return IJBPaths(found["faces"], found["pairs"], found["landmarks"], root / "loose_crop")
+
+
+@dataclass
+class IJBMeta:
+    """Per-image metadata in the 5-points file's row order."""
+
+    names: list[str]
+    landmarks: np.ndarray  # (N, 5, 2) float32
+    scores: np.ndarray     # (N,) float32 detector scores
+    templates: np.ndarray  # (N,) int64
+    medias: np.ndarray     # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def read_landmarks(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``<t>_name_5pts_score.txt``: names, (N, 5, 2) landmarks, (N,) detector scores."""
+    names, rows = [], []
+    with open(path, encoding="utf-8") as fh:
+        for ln, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 12:
+                raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 12 (image, ten "
+                                "landmark coordinates, detector score)")
+            try:
+                rows.append([float(x) for x in parts[1:]])
+            except ValueError:
+                raise DataError(f"{path} line {ln}: landmarks and score must be numbers") from None
+            names.append(parts[0])
+    if not names:
+        raise DataError(f"{path}: no images")
+    arr = np.asarray(rows, dtype=np.float32)
+    return names, arr[:, :10].reshape(-1, 5, 2), arr[:, 10]
+
+
+def read_faces(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``<t>_face_tid_mid.txt``: names, template ids, media ids."""
+    names, tids, mids = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        for ln, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3:
+                raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 3 (image, "
+                                "template id, media id)")
+            try:
+                tids.append(int(parts[1]))
+                mids.append(int(parts[2]))
+            except ValueError:
+                raise DataError(f"{path} line {ln}: template and media ids must be integers") from None
+            names.append(parts[0])
+    return names, np.asarray(tids, dtype=np.int64), np.asarray(mids, dtype=np.int64)
+
+
+def read_meta(paths: IJBPaths) -> IJBMeta:
+    """Both per-image files joined by image name, in the 5-points file's order."""
+    names, lmk, scores = read_landmarks(paths.landmarks)
+    fnames, tids, mids = read_faces(paths.faces)
+    if fnames != names:
+        pos = {n: i for i, n in enumerate(fnames)}
+        if len(pos) != len(fnames):
+            raise DataError(f"{paths.faces}: an image is listed twice")
+        missing = [n for n in names if n not in pos]
+        if missing or len(fnames) != len(names):
+            raise DataError(f"{paths.faces} and {paths.landmarks} list different images "
+                            f"({len(fnames)} vs {len(names)}; e.g. {missing[:3]} have no template)")
+        idx = np.asarray([pos[n] for n in names], dtype=np.int64)
+        tids, mids = tids[idx], mids[idx]
+    return IJBMeta(names, lmk, scores, tids, mids)
+
+
+def parse_int_lines(buf: bytes, cols: int, where: str, first_line: int = 1) -> np.ndarray:
+    """Whitespace-separated non-negative integers, ``cols`` a line (blank lines skipped), parsed
+    vectorised from raw bytes; :class:`DataError` naming ``where`` and the line otherwise."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    digit = (a >= 48) & (a <= 57)
+    newline = np.flatnonzero(a == 10)
+
+    def line_of(pos: int) -> int:
+        return first_line + int(np.searchsorted(newline, pos))
+
+    bad = ~(digit | (a == 32) | (a == 9) | (a == 13) | (a == 10))
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise DataError(f"{where}: line {line_of(pos)}: expected {cols} integers, found "
+                        f"{bytes(a[max(0, pos - 20):pos + 20])!r}")
+    edges = np.diff(np.r_[np.int8(0), digit.astype(np.int8), np.int8(0)])
+    starts = np.flatnonzero(edges == 1)
+    lengths = np.flatnonzero(edges == -1) - starts
+    if len(starts) and lengths.max() > 18:
+        raise DataError(f"{where}: line {line_of(int(starts[np.argmax(lengths)]))}: number too long")
+    lines = np.searchsorted(newline, starts)
+    per_line = np.bincount(lines, minlength=len(newline) + 1)
+    wrong = (per_line != 0) & (per_line != cols)
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        raise DataError(f"{where}: line {first_line + k}: {per_line[k]} fields; expected {cols} "
+                        "integers")
+    values = np.zeros(len(starts), dtype=np.int64)
+    for j in range(int(lengths.max()) if len(starts) else 0):
+        m = lengths > j
+        values[m] = values[m] * 10 + (a[starts[m] + j].astype(np.int64) - 48)
+    return values.reshape(-1, cols)
+
+
+def iter_pairs(path: Union[str, os.PathLike], block: int = PAIR_BLOCK
+               ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(t1, t2, label)`` int64 arrays of about ``block`` pairs at a time, in file order."""
+    chunk = max(64, block * 16)
+    line = 1
+    rest = b""
+    with open(path, "rb") as fh:
+        while True:
+            data = fh.read(chunk)
+            buf = rest + data
+            if not data:
+                if not buf.strip():
+                    return
+                buf += b"\n"
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0:
+                rest = buf
+                continue
+            buf, rest = buf[:cut], buf[cut:]
+            vals = parse_int_lines(buf, 3, f"{path} (pairs)", line)
+            labels = vals[:, 2]
+            if len(vals) and not ((labels == 0) | (labels == 1)).all():
+                k = int(np.flatnonzero((labels != 0) & (labels != 1))[0])
+                nonblank = [i for i, ln in enumerate(buf.split(b"\n")) if ln.strip()]
+                raise DataError(f"{path}: pair line {line + nonblank[k]}: label {labels[k]}; "
+                                "expected 0 or 1")
+            line += buf.count(b"\n")
+            if len(vals):
+                yield vals[:, 0], vals[:, 1], labels
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool = True,
+                      normalize_images: bool = False, block_rows: int = 1 << 14
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``(template_ids, feats)``: sorted unique template ids and their L2-normalised features.
+
+    ``features`` are the raw flip-summed image features in the 5-points order (an array, a
+    memmap or a :class:`~facelt.features.FeatureFile`; read ``block_rows`` at a time).  Media feature = mean of its image features
+    (after the optional normalisation and detector-score weighting), template = sum of its media.
+    """
+    from facelt.features import FeatureFile
+    n = len(meta)
+    shape = (features.rows, features.dim) if isinstance(features, FeatureFile) else features.shape
+    if len(shape) != 2 or shape[0] != n:
+        raise DataError(f"IJB features of shape {shape}: expected ({n}, d), one row per "
+                        "line of the 5-points file, in its order")
+
+    def read(rows_sorted: np.ndarray) -> np.ndarray:
+        if isinstance(features, FeatureFile):  # positional reads: no mapped pages kept
+            return features.read_rows(rows_sorted)
+        return np.asarray(features[rows_sorted])
+
+    order = np.lexsort((meta.medias, meta.templates))
+    t_sorted, m_sorted = meta.templates[order], meta.medias[order]
+    new_media = np.ones(n, dtype=bool)
+    new_media[1:] = (t_sorted[1:] != t_sorted[:-1]) | (m_sorted[1:] != m_sorted[:-1])
+    media_starts = np.flatnonzero(new_media)
+    media_tids = t_sorted[media_starts]
+    tids, media_tpl = np.unique(media_tids, return_inverse=True)
+    out = np.zeros((len(tids), shape[1]), dtype=np.float64)
+    media_ends = np.append(media_starts[1:], n)
+    g = 0
+    while g < len(media_starts):
+        # a block of whole media groups holding about block_rows images
+        h = int(np.searchsorted(media_starts, media_starts[g] + block_rows, side="left"))
+        h = max(h, g + 1)
+        a, b = int(media_starts[g]), int(media_ends[h - 1])
+        rows = order[a:b]
+        x = read(np.sort(rows)).astype(np.float64)
+        x = x[np.argsort(np.argsort(rows))]  # back to the grouped order
+        if normalize_images:
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            norms[norms == 0] = 1.0
+            x /= norms
+        if detector_score:
+            x *= meta.scores[rows].astype(np.float64)[:, None]
+        local = media_starts[g:h] - a
+        sums = np.add.reduceat(x, local, axis=0)
+        counts = (media_ends[g:h] - media_starts[g:h]).astype(np.float64)
+        means = sums / counts[:, None]
+        tpl = media_tpl[g:h]
+        starts = np.flatnonzero(np.r_[True, tpl[1:] != tpl[:-1]])
+        out[tpl[starts]] += np.add.reduceat(means, starts, axis=0)
+        g = h
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return tids, out / norms
+
+
+def pair_scores(tids: np.ndarray, tfeats: np.ndarray, pairs_path: Union[str, os.PathLike],
+                block: int = PAIR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores (float64) and labels (uint8) of every pair in the pair file, streamed."""
+    from facelt.utils.progress import progress
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    size = os.path.getsize(pairs_path)
+    with progress(total=size, desc="IJB pairs", unit="B", unit_scale=True) as bar:
+        for t1, t2, lab in iter_pairs(pairs_path, block):
+            i1 = _template_rows(tids, t1, pairs_path)
+            i2 = _template_rows(tids, t2, pairs_path)
+            s = np.empty(len(t1), dtype=np.float64)
+            for a in range(0, len(t1), SCORE_BLOCK):
+                f1 = tfeats[i1[a:a + SCORE_BLOCK]]
+                f2 = tfeats[i2[a:a + SCORE_BLOCK]]
+                s[a:a + SCORE_BLOCK] = np.einsum("ij,ij->i", f1, f2)
+            scores.append(s)
+            labels.append(lab.astype(np.uint8))
+            bar.update(min(size - bar.n, len(t1) * 16))
+    if not scores:
+        raise DataError(f"{pairs_path}: no pairs")
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def _template_rows(tids: np.ndarray, t: np.ndarray, where) -> np.ndarray:
+    idx = np.searchsorted(tids, t)
+    idx[idx >= len(tids)] = 0
+    bad = tids[idx] != t
+    if bad.any():
+        raise DataError(f"{where}: template {int(t[np.flatnonzero(bad)[0]])} has no images in the "
+                        "face_tid_mid file")
+    return idx
+
+
+# ------------------------------------------------------------------------------------ ROC
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` of accepting ``score >= t`` at every distinct score (descending),
+    starting at (0, 0) for a threshold above every score; tied scores move together."""
+    labels = np.asarray(labels).astype(bool)
+    pos = int(labels.sum())
+    neg = int(len(labels) - pos)
+    if pos == 0 or neg == 0:
+        raise DataError(f"the pairs hold {pos} genuine and {neg} impostor pairs; TAR@FAR needs both")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64))  # ties are grouped below anyway
+    s = np.asarray(scores, dtype=np.float64)[order]
+    lab = labels[order]
+    del order
+    ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+    thr = np.r_[np.inf, s[ends]]
+    del s
+    tp = np.cumsum(lab, dtype=np.int64)[ends]
+    tpr = np.r_[0.0, tp / pos]
+    fpr = np.r_[0.0, (ends + 1 - tp) / neg]
+    return fpr, tpr, thr
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, fars=FARS) -> dict[str, float]:
+    """For each FAR: the highest TPR among ROC points with FPR <= FAR (0 when there is none)."""
+    out = {}
+    for f in fars:
+        ok = fpr <= f
+        out[far_key(f)] = float(tpr[ok].max()) if ok.any() else 0.0
+    return out
+
+
+def evaluate_ijb(features: np.ndarray, meta: IJBMeta, pairs_path: Union[str, os.PathLike],
+                 detector_score: bool = True, normalize_images: bool = False,
+                 fars=FARS) -> tuple[dict, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``(report, scores, (fpr, tpr))`` of the 1:1 protocol from raw image features."""
+    tids, tfeats = template_features(features, meta, detector_score, normalize_images)
+    scores, labels = pair_scores(tids, tfeats, pairs_path)
+    fpr, tpr, _ = roc_points(scores, labels)
+    report = {
+        "pairs": int(len(scores)),
+        "genuine": int(labels.sum()),
+        "impostor": int(len(labels) - int(labels.sum())),
+        "images": int(len(meta)),
+        "templates": int(len(tids)),
+        "detector_score": bool(detector_score),
+        "normalize_images": bool(normalize_images),
+        "tar_at_far": tar_at_far(fpr, tpr, fars),
+    }
+    return report, scores, (fpr, tpr)
+
+
+# ---------------------------------------------------------------------------- image source
+
+def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_size: int,
+                    image_size: int = 112):
+    """``f(first_row)`` -> iterator of ``(B, S, S, 3)`` uint8 RGB batches of the aligned faces
+    (``loose_crop/<image>`` warped with its 5 points to the ArcFace template), from that row."""
+    import cv2
+
+    from facelt.align import norm_crop
+    from facelt.embed import batched
+    image_dir = Path(image_dir)
+
+    def images(first: int):
+        for i in range(first, len(meta)):
+            path = image_dir / meta.names[i]
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise DataError(f"IJB image {path} (row {i + 1} of the 5-points file): missing or "
+                                "not an image OpenCV can decode")
+            crop = norm_crop(img, meta.landmarks[i].astype(np.float64), image_size)
+            yield cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+    def from_row(first: int):
+        from facelt.utils.progress import progress
+        with progress(total=len(meta) - first, desc="IJB images", unit="img") as bar:
+            for batch in batched(images(first), batch_size):
+                yield batch
+                bar.update(len(batch))
+
+    return from_row
+
+
+# ------------------------------------------------------------------------------------ report
+
+def write_ijb_report(report: dict, scores: np.ndarray, roc: tuple[np.ndarray, np.ndarray],
+                     out_dir: Union[str, os.PathLike], target: str) -> None:
+    """``report.json``, ``report.md``, ``roc.png`` (log FAR axis) and ``pair_scores.npy``
+    (float64, pair-file order) in ``out_dir``; each written to a temporary name and renamed."""
+    from facelt.utils.io import atomic_path, write_json, write_text
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "pair_scores.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(scores, dtype=np.float64))
+    write_json(out / "report.json", {"target": target, **report})
+    lines = [f"# {target} 1:1 verification", "",
+             f"- pairs: {report['pairs']:,} ({report['genuine']:,} genuine, "
+             f"{report['impostor']:,} impostor); templates: {report['templates']:,}; "
+             f"images: {report['images']:,}",
+             f"- image features: flip-sum, {'L2-normalised' if report['normalize_images'] else 'raw norm'}"
+             f"{', times detector score' if report['detector_score'] else ''}; media = mean, "
+             "template = sum, L2; score = cosine",
+             "- TAR at FAR f: highest TPR over thresholds whose FPR <= f", "",
+             "| FAR | " + " | ".join(report["tar_at_far"]) + " |",
+             "|---" * (len(report["tar_at_far"]) + 1) + "|",
+             "| TAR | " + " | ".join(f"{100 * v:.2f}%" for v in report["tar_at_far"].values()) + " |",
+             "", "![ROC](roc.png)", ""]
+    write_text(out / "report.md", "\n".join(lines))
+    _plot_roc(roc, out / "roc.png", target)
+
+
+def _plot_roc(roc: tuple[np.ndarray, np.ndarray], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from facelt.utils.io import atomic_path
+    fpr, tpr = roc
+    keep = fpr > 0
+    if keep.sum() > 20000:  # thin the curve on the log axis; keep its shape
+        grid = np.geomspace(fpr[keep].min(), 1.0, 20000)
+        idx = np.unique(np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, len(fpr) - 1))
+        fx, ty = fpr[idx], tpr[idx]
+    else:
+        fx, ty = fpr[keep], tpr[keep]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(fx, ty, lw=1.5)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-6, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("False accept rate (log)")
+    ax.set_ylabel("True accept rate")
+    ax.set_title(f"{title} 1:1 ROC")
+    ax.grid(True, which="both", alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,357 @@
+"""insightface verification sets (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin`` ...) and their protocol.
+
+The file: a pickle of ``(bins, issame_list)``; ``bins`` holds ``2N`` encoded images, pair ``i`` is
+``bins[2i]`` vs ``bins[2i+1]``; ``issame_list`` holds ``N`` booleans.  Images are JPEG/PNG bytes
+(Python 2 ``str``, read as bytes) or ``cv2.imencode`` output (uint8 numpy arrays).  A ``.bin`` is a
+pickle from the internet, so :func:`read_bin` unpickles it with an allow-list
+(:class:`BinUnpickler`): lists, tuples, bools, bytes/str and numpy's uint8/bool array and scalar
+reconstruction.  Any other global (``os.system`` ...) is refused before anything is called.
+
+The protocol is insightface's ``verification.py``:
+
+* embeddings L2-normalised, squared L2 distance per pair;
+* thresholds ``arange(0, 4, 0.01)``; 10 folds in file order without shuffling (sklearn's
+  ``KFold``: the first ``N % 10`` folds are one pair larger);
+* per fold: the threshold with the best accuracy on the 9 other folds (the first maximum), then
+  the test fold's accuracy of ``dist < threshold``;
+* accuracy = mean of the 10 fold accuracies, ``std`` = ``np.std`` of them, ``threshold`` = the
+  mean best threshold;
+* VAL at FAR 1e-3: per fold, the training folds' FAR curve over ``arange(0, 4, 0.001)`` gives the
+  threshold where FAR reaches 1e-3 (linear interpolation between the two thresholds around the
+  first crossing; 0 when FAR never reaches it, as insightface), and the test fold's TAR and FAR at
+  it; ``val`` / ``val_std`` / ``far`` are their mean / std / mean.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import cv2
+import numpy as np
+
+from facelt.errors import DataError
+
+ACC_THRESHOLDS = np.arange(0, 4, 0.01)
+VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+NUM_FOLDS = 10
+FAR_TARGET = 1e-3
+
+_ALLOWED_DTYPES = {"u1", "uint8", "|u1", "b1", "bool", "|b1", "?"}
+
+
+class UnsafePickleError(DataError):
+    """A ``.bin`` pickle asked for something a verification set never holds."""
+
+
+def _dtype_ok(dt: Any) -> np.dtype:
+    spec = dt.decode("latin1") if isinstance(dt, bytes) else dt
+    if isinstance(spec, np.dtype):
+        if spec in (np.dtype(np.uint8), np.dtype(np.bool_)):
+            return spec
+    elif isinstance(spec, str) and spec in _ALLOWED_DTYPES:
+        return np.dtype(spec)
+    raise UnsafePickleError(f"numpy dtype {dt!r} (only uint8 and bool are allowed)")
+
+
+def _safe_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    # a fresh dtype object (numpy pickles pass copy=True): BUILD then sets its state, and must
+    # not touch numpy's shared uint8 / bool singletons
+    return np.dtype(_dtype_ok(spec), align=False, copy=True)
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise UnsafePickleError(f"array reconstruction of {subtype!r} (only numpy.ndarray)")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
+
+
+def _safe_scalar(dtype: Any, data: Any = None) -> Any:
+    dt = _dtype_ok(dtype)
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dt.itemsize:
+        raise UnsafePickleError(f"numpy scalar data {data!r:.40} for {dt}")
+    return np.frombuffer(bytes(data), dtype=dt)[0]
+
+
+def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+    dt = _dtype_ok(dtype)
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise UnsafePickleError(f"array buffer of type {type(buf).__name__}")
+    order = order.decode() if isinstance(order, bytes) else order
+    if order not in ("C", "F"):
+        raise UnsafePickleError(f"array order {order!r}")
+    return np.frombuffer(bytes(buf), dtype=dt).reshape(tuple(int(s) for s in shape), order=order)
+
+
+def _safe_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r}")
+    return codecs.encode(text, "latin1")
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _safe_dtype,
+    ("_codecs", "encode"): _safe_encode,
+}
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED_GLOBALS[(_mod, "_reconstruct")] = _safe_reconstruct
+    _ALLOWED_GLOBALS[(_mod, "scalar")] = _safe_scalar
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _ALLOWED_GLOBALS[(_mod, "_frombuffer")] = _safe_frombuffer
+
+
+class BinUnpickler(pickle.Unpickler):
+    """Unpickles what verification ``.bin`` files hold and nothing else (see the module doc)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"global {module}.{name} is not allowed in a verification "
+                                    "set") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("persistent ids are not allowed in a verification set")
+
+
+def _check_array(a: np.ndarray) -> None:
+    if a.dtype not in (np.dtype(np.uint8), np.dtype(np.bool_)):
+        raise UnsafePickleError(f"array of dtype {a.dtype}")
+
+
+def read_bin(path: Union[str, os.PathLike]) -> tuple[list[bytes], np.ndarray]:
+    """``(encoded images, issame)`` of a ``.bin`` file: ``2N`` byte strings and ``N`` booleans.
+
+    Raises :class:`DataError` naming the file when it is missing, not a pickle, not of that shape,
+    or asks for anything outside the allow-list (nothing in it is executed).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"verification set {p}: not found")
+    try:
+        with open(p, "rb") as fh:
+            obj = BinUnpickler(fh, encoding="bytes").load()
+    except UnsafePickleError as exc:
+        raise DataError(f"verification set {p}: refused, unsafe pickle: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 -- any unpickling failure is the file's fault
+        raise DataError(f"verification set {p}: not a readable pickle ({type(exc).__name__}: "
+                        f"{exc})") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise DataError(f"verification set {p}: expected a pickled (bins, issame_list) pair, got "
+                        f"{type(obj).__name__}")
+    bins, issame = obj
+    if not isinstance(bins, (list, tuple)):
+        raise DataError(f"verification set {p}: bins is a {type(bins).__name__}, expected a list")
+    images: list[bytes] = []
+    for i, b in enumerate(bins):
+        if isinstance(b, np.ndarray):
+            if b.dtype != np.uint8:
+                raise DataError(f"verification set {p}: image {i} is a {b.dtype} array, expected "
+                                "uint8 encoded bytes")
+            b = b.tobytes()
+        elif isinstance(b, str):  # a py2 str read with a text encoding
+            b = b.encode("latin1")
+        elif isinstance(b, bytearray):
+            b = bytes(b)
+        if not isinstance(b, bytes):
+            raise DataError(f"verification set {p}: image {i} is a {type(b).__name__}, expected "
+                            "encoded image bytes")
+        images.append(b)
+    if isinstance(issame, np.ndarray):
+        _check_array(issame)
+        flags = issame.reshape(-1).astype(bool)
+    elif isinstance(issame, (list, tuple)) and all(isinstance(x, (bool, np.bool_, int)) for x in issame):
+        flags = np.asarray([bool(x) for x in issame], dtype=bool)
+    else:
+        raise DataError(f"verification set {p}: issame_list must be a list of booleans")
+    if len(images) != 2 * len(flags):
+        raise DataError(f"verification set {p}: {len(images)} images for {len(flags)} pairs; "
+                        f"expected 2 x {len(flags)} = {2 * len(flags)}")
+    if len(flags) == 0:
+        raise DataError(f"verification set {p}: no pairs")
+    return images, flags
+
+
+def decode_images(encoded: list[bytes], where: str = "images",
+                  size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Decode encoded images into one ``(N, H, W, 3)`` uint8 RGB array.
+
+    Every image is resized to ``size`` (height, width) when given, else to the first image's size
+    when they differ.
+    """
+    from facelt.utils.progress import progress
+    out: Optional[np.ndarray] = None
+    for i, payload in enumerate(progress(encoded, desc=f"decode {where}", unit="img")):
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"{where}: image {i} ({len(payload)} bytes) is not an image OpenCV "
+                            "can decode")
+        if out is None:
+            h, w = size if size is not None else img.shape[:2]
+            out = np.empty((len(encoded), int(h), int(w), 3), dtype=np.uint8)
+        if img.shape[:2] != out.shape[1:3]:
+            img = cv2.resize(img, (out.shape[2], out.shape[1]), interpolation=cv2.INTER_LINEAR)
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[i])
+    if out is None:
+        raise DataError(f"{where}: no images")
+    return out
+
+
+# ----------------------------------------------------------------------------------- protocol
+
+def fold_bounds(n: int, num_folds: int = NUM_FOLDS) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each fold over ``n`` pairs in order; the first ``n % k`` one larger."""
+    if n < num_folds:
+        raise DataError(f"{n} pairs cannot be split into {num_folds} folds")
+    sizes = np.full(num_folds, n // num_folds, dtype=np.int64)
+    sizes[: n % num_folds] += 1
+    stops = np.cumsum(sizes)
+    return [(int(b - s), int(b)) for s, b in zip(sizes, stops)]
+
+
+def pair_distances(features: np.ndarray) -> np.ndarray:
+    """Squared L2 distance between the L2-normalised rows ``2i`` and ``2i+1`` (float32, as
+    insightface computes it)."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or len(x) % 2:
+        raise DataError(f"features of shape {x.shape}: expected (2N, d), two rows per pair")
+    from facelt.features import l2_normalize
+    x = l2_normalize(x.copy(), out=None)
+    diff = x[0::2] - x[1::2]
+    return np.sum(np.square(diff), axis=1, dtype=np.float32)
+
+
+def _below_counts(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold t: how many values are < t (values sorted ascending, float64)."""
+    return np.searchsorted(sorted_values, thresholds, side="left")
+
+
+def accuracy_curve(dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Accuracy of ``dist < t`` for each threshold ``t`` (one sort, no pairs x thresholds matrix)."""
+    d = np.asarray(dist, dtype=np.float64)
+    pos = np.sort(d[issame])
+    neg = np.sort(d[~issame])
+    tp = _below_counts(pos, thresholds)
+    tn = len(neg) - _below_counts(neg, thresholds)
+    return (tp + tn) / float(len(d))
+
+
+def tar_far(dist: np.ndarray, issame: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(TAR, FAR) of accepting pairs with ``dist < threshold``; NaN where a class is absent."""
+    d = np.asarray(dist, dtype=np.float64)
+    accept = d < threshold
+    n_same, n_diff = int(issame.sum()), int((~issame).sum())
+    ta = int(np.sum(accept & issame))
+    fa = int(np.sum(accept & ~issame))
+    return (ta / n_same if n_same else float("nan"), fa / n_diff if n_diff else float("nan"))
+
+
+def threshold_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float,
+                     thresholds: np.ndarray = VAL_THRESHOLDS) -> float:
+    """The distance threshold where the FAR of ``dist < t`` reaches ``far_target`` (linear
+    interpolation between the thresholds around the first crossing); 0 when it never does."""
+    d = np.asarray(dist, dtype=np.float64)
+    neg = np.sort(d[~issame])
+    if len(neg) == 0:
+        return 0.0
+    far = _below_counts(neg, thresholds) / float(len(neg))
+    if far.max() < far_target:
+        return 0.0
+    j = int(np.argmax(far >= far_target))
+    if j == 0:
+        return float(thresholds[0])
+    f0, f1, t0, t1 = far[j - 1], far[j], thresholds[j - 1], thresholds[j]
+    return float(t0 + (far_target - f0) * (t1 - t0) / (f1 - f0))
+
+
+def verification_metrics(features: np.ndarray, issame: np.ndarray, num_folds: int = NUM_FOLDS,
+                         far_target: float = FAR_TARGET) -> dict:
+    """insightface's verification protocol on ``(2N, d)`` features (rows ``2i``, ``2i+1`` a pair)."""
+    issame = np.asarray(issame, dtype=bool).reshape(-1)
+    dist = pair_distances(features)
+    if len(dist) != len(issame):
+        raise DataError(f"{len(dist)} feature pairs for {len(issame)} labels")
+    n = len(dist)
+    accs, best, vals, fars = [], [], [], []
+    for a, b in fold_bounds(n, num_folds):
+        train = np.ones(n, dtype=bool)
+        train[a:b] = False
+        curve = accuracy_curve(dist[train], issame[train], ACC_THRESHOLDS)
+        t = float(ACC_THRESHOLDS[int(np.argmax(curve))])  # the first maximum
+        best.append(t)
+        accs.append(float(accuracy_curve(dist[a:b], issame[a:b], np.array([t]))[0]))
+        tv = threshold_at_far(dist[train], issame[train], far_target)
+        v, f = tar_far(dist[a:b], issame[a:b], tv)
+        vals.append(v)
+        fars.append(f)
+    return {
+        "pairs": int(n),
+        "accuracy": float(np.mean(accs)),
+        "std": float(np.std(accs)),
+        "threshold": float(np.mean(best)),
+        "fold_accuracies": accs,
+        "fold_thresholds": best,
+        "val": float(np.mean(vals)),
+        "val_std": float(np.std(vals)),
+        "far": float(np.mean(fars)),
+        "far_target": float(far_target),
+    }
+
+
+# ----------------------------------------------------------------------------------- evaluator
+
+@dataclass
+class VerificationSet:
+    """One verification set, decoded once: ``images`` (2N, H, W, 3) uint8 RGB, ``issame`` (N,).
+
+    Use :meth:`evaluate_model` during training (no re-decoding per call) and
+    :meth:`evaluate_features` for precomputed rows in the file's image order.
+    """
+
+    name: str
+    path: Path
+    images: np.ndarray
+    issame: np.ndarray = field(repr=False)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], image_size: Optional[int] = None,
+             name: Optional[str] = None) -> "VerificationSet":
+        """Read and decode a ``.bin``; ``image_size`` resizes every image once (square)."""
+        p = Path(path)
+        encoded, issame = read_bin(p)
+        size = (int(image_size), int(image_size)) if image_size else None
+        images = decode_images(encoded, where=f"verification set {p}", size=size)
+        return cls(name or p.stem, p, images, issame)
+
+    @property
+    def pairs(self) -> int:
+        return int(len(self.issame))
+
+    def evaluate_features(self, features: np.ndarray) -> dict:
+        """The protocol on precomputed ``(2N, d)`` rows in the file's image order."""
+        feats = np.asarray(features)
+        if feats.ndim != 2 or feats.shape[0] != 2 * self.pairs:
+            raise DataError(f"{self.name}: features of shape {feats.shape}; expected "
+                            f"({2 * self.pairs}, d), two rows per pair in the .bin's order")
+        return {"name": self.name, **verification_metrics(feats, self.issame)}
+
+    def evaluate_model(self, model: Any, device: Any = "cpu", batch_size: int = 64,
+                       flip: bool = True) -> dict:
+        """Embed the images (flip-sum) with ``model`` and run the protocol; adds ``xnorm``.
+
+        ``model`` is an image embedder (:mod:`facelt.embed`: a :class:`~facelt.embed.TorchEmbedder`,
+        an :class:`~facelt.onnx_io.OnnxEmbedder`, anything with ``input_size`` and a call on uint8
+        RGB batches) or a face network (``net.embed``; insightface's ``(x - 127.5) / 127.5`` input
+        at the set's image size).
+        """
+        from facelt.embed import TorchEmbedder, embed_array
+        embedder = model
+        if not hasattr(model, "input_size"):
+            embedder = TorchEmbedder(model, device, tuple(self.images.shape[1:3]))
+        emb = embed_array(embedder, self.images, batch_size, flip, desc=f"embed {self.name}")
+        return {**self.evaluate_features(emb.features), "xnorm": float(emb.xnorm)}
+
