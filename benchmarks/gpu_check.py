@@ -394,17 +394,17 @@ def megaface_floor(d: Path, device: str, k: int = 10) -> dict:
 
 
 def section_megaface(work: Path, sz: Sizes, device: str) -> dict:
-    from eval_megaface.evaluate import EvalConfig, run_evaluation
+    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     d = megaface_files(work, sz)
     backend = "torch" if device == "cuda" else "blas"
     cfg = dict(gallery_sizes=[sz.mf_rows], probe_features=d / "P.npy", probe_list=d / "P.csv",
                distractor_features=d / "D.npy")
     t = _now()
-    rep = run_evaluation(EvalConfig(**cfg, backend=backend))
+    rep = run_evaluation(MegaFaceEvalConfig(**cfg, backend=backend))
     dev_s = _now() - t
     floor = megaface_floor(d, device)
     t = _now()
-    cpu = run_evaluation(EvalConfig(**cfg, backend="blas"))
+    cpu = run_evaluation(MegaFaceEvalConfig(**cfg, backend="blas"))
     cpu_s = _now() - t
     return {"probes": sz.mf_probes, "rows": sz.mf_rows, "dim": sz.mf_dim, "backend": backend,
             "facelt_s": dev_s, "floor_s": floor["seconds_with_copy"],
