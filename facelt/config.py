@@ -215,6 +215,9 @@ class Config:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU)."""
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    """The autocast dtype under ``amp``: ``float16`` with a gradient scaler (any CUDA GPU), or
+    ``bfloat16`` without one (Ampere and later; float32's range, so no loss scaling)."""
     out: str = ""
     """Default output folder (``--out`` overrides); empty: ``runs/<name>``."""
     log_every: int = field(default=50, metadata={"ge": 1})

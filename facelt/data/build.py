@@ -164,10 +164,12 @@ def eval_indices(n: int, rank: int, world: int) -> list[int]:
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=None,
-                drop_last: bool = False, pin: bool = False) -> DataLoader:
+                drop_last: bool = False, pin: bool = False, persistent: bool = False) -> DataLoader:
+    """``persistent``: keep the worker processes between epochs (the training loader: a new
+    epoch then starts without forking and warming ``num_workers`` processes again)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, drop_last=drop_last, pin_memory=pin,
-                      persistent_workers=False)
+                      persistent_workers=persistent and num_workers > 0)
 
 
 def read_class_names(cfg: DataConfig, num_classes: int, train: Optional[Split] = None) -> list[str]:

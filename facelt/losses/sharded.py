@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from facelt import collectives as col
-from facelt.losses.centroid import reference_attract
+from facelt.losses.centroid import DiscCentroidLoss, reference_attract
 from facelt.models.heads import at_least_float32
 
 
@@ -65,17 +65,12 @@ def sharded_cross_entropy(local_logits: torch.Tensor, targets: torch.Tensor,
     return _ShardedCrossEntropy.apply(at_least_float32(local_logits), targets.long(), group)
 
 
-class ShardedDiscCentroidLoss(nn.Module):
-    """:class:`facelt.losses.DiscCentroidLoss` over centroids sharded by class."""
+class ShardedDiscCentroidLoss(DiscCentroidLoss):
+    """:class:`facelt.losses.DiscCentroidLoss` over centroids sharded by class (same settings)."""
 
     def __init__(self, margin: float = 10.0, repel_weight: float = 0.01,
                  centroid_update: str = "autograd", group=None) -> None:
-        super().__init__()
-        if centroid_update not in ("autograd", "reference"):
-            raise ValueError(f"centroid_update must be 'autograd' or 'reference', got {centroid_update!r}")
-        self.margin = margin
-        self.repel_weight = repel_weight
-        self.centroid_update = centroid_update
+        super().__init__(margin, repel_weight, centroid_update)
         self.group = group
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, local_centroids: torch.Tensor,

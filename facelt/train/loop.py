@@ -102,7 +102,7 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
     t0 = time.time() - spent
     bar = progress(total=steps, initial=first, desc=f"stage {parts.stage} epoch {epoch + 1}/{st.epochs}",
                    unit="batch", disable=not parts.dist.is_primary)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if parts.use_amp else nullcontext()
+    autocast = torch.autocast("cuda", dtype=parts.amp_dtype) if parts.use_amp else nullcontext()
     optimizer, scaler = parts.optimizer, parts.scaler
     for step in range(first, steps):
         try:

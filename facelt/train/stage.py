@@ -85,6 +85,10 @@ class StageParts:
     def use_amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
 
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.cfg.amp_dtype == "bfloat16" else torch.float16
+
 
 def load_stage_data(cfg: Config, stage: int, dist: D.DistInfo) -> StageData:
     """Read the training (and validation) split; check labels and the global batch size."""
@@ -196,13 +200,16 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
         net.head.centroids.requires_grad_(False)
     optimizer = build_optimizer(net, st)
     scheduler = build_scheduler(optimizer, st)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and dist.device.type == "cuda")
+    # loss scaling for float16 autocast only (bfloat16 has float32's exponent range)
+    scaler = torch.amp.GradScaler("cuda", enabled=(cfg.amp and dist.device.type == "cuda"
+                                                   and cfg.amp_dtype == "float16"))
     # augmentation / dropout draws differ between ranks (one stream per rank)
     seed_everything(cfg.seed + 1_000_003 * dist.rank)
     sampler = train_sampler(st, data.train.labels, cfg.seed, dist.rank, dist.world_size)
     per_rank = max(1, st.batch_size // dist.world_size)
     loader = make_loader(data.train.dataset, per_rank, cfg.data.num_workers, sampler=sampler,
-                         drop_last=len(sampler) >= per_rank, pin=dist.device.type == "cuda")
+                         drop_last=len(sampler) >= per_rank, pin=dist.device.type == "cuda",
+                         persistent=True)
     model = wrap_for_ddp(net, dist)
     return StageParts(cfg, stage, st, dist, data, net, model, optimizer, scheduler, scaler, loss,
                       sampler, loader)
