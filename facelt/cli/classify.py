@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from facelt.cli.common import add_config_args, config_from_args
+from facelt.cli.common import add_config_args, add_device_arg, config_from_args
 from facelt.utils.io import ensure_writable_dir
 from facelt.errors import FaceltError
 
@@ -17,9 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "'unknown') per image.")
     add_config_args(p)
     p.add_argument("--checkpoint", help="checkpoint (default: OUT/stage2/checkpoint.pt of the recipe)")
-    p.add_argument("--out", help="report folder")
-    p.add_argument("--threshold", type=float, help="open-set rejection threshold on max softmax")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
+    p.add_argument("--threshold", type=float, help="open-set rejection threshold on max softmax "
+                   "(default: the checkpoint's eval.threshold)")
+    add_device_arg(p)
     p.add_argument("images", nargs="*", help="image files to classify")
     p.set_defaults(func=run)
 

@@ -22,19 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from facelt.cli.common import configs_dir
+from facelt.cli.common import add_device_arg, configs_dir
 from facelt.utils.io import atomic_path, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data (no downloads)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="facelt_demo", help="output folder (default facelt_demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="facelt_demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data, the sampling and the training")
     p.add_argument("--identities", type=int, default=80, help="SYNTHETIC source identities")
     p.add_argument("--distractors", type=int, default=2000, help="SYNTHETIC distractor images")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of configs/demo_faces.yaml")
+                   help="override a key of configs/demo_faces.yaml (repeatable)")
+    add_device_arg(p, from_recipe=True)
     p.set_defaults(func=run)
 
 
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     out = Path(args.out)
     seed = args.seed
+    if args.device:
+        args.overrides = [*args.overrides, f"device={args.device}"]
     cfg0 = load_config(configs_dir() / "demo_faces.yaml", args.overrides)
     size = cfg0.data.image_size
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from facelt.cli.common import positive_int
+from facelt.cli.common import add_device_arg, positive_int
 from facelt.utils.io import ensure_writable_dir
 from facelt.errors import ConfigError, DataError
 
@@ -28,16 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="probe features (or give --checkpoint with --probe-images / --probe-rec)")
     p.add_argument("--probe-list", required=True, type=Path, metavar="P.csv",
                    help="CSV with header path,identity[,attribute...]; row i describes feature row i")
-    p.add_argument("--distractor-features", type=Path, metavar="D.npy")
+    p.add_argument("--distractor-features", type=Path, metavar="D.npy",
+                   help="distractor features (or give --checkpoint with --distractor-images / "
+                        "--distractor-rec)")
     x = p.add_argument_group("extract first (instead of feature files)")
     x.add_argument("--checkpoint", help="facelt checkpoint: extract features into OUT/features/")
     x.add_argument("--probe-images", type=Path, metavar="DIR",
-                   help="probe image root; the probe list's `path` column is relative to it")
+                   help="probe image root; the probe list's 'path' column is relative to it")
     x.add_argument("--probe-rec", help="probe rec prefix (rows in rec order = probe list order)")
     x.add_argument("--distractor-images", type=Path, metavar="DIR", help="distractor image folder")
     x.add_argument("--distractor-rec", help="distractor rec prefix")
     x.add_argument("--train-rec", help="training rec prefix (for pseudo-shots)")
-    x.add_argument("--batch-size", type=positive_int, default=256)
+    x.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    add_device_arg(x)
     p.add_argument("--distractor-list", type=Path, metavar="D.txt",
                    help="one relative path per distractor row (or devkit JSON {\"path\": [...]}); "
                         "needed for --noise-lists and --gallery-order")
@@ -59,16 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows read per chunk")
     p.add_argument("--no-normalize", action="store_true",
                    help="use raw inner products instead of L2-normalising features")
-    p.add_argument("--out", type=Path, default=Path("megaface_report"), metavar="DIR")
+    p.add_argument("--out", type=Path, default=Path("megaface_report"), metavar="DIR",
+                   help="report folder (report.json, report.md, plots; features/ when extracting)")
     p.set_defaults(func=run)
 
     c = subparsers.add_parser(
         "megaface-convert", help="MegaFace devkit .bin folder <-> stacked .npy + manifest",
         description="bin2npy: every *.bin under SRC -> DST.npy and a manifest of image paths; "
                     "npy2bin: SRC.npy + manifest -> DST/<path>_<algo>.bin")
-    c.add_argument("direction", choices=("bin2npy", "npy2bin"))
-    c.add_argument("src", type=Path)
-    c.add_argument("dst", type=Path)
+    c.add_argument("direction", choices=("bin2npy", "npy2bin"), help="which way to convert")
+    c.add_argument("src", type=Path, help="bin2npy: devkit feature folder; npy2bin: stacked .npy")
+    c.add_argument("dst", type=Path, help="bin2npy: the .npy to write; npy2bin: output folder")
     c.add_argument("--manifest", type=Path, required=True, help="row manifest (written or read)")
     c.add_argument("--algo", default="facelt", help="algorithm tag in the .bin names (npy2bin)")
     c.set_defaults(func=run_convert)
@@ -162,7 +166,7 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
-    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device("auto"))
+    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     feats = Path(args.out) / "features"
     jobs = []
     if args.probe_rec or args.probe_images:
@@ -187,7 +191,8 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     made = ExtractedFeatures()
     for field_name, name, ds, rows in jobs:
         out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
-        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
+        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size,
+                                    device=args.device, net=net)
         setattr(made, field_name, out)
         if name == "distractors":
             made.distractor_rows = rows
