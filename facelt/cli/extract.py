@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--rec", help="insightface rec prefix (PREFIX.rec/.idx)")
     src.add_argument("--list", dest="list_file", help="OLTR list file (paths relative to --root)")
     src.add_argument("--images", help="folder of images (recursive)")
-    p.add_argument("--root", default=".", help="image root for --list")
+    p.add_argument("--data-root", "--root", dest="root", default=".",
+                   help="image root for --list (the name train and classify use)")
     p.add_argument("--out", required=True, help="output .npy (a .rows.txt manifest is written beside)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
