@@ -36,9 +36,10 @@ from facelt.train.stage import StageParts, build_stage, init_head_from_data, sta
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.utils.io import append_jsonl, write_text
+from facelt.utils.run_lock import RunLock, lock_run_folder
 
 __all__ = ["StageTrainer", "StageResult", "EpochContext", "MidEpochCheckpoint", "NonFiniteLoss",
-           "stage_dir", "train", "validate"]
+           "stage_dir", "train", "validate", "lock_output"]
 
 
 @dataclass
@@ -195,11 +196,34 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     """Run the requested stages in order, in this process (one rank of torchrun or alone)."""
     dist = D.setup(cfg.device)
     results = []
+    lock = None
     try:
+        lock = lock_output(out, dist)
         for s in stages:
             trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
                                    init_checkpoint=init_checkpoint if s == 2 else None)
             results.append(trainer.run())
     finally:
+        if lock is not None:
+            lock.release()
         D.teardown()
     return results
+
+
+def lock_output(out: Path, dist: D.DistInfo) -> RunLock:
+    """Rank 0 takes ``OUT/.facelt.lock`` (:func:`~facelt.utils.run_lock.lock_run_folder`); every
+    rank learns whether it did (a collective under torchrun), so a refused run stops on all ranks."""
+    import torch
+    lock, error = None, None
+    if dist.is_primary:
+        try:
+            lock = lock_run_folder(out)
+        except FaceltError as exc:
+            error = exc
+    flag = torch.tensor([0.0 if error is None else 1.0], device=dist.device)
+    D.all_reduce_sum(flag)
+    if error is not None:
+        raise error
+    if flag.item() > 0:
+        raise FaceltError(f"{out}: rank 0 could not take the run lock (see its error)")
+    return lock if lock is not None else lock_run_folder(out, primary=False)
