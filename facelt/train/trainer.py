@@ -29,7 +29,8 @@ from facelt.config import Config
 from facelt.errors import FaceltError
 from facelt.evaluate import closed_set_report, predict
 from facelt.train import distributed as D
-from facelt.train.checkpoint import save_checkpoint
+from facelt.train.checkpoint import load_checkpoint, save_checkpoint
+from facelt.train.resume_check import check_resume_config
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
@@ -126,6 +127,27 @@ class StageTrainer:
         return build_stage(self.cfg, self.stage, self.dist, init_checkpoint=self.init_checkpoint,
                            out=self.out)
 
+    def check_resume(self) -> dict:
+        """With ``--resume`` and a checkpoint: refuse a config that trains differently from the
+        saved run (:func:`~facelt.train.resume_check.check_resume_config`), before anything is
+        restored or written; the allowed changes are recorded in ``OUT/stageN/resumes.jsonl``."""
+        if not (self.resume and self.checkpoint_path.exists()):
+            return {}
+        saved = load_checkpoint(self.checkpoint_path)
+        done = int(saved.get("epoch", -1)) + 1 + (1 if saved.get("partial") else 0)
+        changes = check_resume_config(saved["config"], self.cfg, self.stage, done,
+                                      self.checkpoint_path)
+        if changes and self.dist.is_primary:
+            import time
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "resumed_after_epoch": int(saved.get("epoch", -1)) + 1,
+                      "changed": {k: [old, new] for k, (old, new) in changes.items()}}
+            append_jsonl(self.dir / "resumes.jsonl", record)
+            print(f"stage {self.stage}: resuming with "
+                  + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+                  flush=True)
+        return changes
+
     def _resume_or_start(self, parts: StageParts) -> TrainState:
         if not self.checkpoint_path.exists():
             return TrainState()
@@ -135,7 +157,8 @@ class StageTrainer:
         return restore_checkpoint(parts, self.checkpoint_path)
 
     def run(self) -> StageResult:
-        parts = self.build()
+        parts = self.build()  # first: bad lists / images are reported as such
+        self.check_resume()
         self.state = state = self._resume_or_start(parts)
         ckpt_path = self.checkpoint_path
         if state.epoch < 0 and state.position is None:  # fresh (a resumed stage has its centroids)
