@@ -25,6 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def no_trained_model_message(cfg, ckpt: str, args: argparse.Namespace) -> str:
+    """What to do when the recipe's run has no checkpoint yet: get the data (when absent) and
+    train, then classify again."""
+    from pipelines.getting_data import missing_data_message
+    recipe = f"--dataset {args.dataset}" if args.dataset else f"--config {args.config}"
+    text = f"no trained model for {cfg.name}: {ckpt} not found."
+    missing = missing_data_message(cfg)
+    if missing:
+        text += f" {missing}."
+    else:
+        text += f" Next: facelt train {recipe} (or give --checkpoint)."
+    return text + f" Then: facelt classify {recipe} --out REPORT_DIR"
+
+
 def run(args: argparse.Namespace) -> int:
     from facelt.classify import classify_images, evaluate_checkpoint
     cfg = config_from_args(args) if (args.config or args.dataset) else None
@@ -33,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if cfg is None:
             raise FaceltError("give --checkpoint, or --config/--dataset to use the recipe's run")
         ckpt = str(Path(cfg.out or f"runs/{cfg.name}") / "stage2" / "checkpoint.pt")
+        if not Path(ckpt).is_file():
+            raise FaceltError(no_trained_model_message(cfg, ckpt, args))
     if args.images:
         for path, label, score in classify_images(ckpt, args.images, args.threshold, args.device):
             print(f"{path}\t{label}\t{score:.4f}")

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "list evaluates nested galleries in one pass")
     p.add_argument("--probe-features", type=Path, metavar="P.npy",
                    help="probe features (or give --checkpoint with --probe-images / --probe-rec)")
-    p.add_argument("--probe-list", required=True, type=Path, metavar="P.csv",
+    p.add_argument("--probe-list", type=Path, metavar="P.csv",
                    help="CSV with header path,identity[,attribute...]; row i describes feature row i")
     p.add_argument("--distractor-features", type=Path, metavar="D.npy",
                    help="distractor features (or give --checkpoint with --distractor-images / "
@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from eval_megaface.protocol import parse_gallery_sizes
     from eval_megaface.report import write_report
 
+    if args.probe_list is None:
+        from pipelines.getting_data import MEGAFACE_HOWTO
+        raise ConfigError(f"--probe-list is required (the probe CSV). {MEGAFACE_HOWTO}")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
     ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it

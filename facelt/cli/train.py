@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facelt.train.trainer import train
+    from facelt.errors import DataError
+    from pipelines.getting_data import missing_data_message
     cfg = config_from_args(args)
+    missing = missing_data_message(cfg)
+    if missing:
+        raise DataError(missing)
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
     ensure_writable_dir(out, "--out")
     stages = [1, 2] if args.stage == "all" else [int(args.stage)]
