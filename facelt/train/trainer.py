@@ -19,6 +19,7 @@ epoch) and ``config.yaml`` (the resolved config).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -31,6 +32,7 @@ from facelt.evaluate import closed_set_report, predict
 from facelt.train import distributed as D
 from facelt.train.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
+from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
@@ -109,7 +111,7 @@ class StageTrainer:
     def __init__(self, cfg: Config, stage: int, out: Path, resume: bool = False,
                  init_checkpoint: Optional[Path] = None, dist: Optional[D.DistInfo] = None,
                  step_callbacks: Sequence[StepCallback] = (),
-                 epoch_callbacks: Sequence[EpochCallback] = ()) -> None:
+                 epoch_callbacks: Sequence[EpochCallback] = (), later_epochs: int = 0) -> None:
         self.cfg = cfg
         self.stage = stage
         self.st = cfg.stage(stage)
@@ -122,6 +124,8 @@ class StageTrainer:
         self.step_callbacks = list(step_callbacks)
         self.epoch_callbacks = list(epoch_callbacks)
         self.state = TrainState()
+        self.later_epochs = later_epochs  # epochs of the stages this run trains after this one
+        self.tensorboard = tensorboard_logger(cfg, self.dir, self.dist.is_primary)  # before work
 
     def build(self) -> StageParts:
         return build_stage(self.cfg, self.stage, self.dist, init_checkpoint=self.init_checkpoint,
@@ -171,10 +175,26 @@ class StageTrainer:
         if self.dist.is_primary:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            print("\n".join(config_key_lines(parts)), flush=True)
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
+        epoch_callbacks = list(self.epoch_callbacks)
+        if self.tensorboard is not None:
+            callbacks.append(self.tensorboard.on_step)
+            epoch_callbacks.append(self.tensorboard.on_epoch)
+        try:
+            return self._run_epochs(parts, state, start, callbacks, epoch_callbacks)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _run_epochs(self, parts: StageParts, state: TrainState, start: int,
+                    callbacks: list, epoch_callbacks: list) -> StageResult:
+        ckpt_path = self.checkpoint_path
+        epoch_seconds: list[float] = []
         run_epochs = 0
         for epoch in range(start, self.st.epochs):
+            began = time.monotonic()
             position, state.position = state.position, None
             train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path)
             parts.scheduler.step()
@@ -197,8 +217,11 @@ class StageTrainer:
                 save_checkpoint(ckpt_path, ckpt)
                 append_jsonl(self.dir / "metrics.jsonl", metrics)
                 print(_summary(metrics), flush=True)
+                epoch_seconds.append(time.monotonic() - began)  # training + validation + saving
+                print(eta_line(self.stage, epoch + 1, self.st.epochs, epoch_seconds,
+                               self.later_epochs), flush=True)
             D.barrier()
-            for cb in self.epoch_callbacks:
+            for cb in epoch_callbacks:
                 cb(EpochContext(parts, state, metrics))
             run_epochs += 1
         return StageResult(self.stage, self.dir, ckpt_path, run_epochs, state.metrics)
@@ -222,9 +245,11 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     lock = None
     try:
         lock = lock_output(out, dist)
-        for s in stages:
+        for i, s in enumerate(stages):
+            later = sum(cfg.stage(t).epochs for t in stages[i + 1:])
             trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
-                                   init_checkpoint=init_checkpoint if s == 2 else None)
+                                   init_checkpoint=init_checkpoint if s == 2 else None,
+                                   later_epochs=later)
             results.append(trainer.run())
     finally:
         if lock is not None:
