@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
+    made = None
     if args.checkpoint:
         made = extract_with_checkpoint(args)
         probe_features = made.probe or probe_features
@@ -141,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
         normalize=not args.no_normalize, nprobe=args.nprobe)
     report = run_evaluation(cfg)
+    if made is not None:
+        report["meta"]["stage"] = made.stage
     write_report(report, args.out)
     for r in report.get("results") or [report]:
         r1 = "n/a" if r["rank1"] is None else f"{100 * r['rank1']:.2f}%"
@@ -157,6 +160,7 @@ class ExtractedFeatures:
     distractor: Optional[Path] = None
     train: Optional[Path] = None
     distractor_rows: Optional[list[str]] = None
+    stage: Optional[int] = None  # the checkpoint's training stage (shown in the report)
 
 
 def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
@@ -169,7 +173,7 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
-    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
+    net, cfg, state = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     feats = Path(args.out) / "features"
     jobs = []
     if args.probe_rec or args.probe_images:
@@ -191,7 +195,7 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     if not jobs:
         raise ConfigError("--checkpoint needs --probe-images/--probe-rec, --distractor-images/"
                           "--distractor-rec or --train-rec")
-    made = ExtractedFeatures()
+    made = ExtractedFeatures(stage=int(state["stage"]))
     for field_name, name, ds, rows in jobs:
         out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
         extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size,
