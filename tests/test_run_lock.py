@@ -57,6 +57,21 @@ def test_second_run_is_refused_naming_the_holder(tmp_path, capsys):
         proc.wait()
 
 
+@pytest.mark.parametrize("command", [["demo"], ["compare", "--dataset", "demo_list"]])
+def test_demo_and_compare_lock_their_folder(tmp_path, capsys, command):
+    out = tmp_path / "run"
+    proc = _holder(out)
+    try:
+        capsys.readouterr()
+        rc = cli_main([*command, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"pid {proc.pid}" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_lock_of_a_killed_run_is_taken_over(tmp_path):
     out = tmp_path / "run"
     proc = _holder(out)

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     from facelt.utils.io import ensure_writable_dir
     ensure_writable_dir(args.out, "--out")
-    compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
+    from facelt.utils.run_lock import lock_run_folder
+    with lock_run_folder(args.out):  # one compare per --out (each method's run locks its own)
+        compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

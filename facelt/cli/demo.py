@@ -48,6 +48,13 @@ def _step(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facelt.utils.run_lock import lock_run_folder
+    with lock_run_folder(args.out):  # one demo per --out (its training locks OUT/train too)
+        return run_demo(args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The demo's steps (the caller holds the lock of ``args.out``)."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.report import write_report
     from facelt.classify import evaluate_checkpoint

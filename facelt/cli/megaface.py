@@ -57,8 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="flat = exact (default); others approximate, reported against exact")
     p.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells visited (ivf, sq8)")
     p.add_argument("--seed", type=int, default=0, help="gallery permutation seed")
-    p.add_argument("--threshold", type=float, default=0.7,
-                   help="pseudo-shot cosine threshold (strictly greater counts)")
+    p.add_argument("--pseudo-shot-threshold", "--threshold", dest="threshold", type=float,
+                   default=0.7, help="pseudo-shot cosine threshold (strictly greater counts); "
+                                     "--threshold is the older name")
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows read per chunk")
     p.add_argument("--no-normalize", action="store_true",
                    help="use raw inner products instead of L2-normalising features")
