@@ -76,6 +76,7 @@ def check_resume_config(saved: dict, cfg: Config, stage: int, epochs_done: int,
             f"--resume {checkpoint}: the config differs from the run's in keys that change the "
             f"training:\n" + "\n".join(lines) +
             f"\nrestore those values to continue, or start a new run with another --out "
-            f"(keys free to change on resume: {', '.join(RESUME_FREE_KEYS)}, and "
+            f"(keys free to change on resume: "
+            f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_FREE_KEYS)}, and "
             f"{epochs_key} upwards)")
     return changes
