@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from facelt.reporting import legend_outside, round_floats
 from facelt.utils.io import atomic_path, write_json, write_text
 
 from eval_megaface.pseudo_shots import BUCKETS
@@ -68,13 +69,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stage_suffix(report: dict[str, Any]) -> str:
+    """`` (stage 2)`` when the report knows which training stage made its features."""
+    stage = report.get("meta", {}).get("stage")
+    return f" (stage {stage})" if stage is not None else ""
+
+
 def _save(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
 def plot_cmc(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
-    """CMC curves (rank 1..10), one per gallery size."""
+    """:func:`cmc_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+    fig = cmc_figure(report)
+    try:
+        _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def cmc_figure(report: dict[str, Any]):
+    """CMC curves (rank 1..10, %), one per gallery size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -85,17 +102,24 @@ def plot_cmc(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
                     label=f"{r['gallery']:,} distractors")
     ax.set_xlabel("rank")
     ax.set_ylabel("identification rate (%)")
-    ax.set_title("MegaFace challenge 1: CMC")
+    ax.set_title(f"MegaFace challenge 1: CMC{_stage_suffix(report)}")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    legend_outside(ax, title="gallery")
+    return fig
+
+
+def plot_buckets(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    """:func:`buckets_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+    fig = buckets_figure(report)
     try:
         _save(fig, Path(path))
     finally:
         plt.close(fig)
 
 
-def plot_buckets(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
-    """Rank-1 per pseudo-shot bucket, grouped bars per gallery size."""
+def buckets_figure(report: dict[str, Any]):
+    """Rank-1 (%) per pseudo-shot bucket, grouped bars per gallery size."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,14 +133,14 @@ def plot_buckets(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     ax.set_xticks([i + width * (len(res) - 1) / 2 for i in range(len(BUCKETS))])
     ax.set_xticklabels([f"{b}\n({res[0]['pseudo_shots'][b]['probes']} probes)" if res else b
                         for b in BUCKETS])
+    ax.set_xlabel("pseudo-shot bucket (training images with cosine > "
+                  f"{report.get('meta', {}).get('pseudo_shot_threshold', 0.7)})")
     ax.set_ylabel("rank-1 (%)")
-    ax.set_title("Rank-1 by pseudo-shot bucket")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Rank-1 by pseudo-shot bucket{_stage_suffix(report)}")
     if res:
-        ax.legend()
-    try:
-        _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+        legend_outside(ax, title="gallery")
+    return fig
 
 
 def write_report(report: dict[str, Any], out_dir: Union[str, os.PathLike]) -> list[Path]:
@@ -124,6 +148,7 @@ def write_report(report: dict[str, Any], out_dir: Union[str, os.PathLike]) -> li
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json", out / "report.md", out / "cmc.png"]
+    report = round_floats(report)
     write_json(written[0], report)
     write_text(written[1], render_markdown(report))
     plot_cmc(report, written[2])

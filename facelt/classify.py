@@ -52,7 +52,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
         "open_set": _clean({k: v for k, v in opened.items() if k != "sweep"}),
         "threshold": thr,
         "threshold_sweep": [_clean(r) for r in opened["sweep"]],
-        "per_class": _per_class(p_test, counts),
+        "per_class": _per_class(p_test, counts, state.get("class_names") or []),
         "shot_rule": f"many: > {cfg.eval.many} training images, few: < {cfg.eval.few}, "
                      f"medium: {cfg.eval.few}..{cfg.eval.many} inclusive; bucket accuracy = mean "
                      f"of per-class accuracies; overall = accuracy over known test images",
@@ -65,17 +65,22 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     items = test.items + (open_split.items if open_split else [])
     write_predictions_csv(out / "predictions.csv", items, concat_predictions(p_test, p_open), thr)
+    from facelt.reporting import round_floats, write_classification_report
+    report = round_floats(report)
     write_json(out / "report.json", report)
-    from facelt.reporting import write_classification_report
     write_classification_report(report, out)
     return report
 
 
-def _per_class(p, counts: np.ndarray) -> list[dict]:
+def _per_class(p, counts: np.ndarray, names: list[str]) -> list[dict]:
     from facelt.metrics import per_class_accuracy
     acc = per_class_accuracy(p.pred, p.labels, len(counts))
-    return [{"class": k, "train_count": int(counts[k]),
+    rows = [{"class": k, "train_count": int(counts[k]),
              "accuracy": None if np.isnan(acc[k]) else float(acc[k])} for k in range(len(counts))]
+    if len(names) == len(counts):
+        for row, name in zip(rows, names):
+            row["name"] = str(name)
+    return rows
 
 
 @torch.no_grad()

@@ -209,6 +209,13 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False
+    """Write TensorBoard scalars (loss, learning rates, accuracies, verification) to
+    ``OUT/stageN/tensorboard/`` beside metrics.jsonl (needs ``pip install 'facelt[tensorboard]'``)."""
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -228,6 +235,7 @@ class Config:
         epochs=60, lr_step=20, sampler="class_aware", head="meta", attention=True,
         init_from="stage1", backbone_lr=0.01))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def stage(self, n: int) -> StageConfig:
         if n not in (1, 2):

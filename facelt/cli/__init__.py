@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from facelt.cli.common import apply_help_format
 from facelt.errors import FaceltError
 from facelt.utils.progress import set_quiet
 
@@ -26,11 +27,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="facelt",
         description="Open long-tailed recognition (OLTR) at identity scale.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (for logs)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the installed facelt version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in _command_modules():
         module.register(sub)
+    apply_help_format(parser)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's when run from a source tree)."""
+    from importlib import metadata
+    try:
+        return metadata.version("facelt")
+    except metadata.PackageNotFoundError:
+        import re
+        from pathlib import Path
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        m = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) \
+            if pyproject.exists() else None
+        return m.group(1) if m else "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

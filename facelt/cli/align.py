@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from facelt.align import check_image_size, norm_crop
+from facelt.cli.common import add_device_arg
 from facelt.errors import DataError, FaceltError
 from facelt.utils.io import ensure_writable_dir
 from facelt.landmarks import MTCNNDetector, read_landmarks, read_megaface_json
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "no landmark table or sidecars are given, else the fallback")
     p.add_argument("--detector-weights", type=Path, default=None,
                    help="folder with pnet.pt, rnet.pt, onet.pt to use instead of the packaged ones")
-    p.add_argument("--device", default="cpu", help="torch device for the detector (cpu, cuda)")
+    add_device_arg(p)
     p.set_defaults(func=run)
 
 
@@ -94,7 +95,9 @@ def build_sources(args: argparse.Namespace) -> list[LandmarkSource]:
     if args.sidecar_json:
         sources.append(_sidecar_source(lambda p: p.with_name(p.name + ".json")))
     if args.detector == "mtcnn" or not sources:
-        sources.append(_detector_source(MTCNNDetector(args.detector_weights, device=args.device)))
+        from facelt.train.distributed import pick_device
+        device = str(pick_device(args.device))
+        sources.append(_detector_source(MTCNNDetector(args.detector_weights, device=device)))
     return sources
 
 

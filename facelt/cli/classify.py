@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from facelt.cli.common import add_config_args, config_from_args
+from facelt.cli.common import add_config_args, add_device_arg, config_from_args
 from facelt.utils.io import ensure_writable_dir
 from facelt.errors import FaceltError
 
@@ -17,11 +17,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "'unknown') per image.")
     add_config_args(p)
     p.add_argument("--checkpoint", help="checkpoint (default: OUT/stage2/checkpoint.pt of the recipe)")
-    p.add_argument("--out", help="report folder")
-    p.add_argument("--threshold", type=float, help="open-set rejection threshold on max softmax")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
+    p.add_argument("--threshold", type=float, help="open-set rejection threshold on max softmax "
+                   "(default: the checkpoint's eval.threshold)")
+    add_device_arg(p)
     p.add_argument("images", nargs="*", help="image files to classify")
     p.set_defaults(func=run)
+
+
+def no_trained_model_message(cfg, ckpt: str, args: argparse.Namespace) -> str:
+    """What to do when the recipe's run has no checkpoint yet: get the data (when absent) and
+    train, then classify again."""
+    from pipelines.getting_data import missing_data_message
+    recipe = f"--dataset {args.dataset}" if args.dataset else f"--config {args.config}"
+    text = f"no trained model for {cfg.name}: {ckpt} not found."
+    missing = missing_data_message(cfg)
+    if missing:
+        text += f" {missing}."
+    else:
+        text += f" Next: facelt train {recipe} (or give --checkpoint)."
+    return text + f" Then: facelt classify {recipe} --out REPORT_DIR"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if cfg is None:
             raise FaceltError("give --checkpoint, or --config/--dataset to use the recipe's run")
         ckpt = str(Path(cfg.out or f"runs/{cfg.name}") / "stage2" / "checkpoint.pt")
+        if not Path(ckpt).is_file():
+            raise FaceltError(no_trained_model_message(cfg, ckpt, args))
     if args.images:
         for path, label, score in classify_images(ckpt, args.images, args.threshold, args.device):
             print(f"{path}\t{label}\t{score:.4f}")

@@ -4,10 +4,76 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from facelt.config import Config, load_config, resolve_config_path
 from pipelines.splits import packaged_splits_dir
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` should append ``(default: ...)`` to ``action``'s help: an option with a
+    real default (not None / False / an empty list) whose help does not already state it."""
+    if not action.option_strings and action.nargs not in ("?", "*"):
+        return False
+    default = action.default
+    if default is None or default is False or default is argparse.SUPPRESS:
+        return False
+    if isinstance(default, (list, tuple, str)) and len(default) == 0:
+        return False
+    return "default" not in (action.help or "").lower()
+
+
+def without_backticks(text: str) -> str:
+    """``text`` with reStructuredText literals (double or single backticks) shown plainly."""
+    return re.sub(r"``([^`]*)``", r"'\1'", text).replace("`", "'")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help texts end with ``(default: X)`` where the option has a default (:func:`shows_default`);
+    descriptions (module docstrings) lose their reStructuredText backticks."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(without_backticks(text))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return f"{text} (default: %(default)s)" if shows_default(action) else text
+
+
+class RawDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """:class:`DefaultsHelpFormatter` keeping the description's own line breaks."""
+
+
+def iter_parsers(parser: argparse.ArgumentParser, name: str = "facelt"):
+    """``(command name, parser)`` for ``parser`` and every sub-parser below it, depth first."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from iter_parsers(sub, f"{name} {sub_name}")
+
+
+def apply_help_format(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and all its sub-parsers the defaults-showing help formatter (raw
+    descriptions stay raw)."""
+    for _, p in iter_parsers(parser):
+        raw = issubclass(p.formatter_class, argparse.RawDescriptionHelpFormatter)
+        p.formatter_class = RawDefaultsHelpFormatter if raw else DefaultsHelpFormatter
+
+
+def add_device_arg(p: argparse.ArgumentParser, from_recipe: bool = False) -> None:
+    """The one ``--device {auto,cpu,cuda}`` flag of every computing command (auto: CUDA when
+    available, else the CPU). ``from_recipe``: absent means the recipe's ``device`` key."""
+    if from_recipe:
+        p.add_argument("--device", choices=DEVICES, default=None,
+                       help="where to compute; sets the recipe's 'device' key (default: the "
+                            "recipe's, auto = CUDA when available, else the CPU)")
+    else:
+        p.add_argument("--device", choices=DEVICES, default="auto",
+                       help="where to compute: auto = CUDA when available, else the CPU")
 
 
 def configs_dir() -> Path:
@@ -46,6 +112,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={args.data_root}")
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
     return with_packaged_splits(load_config(path, overrides))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facelt.cli.common import add_config_args, configs_dir
+from facelt.cli.common import add_config_args, add_device_arg, configs_dir
 
 
 def _methods_dir(explicit: str | None) -> Path:
@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (runs/<method>/ and the report)")
     p.add_argument("--resume", action="store_true",
                    help="continue incomplete training runs under --out")
+    add_device_arg(p, from_recipe=True)
     p.set_defaults(func=run)
 
 
@@ -42,8 +43,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={args.data_root}")
+    if args.device:
+        overrides.append(f"device={args.device}")
     from facelt.utils.io import ensure_writable_dir
     ensure_writable_dir(args.out, "--out")
-    compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
+    from facelt.utils.run_lock import lock_run_folder
+    with lock_run_folder(args.out):  # one compare per --out (each method's run locks its own)
+        compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -22,19 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
-from facelt.cli.common import configs_dir
-from facelt.utils.io import atomic_path, write_text
+from facelt.cli.common import add_device_arg, configs_dir
+from facelt.utils.io import atomic_path, write_json, write_text
+
+#: what the top-level report.md is made from (``facelt report OUT`` rebuilds it from this)
+SUMMARY_NAME = "demo_summary.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data (no downloads)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="facelt_demo", help="output folder (default facelt_demo)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="facelt_demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data, the sampling and the training")
     p.add_argument("--identities", type=int, default=80, help="SYNTHETIC source identities")
     p.add_argument("--distractors", type=int, default=2000, help="SYNTHETIC distractor images")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of configs/demo_faces.yaml")
+                   help="override a key of configs/demo_faces.yaml (repeatable)")
+    add_device_arg(p, from_recipe=True)
     p.set_defaults(func=run)
 
 
@@ -43,6 +48,13 @@ def _step(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facelt.utils.run_lock import lock_run_folder
+    with lock_run_folder(args.out):  # one demo per --out (its training locks OUT/train too)
+        return run_demo(args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The demo's steps (the caller holds the lock of ``args.out``)."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.report import write_report
     from facelt.classify import evaluate_checkpoint
@@ -58,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     out = Path(args.out)
     seed = args.seed
+    if args.device:
+        args.overrides = [*args.overrides, f"device={args.device}"]
     cfg0 = load_config(configs_dir() / "demo_faces.yaml", args.overrides)
     size = cfg0.data.image_size
 
@@ -131,10 +145,11 @@ def run(args: argparse.Namespace) -> int:
                                    probe_list=evd / "probes.csv",
                                    distractor_features=feats / "distractors.npy",
                                    train_features=feats / "train.npy", seed=seed))
+    mf.setdefault("meta", {})["stage"] = 2  # features of the stage-2 model
     write_report(mf, out / "megaface")
 
     # 5. one report ----------------------------------------------------------------------------
-    _write_summary(out, manifest, cls, mf, time.time() - t0)
+    write_demo_summary(out, manifest, cls, mf, time.time() - t0)
     _step(f"done in {time.time() - t0:.0f} s. Report: {out / 'report.md'}")
     return 0
 
@@ -143,7 +158,34 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _write_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: float) -> None:
+def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: float) -> Path:
+    """Record the demo's results in ``OUT/demo_summary.json`` and write ``OUT/report.md`` from it.
+    The total time is the first complete run's: a rerun (which skips finished steps) records its
+    own time beside it and never replaces it."""
+    from facelt.reporting import round_floats
+    path = Path(out) / SUMMARY_NAME
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    summary = {
+        "manifest": {"totals": manifest["totals"], "C": manifest["C"], "shots": manifest["shots"]},
+        "classify": {str(s): {"closed_set": cls[s]["closed_set"], "open_set": cls[s]["open_set"]}
+                     for s in (1, 2)},
+        "megaface": {"results": [{k: r[k] for k in ("gallery", "rank1", "trials")}
+                                 for r in mf.get("results", [mf])],
+                     "pseudo_shots": mf.get("pseudo_shots") or {}},
+        "total_seconds": previous.get("total_seconds", round(seconds, 1)),
+        "last_run_seconds": round(seconds, 1),
+    }
+    write_json(path, round_floats(summary))
+    return write_demo_report(out)
+
+
+def write_demo_report(out: Path) -> Path:
+    """``OUT/report.md`` from ``OUT/demo_summary.json`` (also what ``facelt report OUT`` calls)."""
+    summary = json.loads((Path(out) / SUMMARY_NAME).read_text())
+    manifest = summary["manifest"]
+    cls = {int(s): v for s, v in summary["classify"].items()}
+    mf = summary["megaface"]
+    total, last = summary["total_seconds"], summary["last_run_seconds"]
     lines = ["# facelt demo report", "",
              "All images are SYNTHETIC (rendered faces, no real person).", "",
              f"Training set: {manifest['totals']['images']} images of "
@@ -169,5 +211,9 @@ def _write_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: floa
         lines += ["", "Pseudo-shots (training images with cosine > 0.7) at the first gallery size: " +
                   ", ".join(f"{k}: {_fmt(v['rank1'])} ({v['probes']} probes)" for k, v in ps.items())]
     lines += ["", "Full MegaFace report with CMC and bucket plots: [megaface/report.md](megaface/report.md).",
-              "", f"Total time: {seconds:.0f} s.", ""]
-    write_text(out / "report.md", "\n".join(lines))
+              "", "Values in %.", "", f"Total time: {total:.0f} s" +
+              (f" (the first complete run; the last rerun took {last:.0f} s)." if last != total else "."),
+              ""]
+    report = Path(out) / "report.md"
+    write_text(report, "\n".join(lines))
+    return report

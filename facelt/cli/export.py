@@ -8,7 +8,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint's embedding network to ONNX",
                        description=__doc__)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="facelt checkpoint to export")
     p.add_argument("--out", required=True, help="output .onnx")
     p.add_argument("--normalize", choices=["outside", "inside"], default="outside",
                    help="outside: feed (x - 127.5) / 127.5 (insightface's default); inside: the "

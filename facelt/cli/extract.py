@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from facelt.cli.common import positive_int
+from facelt.cli.common import add_device_arg, positive_int
 from facelt.utils.io import ensure_writable_file
 
 
@@ -13,17 +13,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract-features", help="embed images with a checkpoint into a .npy",
                        description=__doc__)
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint")
+    model.add_argument("--checkpoint", help="facelt checkpoint (its embedding network)")
     model.add_argument("--onnx", help="ONNX recognition model (insightface convention, onnxruntime)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--rec", help="insightface rec prefix (PREFIX.rec/.idx)")
     src.add_argument("--list", dest="list_file", help="OLTR list file (paths relative to --root)")
     src.add_argument("--images", help="folder of images (recursive)")
-    p.add_argument("--root", default=".", help="image root for --list")
+    p.add_argument("--data-root", "--root", dest="root", default=".",
+                   help="image root for --list (the name train and classify use)")
     p.add_argument("--out", required=True, help="output .npy (a .rows.txt manifest is written beside)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p)
     p.set_defaults(func=run)
 
 

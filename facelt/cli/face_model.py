@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from facelt.cli.common import add_device_arg
 from facelt.errors import FaceltError
 
 
@@ -20,9 +21,9 @@ def add_model_args(p: argparse.ArgumentParser, features_help: str) -> None:
                                     "arcface_torch backbone.pth with model.pretrained_format: "
                                     "insightface): evaluate them without training")
     g.add_argument("--features", action="append", help=features_help)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--no-flip", action="store_true", help="embed only the image, not its mirror")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p)
 
 
 def embedder_from_args(args: argparse.Namespace):

@@ -14,7 +14,8 @@ from facelt.errors import FaceltError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ijb", help="IJB-B/IJB-C 1:1 verification (TAR@FAR)", description=__doc__)
     p.add_argument("--root", required=True, help="IJB folder holding meta/ and loose_crop/")
-    p.add_argument("--target", required=True, type=str.upper, choices=["IJBB", "IJBC"])
+    p.add_argument("--target", required=True, type=str.upper, choices=["IJBB", "IJBC"],
+                   help="which benchmark: IJB-B or IJB-C (its meta/ file prefix)")
     add_model_args(p, "precomputed raw (flip-summed, unnormalised) image features .npy, one row "
                       "per line of meta/<t>_name_5pts_score.txt, in its order")
     p.add_argument("--no-detector-score", action="store_true",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from facelt.cli.common import positive_int
+from facelt.cli.common import add_device_arg, positive_int
 from facelt.utils.io import ensure_writable_dir
 from facelt.errors import ConfigError, DataError
 
@@ -26,18 +26,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "list evaluates nested galleries in one pass")
     p.add_argument("--probe-features", type=Path, metavar="P.npy",
                    help="probe features (or give --checkpoint with --probe-images / --probe-rec)")
-    p.add_argument("--probe-list", required=True, type=Path, metavar="P.csv",
+    p.add_argument("--probe-list", type=Path, metavar="P.csv",
                    help="CSV with header path,identity[,attribute...]; row i describes feature row i")
-    p.add_argument("--distractor-features", type=Path, metavar="D.npy")
+    p.add_argument("--distractor-features", type=Path, metavar="D.npy",
+                   help="distractor features (or give --checkpoint with --distractor-images / "
+                        "--distractor-rec)")
     x = p.add_argument_group("extract first (instead of feature files)")
     x.add_argument("--checkpoint", help="facelt checkpoint: extract features into OUT/features/")
     x.add_argument("--probe-images", type=Path, metavar="DIR",
-                   help="probe image root; the probe list's `path` column is relative to it")
+                   help="probe image root; the probe list's 'path' column is relative to it")
     x.add_argument("--probe-rec", help="probe rec prefix (rows in rec order = probe list order)")
     x.add_argument("--distractor-images", type=Path, metavar="DIR", help="distractor image folder")
     x.add_argument("--distractor-rec", help="distractor rec prefix")
     x.add_argument("--train-rec", help="training rec prefix (for pseudo-shots)")
-    x.add_argument("--batch-size", type=positive_int, default=256)
+    x.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    add_device_arg(x)
     p.add_argument("--distractor-list", type=Path, metavar="D.txt",
                    help="one relative path per distractor row (or devkit JSON {\"path\": [...]}); "
                         "needed for --noise-lists and --gallery-order")
@@ -54,21 +57,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="flat = exact (default); others approximate, reported against exact")
     p.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells visited (ivf, sq8)")
     p.add_argument("--seed", type=int, default=0, help="gallery permutation seed")
-    p.add_argument("--threshold", type=float, default=0.7,
-                   help="pseudo-shot cosine threshold (strictly greater counts)")
+    p.add_argument("--pseudo-shot-threshold", "--threshold", dest="threshold", type=float,
+                   default=0.7, help="pseudo-shot cosine threshold (strictly greater counts); "
+                                     "--threshold is the older name")
     p.add_argument("--chunk-rows", type=positive_int, default=65536, help="rows read per chunk")
     p.add_argument("--no-normalize", action="store_true",
                    help="use raw inner products instead of L2-normalising features")
-    p.add_argument("--out", type=Path, default=Path("megaface_report"), metavar="DIR")
+    p.add_argument("--out", type=Path, default=Path("megaface_report"), metavar="DIR",
+                   help="report folder (report.json, report.md, plots; features/ when extracting)")
     p.set_defaults(func=run)
 
     c = subparsers.add_parser(
         "megaface-convert", help="MegaFace devkit .bin folder <-> stacked .npy + manifest",
         description="bin2npy: every *.bin under SRC -> DST.npy and a manifest of image paths; "
                     "npy2bin: SRC.npy + manifest -> DST/<path>_<algo>.bin")
-    c.add_argument("direction", choices=("bin2npy", "npy2bin"))
-    c.add_argument("src", type=Path)
-    c.add_argument("dst", type=Path)
+    c.add_argument("direction", choices=("bin2npy", "npy2bin"), help="which way to convert")
+    c.add_argument("src", type=Path, help="bin2npy: devkit feature folder; npy2bin: stacked .npy")
+    c.add_argument("dst", type=Path, help="bin2npy: the .npy to write; npy2bin: output folder")
     c.add_argument("--manifest", type=Path, required=True, help="row manifest (written or read)")
     c.add_argument("--algo", default="facelt", help="algorithm tag in the .bin names (npy2bin)")
     c.set_defaults(func=run_convert)
@@ -110,11 +115,15 @@ def run(args: argparse.Namespace) -> int:
     from eval_megaface.protocol import parse_gallery_sizes
     from eval_megaface.report import write_report
 
+    if args.probe_list is None:
+        from pipelines.getting_data import MEGAFACE_HOWTO
+        raise ConfigError(f"--probe-list is required (the probe CSV). {MEGAFACE_HOWTO}")
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
     ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
+    made = None
     if args.checkpoint:
         made = extract_with_checkpoint(args)
         probe_features = made.probe or probe_features
@@ -134,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
         normalize=not args.no_normalize, nprobe=args.nprobe)
     report = run_evaluation(cfg)
+    if made is not None:
+        report["meta"]["stage"] = made.stage
     write_report(report, args.out)
     for r in report.get("results") or [report]:
         r1 = "n/a" if r["rank1"] is None else f"{100 * r['rank1']:.2f}%"
@@ -150,6 +161,7 @@ class ExtractedFeatures:
     distractor: Optional[Path] = None
     train: Optional[Path] = None
     distractor_rows: Optional[list[str]] = None
+    stage: Optional[int] = None  # the checkpoint's training stage (shown in the report)
 
 
 def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
@@ -162,7 +174,7 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
-    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device("auto"))
+    net, cfg, state = net_from_checkpoint(args.checkpoint, pick_device(args.device))
     feats = Path(args.out) / "features"
     jobs = []
     if args.probe_rec or args.probe_images:
@@ -184,10 +196,11 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     if not jobs:
         raise ConfigError("--checkpoint needs --probe-images/--probe-rec, --distractor-images/"
                           "--distractor-rec or --train-rec")
-    made = ExtractedFeatures()
+    made = ExtractedFeatures(stage=int(state["stage"]))
     for field_name, name, ds, rows in jobs:
         out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
-        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
+        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size,
+                                    device=args.device, net=net)
         setattr(made, field_name, out)
         if name == "distractors":
             made.distractor_rows = rows

@@ -17,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "holding train.rec); imagenet_lt / places_lt: draw the Pareto long-tailed train "
                     "list (+ val) from a class-folder train directory; fashion_lt: the real "
                     "Fashion-MNIST-LT check set from the IDX files; demo: the generated demo lists.")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="which benchmark to build")
     p.add_argument("--source", help="source data (see above)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--target-images", type=float,
                    help="ms1m_lt: expected number of kept images (default 887,500, the paper's)")
     p.add_argument("--splits", help="imagenet_lt / places_lt: folder of the public OLTR lists "

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack = actions.add_parser("pack", help="im2rec without mxnet, insightface layout")
     pack.add_argument("--list", required=True, type=Path,
                       help="im2rec .lst: index<TAB>label<TAB>relative/path a line")
-    pack.add_argument("--root", required=True, type=Path, help="folder the .lst paths are under")
+    pack.add_argument("--data-root", "--root", dest="root", required=True, type=Path,
+                      help="folder the .lst paths are under")
     pack.add_argument("--out", required=True, type=Path,
                       help="PREFIX: writes PREFIX.rec, PREFIX.idx and property beside them")
     pack.add_argument("--image-size", default="112,112", type=_size,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facelt.cli.common import add_config_args, config_from_args
+from facelt.cli.common import add_config_args, add_device_arg, config_from_args
 from facelt.utils.io import ensure_writable_dir
 
 
@@ -13,17 +13,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train the OLTR model in the paper's two stages. Under torchrun "
                                    "each process trains its share (DDP).")
     add_config_args(p)
-    p.add_argument("--stage", choices=["1", "2", "all"], default="all")
+    p.add_argument("--stage", choices=["1", "2", "all"], default="all",
+                   help="which stage to train; all = stage 1 then stage 2")
     p.add_argument("--out", help="output folder (default: config 'out' or runs/<name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/stageN/checkpoint.pt where it exists")
     p.add_argument("--init", help="stage-2 start checkpoint (default OUT/stage1/checkpoint.pt)")
+    add_device_arg(p, from_recipe=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from facelt.train.trainer import train
+    from facelt.errors import DataError
+    from pipelines.getting_data import missing_data_message
     cfg = config_from_args(args)
+    missing = missing_data_message(cfg)
+    if missing:
+        raise DataError(missing)
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
     ensure_writable_dir(out, "--out")
     stages = [1, 2] if args.stage == "all" else [int(args.stage)]

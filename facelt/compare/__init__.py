@@ -167,6 +167,8 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
                      f"{ev.few}..{ev.many} inclusive; bucket accuracy = mean of per-class "
                      f"accuracies; overall = accuracy over known test images",
     }
+    from facelt.reporting import round_floats
+    report = round_floats(report)
     write_json(out / "report.json", report)
     write_text(out / "report.md", markdown_table(report))
     bar_chart(report, out / "report.png")

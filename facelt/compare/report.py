@@ -10,7 +10,11 @@ import numpy as np
 from facelt.compare.evaluator import Outputs
 from facelt.evaluate import open_set_scores_report
 from facelt.metrics import shot_accuracy
+from facelt.reporting import legend_outside
 from facelt.utils.io import atomic_path
+
+#: the chart written beside report.md (and linked from it)
+CHART_NAME = "report.png"
 
 COLUMNS = [("closed", "many"), ("closed", "medium"), ("closed", "few"), ("closed", "overall"),
            ("open", "many"), ("open", "medium"), ("open", "few"), ("open", "overall"),
@@ -48,12 +52,22 @@ def markdown_table(report: dict) -> str:
             cells.append("-" if v is None else f"{100.0 * v:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Values in %. Open-set threshold {report['threshold']}. {report['protocol']}.",
-              f"Shots: {report['shot_rule']}.", ""]
+              f"Shots: {report['shot_rule']}.", "",
+              f"![every method, every column (%)]({CHART_NAME})", ""]
     return "\n".join(lines)
 
 
 def bar_chart(report: dict, path: Path) -> None:
-    """Grouped bars: one group per column, one bar per method (PNG, written atomically)."""
+    """:func:`comparison_figure` as a PNG, written atomically."""
+    import matplotlib.pyplot as plt
+    fig = comparison_figure(report)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def comparison_figure(report: dict):
+    """Grouped bars: one group per column, one bar per method, in %."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,10 +79,10 @@ def bar_chart(report: dict, path: Path) -> None:
         vals = [_cell(report["methods"][m], g, k) for g, k in COLUMNS]
         ax.bar(x - 0.4 + (i + 0.5) * width, [100.0 * (v or 0.0) for v in vals], width, label=m)
     ax.set_xticks(x, [f"{g}\n{k}" for g, k in COLUMNS], fontsize=8)
-    ax.set_ylabel("%")
+    ax.set_xlabel("set and metric (closed: test; open: test + open images)")
+    ax.set_ylabel("value (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=min(4, len(methods)))
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    ax.set_title(f"facelt compare: {Path(str(report.get('recipe', ''))).stem} "
+                 f"(open-set threshold {report.get('threshold')})")
+    legend_outside(ax, title="method")
+    return fig

@@ -19,6 +19,7 @@ epoch) and ``config.yaml`` (the resolved config).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -29,16 +30,19 @@ from facelt.config import Config
 from facelt.errors import FaceltError
 from facelt.evaluate import closed_set_report, predict
 from facelt.train import distributed as D
-from facelt.train.checkpoint import save_checkpoint
+from facelt.train.checkpoint import load_checkpoint, save_checkpoint
+from facelt.train.resume_check import check_resume_config
+from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.utils.io import append_jsonl, write_text
+from facelt.utils.run_lock import RunLock, lock_run_folder
 
 __all__ = ["StageTrainer", "StageResult", "EpochContext", "MidEpochCheckpoint", "NonFiniteLoss",
-           "stage_dir", "train", "validate"]
+           "stage_dir", "train", "validate", "lock_output"]
 
 
 @dataclass
@@ -107,7 +111,7 @@ class StageTrainer:
     def __init__(self, cfg: Config, stage: int, out: Path, resume: bool = False,
                  init_checkpoint: Optional[Path] = None, dist: Optional[D.DistInfo] = None,
                  step_callbacks: Sequence[StepCallback] = (),
-                 epoch_callbacks: Sequence[EpochCallback] = ()) -> None:
+                 epoch_callbacks: Sequence[EpochCallback] = (), later_epochs: int = 0) -> None:
         self.cfg = cfg
         self.stage = stage
         self.st = cfg.stage(stage)
@@ -120,10 +124,33 @@ class StageTrainer:
         self.step_callbacks = list(step_callbacks)
         self.epoch_callbacks = list(epoch_callbacks)
         self.state = TrainState()
+        self.later_epochs = later_epochs  # epochs of the stages this run trains after this one
+        self.tensorboard = tensorboard_logger(cfg, self.dir, self.dist.is_primary)  # before work
 
     def build(self) -> StageParts:
         return build_stage(self.cfg, self.stage, self.dist, init_checkpoint=self.init_checkpoint,
                            out=self.out)
+
+    def check_resume(self) -> dict:
+        """With ``--resume`` and a checkpoint: refuse a config that trains differently from the
+        saved run (:func:`~facelt.train.resume_check.check_resume_config`), before anything is
+        restored or written; the allowed changes are recorded in ``OUT/stageN/resumes.jsonl``."""
+        if not (self.resume and self.checkpoint_path.exists()):
+            return {}
+        saved = load_checkpoint(self.checkpoint_path)
+        done = int(saved.get("epoch", -1)) + 1 + (1 if saved.get("partial") else 0)
+        changes = check_resume_config(saved["config"], self.cfg, self.stage, done,
+                                      self.checkpoint_path)
+        if changes and self.dist.is_primary:
+            import time
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      "resumed_after_epoch": int(saved.get("epoch", -1)) + 1,
+                      "changed": {k: [old, new] for k, (old, new) in changes.items()}}
+            append_jsonl(self.dir / "resumes.jsonl", record)
+            print(f"stage {self.stage}: resuming with "
+                  + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+                  flush=True)
+        return changes
 
     def _resume_or_start(self, parts: StageParts) -> TrainState:
         if not self.checkpoint_path.exists():
@@ -134,7 +161,8 @@ class StageTrainer:
         return restore_checkpoint(parts, self.checkpoint_path)
 
     def run(self) -> StageResult:
-        parts = self.build()
+        parts = self.build()  # first: bad lists / images are reported as such
+        self.check_resume()
         self.state = state = self._resume_or_start(parts)
         ckpt_path = self.checkpoint_path
         if state.epoch < 0 and state.position is None:  # fresh (a resumed stage has its centroids)
@@ -147,10 +175,26 @@ class StageTrainer:
         if self.dist.is_primary:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            print("\n".join(config_key_lines(parts)), flush=True)
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
+        epoch_callbacks = list(self.epoch_callbacks)
+        if self.tensorboard is not None:
+            callbacks.append(self.tensorboard.on_step)
+            epoch_callbacks.append(self.tensorboard.on_epoch)
+        try:
+            return self._run_epochs(parts, state, start, callbacks, epoch_callbacks)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _run_epochs(self, parts: StageParts, state: TrainState, start: int,
+                    callbacks: list, epoch_callbacks: list) -> StageResult:
+        ckpt_path = self.checkpoint_path
+        epoch_seconds: list[float] = []
         run_epochs = 0
         for epoch in range(start, self.st.epochs):
+            began = time.monotonic()
             position, state.position = state.position, None
             train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path)
             parts.scheduler.step()
@@ -173,8 +217,11 @@ class StageTrainer:
                 save_checkpoint(ckpt_path, ckpt)
                 append_jsonl(self.dir / "metrics.jsonl", metrics)
                 print(_summary(metrics), flush=True)
+                epoch_seconds.append(time.monotonic() - began)  # training + validation + saving
+                print(eta_line(self.stage, epoch + 1, self.st.epochs, epoch_seconds,
+                               self.later_epochs), flush=True)
             D.barrier()
-            for cb in self.epoch_callbacks:
+            for cb in epoch_callbacks:
                 cb(EpochContext(parts, state, metrics))
             run_epochs += 1
         return StageResult(self.stage, self.dir, ckpt_path, run_epochs, state.metrics)
@@ -195,11 +242,36 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     """Run the requested stages in order, in this process (one rank of torchrun or alone)."""
     dist = D.setup(cfg.device)
     results = []
+    lock = None
     try:
-        for s in stages:
+        lock = lock_output(out, dist)
+        for i, s in enumerate(stages):
+            later = sum(cfg.stage(t).epochs for t in stages[i + 1:])
             trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
-                                   init_checkpoint=init_checkpoint if s == 2 else None)
+                                   init_checkpoint=init_checkpoint if s == 2 else None,
+                                   later_epochs=later)
             results.append(trainer.run())
     finally:
+        if lock is not None:
+            lock.release()
         D.teardown()
     return results
+
+
+def lock_output(out: Path, dist: D.DistInfo) -> RunLock:
+    """Rank 0 takes ``OUT/.facelt.lock`` (:func:`~facelt.utils.run_lock.lock_run_folder`); every
+    rank learns whether it did (a collective under torchrun), so a refused run stops on all ranks."""
+    import torch
+    lock, error = None, None
+    if dist.is_primary:
+        try:
+            lock = lock_run_folder(out)
+        except FaceltError as exc:
+            error = exc
+    flag = torch.tensor([0.0 if error is None else 1.0], device=dist.device)
+    D.all_reduce_sum(flag)
+    if error is not None:
+        raise error
+    if flag.item() > 0:
+        raise FaceltError(f"{out}: rank 0 could not take the run lock (see its error)")
+    return lock if lock is not None else lock_run_folder(out, primary=False)
