@@ -76,6 +76,14 @@ def _non_finite(parts: StageParts, epoch: int, step: int, checkpoint: Optional[P
         f"the data.")
 
 
+def _correct(out: dict, y: torch.Tensor, terms: dict) -> float:
+    """Correct predictions this rank counts: the loss's own count when it gives one (a sharded
+    head's logits are one rank's columns), else the arg-max of the logits."""
+    if "correct" in terms:
+        return float(terms["correct"])
+    return float((out["logits"].argmax(1) == y).sum().item())
+
+
 def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosition] = None,
                     callbacks: Sequence[StepCallback] = (), checkpoint: Optional[Path] = None) -> dict:
     """Train ``parts.model`` for epoch ``epoch`` (0-based) and return its metrics (summed over
@@ -129,7 +137,7 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
         value = loss.item()
         sums += torch.tensor([value * n, terms["ce"].item() * n,
                               float(terms.get("centroid", torch.tensor(0.0))) * n,
-                              (out["logits"].argmax(1) == y).sum().item(), n], dtype=torch.float64)
+                              _correct(out, y, terms), n], dtype=torch.float64)
         bar.update(1)
         bar.set_postfix(loss=f"{value:.3f}",
                         img_s=f"{sums[4].item() / max(time.time() - t0, 1e-9):.0f}")

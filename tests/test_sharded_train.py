@@ -1,0 +1,116 @@
+"""``stageN.shard_head`` in training: a class-sharded stage 2 under torchrun (gloo, CPU) ends with
+the checkpoint of the unsharded 2-process DDP run, and checkpoints are unsharded on disk.
+
+7 classes: 2 processes own 4 + 3 classes, 3 processes 3 + 2 + 2. Frozen backbone (frozen BN
+statistics), no augmentation, a global batch of 24 (divisible by 2 and 3), so every run sees the
+same global batches (the samplers' strided shares) and must reach the same weights up to rounding.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from facelt.cli import main
+from facelt.config import load_config
+from facelt.errors import ConfigError
+from facelt.train.checkpoint import load_checkpoint
+from facelt.train.sharding import check_shard_config
+from tests.conftest import ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sets(overrides):
+    out = []
+    for o in overrides:
+        out += ["--set", o]
+    return out
+
+
+@pytest.fixture(scope="module")
+def seven_class_data(tmp_path_factory):
+    from pipelines.demo_data import DemoSpec, make_demo_dataset
+    out = tmp_path_factory.mktemp("demo7")
+    make_demo_dataset(out, DemoSpec(num_classes=7, open_classes=1, max_count=40, min_count=4,
+                                    val_per_class=2, test_per_class=2, open_per_class=2,
+                                    image_size=16, seed=1))
+    return out
+
+
+def _overrides(data):
+    return [f"data.root={data}", f"data.splits_dir={data}", "data.image_size=16",
+            "data.num_workers=0", "data.augment=false", "device=cpu", "eval.batch_size=64",
+            "stage1.epochs=1", "stage1.batch_size=24", "stage1.max_steps_per_epoch=2",
+            "stage2.epochs=1", "stage2.batch_size=24", "stage2.max_steps_per_epoch=4",
+            "stage2.freeze_backbone=true", "stage2.checkpoint_every=2"]
+
+
+def _torchrun(nproc, args):
+    env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", *args]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_sharded_stage2_matches_unsharded_ddp(seven_class_data, tmp_path):
+    cfg = str(ROOT / "configs" / "demo_list.yaml")
+    over = _overrides(seven_class_data)
+    ref = tmp_path / "ddp"
+    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(ref), *_sets(over)]) == 0
+    runs = {"ddp": (2, []), "shard2": (2, ["stage2.shard_head=true"]),
+            "shard3": (3, ["stage2.shard_head=true"])}
+    for name, (nproc, extra) in runs.items():
+        out = tmp_path / name
+        if name != "ddp":
+            shutil.copytree(ref / "stage1", out / "stage1")
+        _torchrun(nproc, ["train", "--config", cfg, "--stage", "2", "--out", str(out),
+                          *_sets(over + extra)])
+    a = load_checkpoint(ref / "stage2" / "checkpoint.pt")
+    assert a["model"]["head.centroids"].shape[0] == 7 and a["model"]["head.centroids"].abs().sum() > 0
+    for name in ("shard2", "shard3"):
+        b = load_checkpoint(tmp_path / name / "stage2" / "checkpoint.pt")
+        assert b["metrics"]["images"] == a["metrics"]["images"] == 4 * 24
+        assert set(b["model"]) == set(a["model"])
+        for k, v in a["model"].items():
+            assert b["model"][k].shape == v.shape, k
+            if v.is_floating_point():
+                torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"{name} {k}")
+        # the SGD momentum of the sharded tables is consolidated too
+        for i, st in a["optimizer"]["state"].items():
+            torch.testing.assert_close(b["optimizer"]["state"][i]["momentum_buffer"],
+                                       st["momentum_buffer"], rtol=1e-4, atol=1e-5, msg=f"{name} {i}")
+        assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
+        assert b["metrics"]["train_acc"] == pytest.approx(a["metrics"]["train_acc"])
+        assert b["metrics"]["val"]["overall"] == pytest.approx(a["metrics"]["val"]["overall"])
+
+
+def test_shard_config_refusals():
+    cfg = load_config(ROOT / "configs" / "demo_list.yaml")
+    st = cfg.stage2
+    st.shard_head = True
+    st.loss = "focal"
+    with pytest.raises(ConfigError, match="stage2.loss"):
+        check_shard_config(st, 2)
+    st.loss, st.head = "ce", "lws"
+    with pytest.raises(ConfigError, match="'lws' cannot be sharded"):
+        check_shard_config(st, 2)
+    st.head, st.sample_rate = "meta", 0.5
+    with pytest.raises(ConfigError, match="stage2.sample_rate"):
+        check_shard_config(st, 2)
+    st.head = "arcface"
+    check_shard_config(st, 2)
+    st.shard_head = False
+    with pytest.raises(ConfigError, match="shard_head"):
+        check_shard_config(st, 2)
