@@ -106,17 +106,27 @@ def _noise_dir(arg: Optional[str], probe_list: Path) -> Optional[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
+    from facelt.train import distributed as D
+    dist = D.setup("auto")  # under torchrun: extraction and the distractor search are split
+    try:
+        return evaluate_megaface(args, dist)
+    finally:
+        D.teardown()
+
+
+def evaluate_megaface(args: argparse.Namespace, dist) -> int:
+    """``megaface-eval`` in this process (one rank of torchrun or alone); rank 0 reports."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.protocol import parse_gallery_sizes
     from eval_megaface.report import write_report
 
-    if args.chunk_rows < 1:
-        raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
-    ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
     if args.checkpoint:
-        made = extract_with_checkpoint(args)
+        made = extract_with_checkpoint(args, dist)
         probe_features = made.probe or probe_features
         train_features = made.train or train_features
         if made.distractor is not None:
@@ -133,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         train_features=train_features, noise_dir=_noise_dir(args.noise_lists, args.probe_list),
         index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
         normalize=not args.no_normalize, nprobe=args.nprobe)
-    report = run_evaluation(cfg)
+    report = run_evaluation(cfg, dist)
+    if report is None:  # another rank: rank 0 merges its search and reports
+        return 0
     write_report(report, args.out)
     for r in report.get("results") or [report]:
         r1 = "n/a" if r["rank1"] is None else f"{100 * r['rank1']:.2f}%"
@@ -152,7 +164,7 @@ class ExtractedFeatures:
     distractor_rows: Optional[list[str]] = None
 
 
-def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
+def extract_with_checkpoint(args: argparse.Namespace, dist=None) -> ExtractedFeatures:
     """Embed the probe / distractor / training images with ``--checkpoint`` (resumable) into
     ``OUT/features/``; returns the files made."""
     import csv
@@ -162,7 +174,8 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
-    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device("auto"))
+    net, cfg, _ = net_from_checkpoint(args.checkpoint,
+                                      dist.device if dist is not None else pick_device("auto"))
     feats = Path(args.out) / "features"
     jobs = []
     if args.probe_rec or args.probe_images:
@@ -187,7 +200,8 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     made = ExtractedFeatures()
     for field_name, name, ds, rows in jobs:
         out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
-        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net)
+        extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size, net=net,
+                                    dist=dist)
         setattr(made, field_name, out)
         if name == "distractors":
             made.distractor_rows = rows
