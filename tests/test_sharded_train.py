@@ -63,37 +63,64 @@ def _torchrun(nproc, args):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
 
+def _assert_same_checkpoint(a, b, name):
+    assert set(b["model"]) == set(a["model"]), name
+    for k, v in a["model"].items():
+        assert b["model"][k].shape == v.shape, f"{name} {k}"
+        if v.is_floating_point():
+            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"{name} {k}")
+    # the SGD momentum of the sharded tables is consolidated too (same indices, same shapes)
+    assert set(b["optimizer"]["state"]) == set(a["optimizer"]["state"]), name
+    for i, st in a["optimizer"]["state"].items():
+        torch.testing.assert_close(b["optimizer"]["state"][i]["momentum_buffer"],
+                                   st["momentum_buffer"], rtol=1e-4, atol=1e-5, msg=f"{name} {i}")
+    assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
+    assert b["metrics"]["train_acc"] == pytest.approx(a["metrics"]["train_acc"])
+    assert b["metrics"]["val"]["overall"] == pytest.approx(a["metrics"]["val"]["overall"])
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_sharded_stage2_matches_unsharded_ddp(seven_class_data, tmp_path):
+def test_sharded_stage2_matches_unsharded_ddp_and_resumes_across(seven_class_data, tmp_path):
     cfg = str(ROOT / "configs" / "demo_list.yaml")
     over = _overrides(seven_class_data)
     ref = tmp_path / "ddp"
     assert main(["train", "--config", cfg, "--stage", "1", "--out", str(ref), *_sets(over)]) == 0
-    runs = {"ddp": (2, []), "shard2": (2, ["stage2.shard_head=true"]),
-            "shard3": (3, ["stage2.shard_head=true"])}
-    for name, (nproc, extra) in runs.items():
-        out = tmp_path / name
-        if name != "ddp":
-            shutil.copytree(ref / "stage1", out / "stage1")
-        _torchrun(nproc, ["train", "--config", cfg, "--stage", "2", "--out", str(out),
-                          *_sets(over + extra)])
+    shutil.copytree(ref / "stage1", tmp_path / "shard3" / "stage1")
+    stage2 = ["train", "--config", cfg, "--stage", "2"]
+    _torchrun(2, [*stage2, "--out", str(ref), *_sets(over)])
+    _torchrun(3, [*stage2, "--out", str(tmp_path / "shard3"),
+                  *_sets(over + ["stage2.shard_head=true"])])
     a = load_checkpoint(ref / "stage2" / "checkpoint.pt")
     assert a["model"]["head.centroids"].shape[0] == 7 and a["model"]["head.centroids"].abs().sum() > 0
-    for name in ("shard2", "shard3"):
-        b = load_checkpoint(tmp_path / name / "stage2" / "checkpoint.pt")
-        assert b["metrics"]["images"] == a["metrics"]["images"] == 4 * 24
-        assert set(b["model"]) == set(a["model"])
-        for k, v in a["model"].items():
-            assert b["model"][k].shape == v.shape, k
-            if v.is_floating_point():
-                torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"{name} {k}")
-        # the SGD momentum of the sharded tables is consolidated too
-        for i, st in a["optimizer"]["state"].items():
-            torch.testing.assert_close(b["optimizer"]["state"][i]["momentum_buffer"],
-                                       st["momentum_buffer"], rtol=1e-4, atol=1e-5, msg=f"{name} {i}")
-        assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
-        assert b["metrics"]["train_acc"] == pytest.approx(a["metrics"]["train_acc"])
-        assert b["metrics"]["val"]["overall"] == pytest.approx(a["metrics"]["val"]["overall"])
+    b = load_checkpoint(tmp_path / "shard3" / "stage2" / "checkpoint.pt")
+    assert b["metrics"]["images"] == a["metrics"]["images"] == 4 * 24
+    _assert_same_checkpoint(a, b, "3 processes, sharded")
+
+    # a second epoch, resumed from the unsharded checkpoint: sharded over 2 processes, and not
+    two = [o.replace("stage2.epochs=1", "stage2.epochs=2") for o in over]
+    for name in ("resume_sharded", "resume_ddp"):
+        shutil.copytree(ref, tmp_path / name)
+    _torchrun(2, [*stage2, "--resume", "--out", str(tmp_path / "resume_sharded"),
+                  *_sets(two + ["stage2.shard_head=true"])])
+    _torchrun(2, [*stage2, "--resume", "--out", str(tmp_path / "resume_ddp"), *_sets(two)])
+    x = load_checkpoint(tmp_path / "resume_ddp" / "stage2" / "checkpoint.pt")
+    y = load_checkpoint(tmp_path / "resume_sharded" / "stage2" / "checkpoint.pt")
+    assert x["epoch"] == y["epoch"] == 1 and x["complete"]
+    assert not torch.equal(x["model"]["head.cosine.weight"], a["model"]["head.cosine.weight"])
+    _assert_same_checkpoint(x, y, "resumed sharded over 2 processes")
+
+
+def test_one_process_sharded_margin_head_with_sampling(seven_class_data, tmp_path):
+    """Without torchrun ``shard_head`` is the world-of-one sharded head: ArcFace with Partial-FC
+    sampling trains, and its checkpoint is an ordinary unsharded one."""
+    cfg = str(ROOT / "configs" / "demo_list.yaml")
+    over = _overrides(seven_class_data) + [
+        "stage1.head=arcface", "stage1.shard_head=true", "stage1.sample_rate=0.5",
+        "stage1.max_steps_per_epoch=3"]
+    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(tmp_path), *_sets(over)]) == 0
+    state = load_checkpoint(tmp_path / "stage1" / "checkpoint.pt")
+    assert state["model"]["head.weight"].shape[0] == 7
+    assert state["metrics"]["images"] == 3 * 24
 
 
 def test_shard_config_refusals():

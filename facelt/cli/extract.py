@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     ensure_writable_file(args.out, "--out")
     if args.onnx:
+        import os
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from facelt.errors import ConfigError
+            raise ConfigError("extract-features --onnx runs in one process; under torchrun give "
+                              "--checkpoint (the rows are then split over the processes)")
         from facelt.onnx_io import extract_onnx_features
         path, rows = extract_onnx_features(args.onnx, args.out, args.rec, args.list_file, args.root,
                                            args.images, args.batch_size, not args.no_flip)
