@@ -45,6 +45,22 @@ def rank_progress_path(out: Union[str, os.PathLike], rank: int) -> Path:
     return p.with_name(f"{p.name}.progress.rank{rank}.json")
 
 
+def check_shares_done(out: Union[str, os.PathLike], num_rows: int, batch_size: int,
+                      world: int) -> None:
+    """Every rank's progress file says its whole share is written (else :class:`DataError`: the
+    partial file is kept, rerun the same command to resume)."""
+    for r in range(world):
+        start, stop = batch_share(num_rows, batch_size, r, world)
+        if start == stop:
+            continue
+        p = rank_progress_path(out, r)
+        done = json.loads(p.read_text()).get("rows_done") if p.exists() else None
+        if done != stop:
+            raise DataError(f"rank {r} of {world} has not finished its rows {start}..{stop} of "
+                            f"{partial_path(out)} ({p}: rows_done {done}); rerun the same command "
+                            f"with the same number of processes to resume")
+
+
 def _flip(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x[..., ::-1])
@@ -125,6 +141,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
             del mm
     D.barrier()
     if dist.is_primary:
+        check_shares_done(out, num_rows, batch_size, world)
         source_path(out).unlink(missing_ok=True)
         mm = write_feature_memmap(out, num_rows, dim, reuse=True)
         try:
@@ -141,4 +158,4 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
     return out
 
 
-__all__ = ["batch_share", "rank_progress_path", "extract_features_distributed"]
+__all__ = ["batch_share", "rank_progress_path", "check_shares_done", "extract_features_distributed"]

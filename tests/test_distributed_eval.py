@@ -112,3 +112,47 @@ def test_torchrun_extract_and_megaface_equal_one_process(demo_data, tmp_path):
     for x, y in zip(r1["results"], r3["results"]):
         assert (x["gallery"], x["rank1"], x["cmc"], x["trials"]) == (y["gallery"], y["rank1"],
                                                                     y["cmc"], y["trials"])
+
+
+def test_distributed_extraction_resumes_per_rank(tmp_path):
+    """The ranks of a 2-process extraction run one after the other in this process (its barriers
+    are no-ops outside torchrun): rank 0 cannot finish before rank 1 has written its rows, a
+    rank that dies mid-share resumes after its last batch, and the finished file equals the
+    one-process extraction's."""
+    from facelt.distributed_features import extract_features_distributed
+    from facelt.errors import DataError
+    from facelt.features import extract_features
+    from facelt.train.distributed import DistInfo
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((11, 5)).astype(np.float32)
+    w = rng.standard_normal((5, 3)).astype(np.float32)
+    calls = []
+
+    def embed(b):
+        calls.append(len(b))
+        return b @ w
+
+    def batches(start, stop=11):              # batches of 3 rows, as one process cuts them
+        for a in range(start, stop, 3):
+            yield x[a:min(a + 3, stop)]
+
+    ref = extract_features(embed, batches, tmp_path / "one.npy", 11, 3, flip=True)
+    out = tmp_path / "two.npy"
+    ranks = [DistInfo(rank=r, world_size=2) for r in range(2)]   # shares: rows 0..6, 6..11
+    with pytest.raises(DataError, match="rank 1 of 2 has not finished"):
+        extract_features_distributed(embed, batches, out, 11, 3, 3, ranks[0])
+
+    def dies_after_one_batch(start, stop):
+        yield from list(batches(start, stop))[:1]
+
+    with pytest.raises(DataError, match="batches ended after row 9"):
+        extract_features_distributed(embed, dies_after_one_batch, out, 11, 3, 3, ranks[1])
+    calls.clear()
+    extract_features_distributed(embed, batches, out, 11, 3, 3, ranks[1])
+    assert calls == [2, 2]                    # only the last batch (2 rows), plain + flipped
+    calls.clear()
+    extract_features_distributed(embed, batches, out, 11, 3, 3, ranks[0])
+    assert calls == []                        # rank 0's rows were already written
+    assert np.array_equal(np.load(out), np.load(ref))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["one.npy", "one.npy.source.json", "two.npy", "two.npy.source.json"])
