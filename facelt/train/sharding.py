@@ -42,7 +42,7 @@ from facelt.models.heads import Head
 from facelt.models.net import OLTRNet
 from facelt.models.sharded import (ShardedHeadMixin, ShardedLinearHead, ShardedMarginHead,
                                    ShardedMetaEmbeddingHead, accumulate_shard_sums, class_range,
-                                   consolidate_state, shard_state)
+                                   shard_state)
 from facelt.train import distributed as D
 from facelt.utils.progress import progress
 
@@ -244,13 +244,39 @@ def init_sharded_centroids(net: OLTRNet, dataset, batch_size: int, num_workers: 
 
 # ---- checkpoints: consolidated on save, cut on load -------------------------------------------
 
+def gather_shards_to_primary(local: torch.Tensor, head: ShardedHeadMixin) -> torch.Tensor:
+    """The whole ``(K, ...)`` table from every rank's rows of it, on rank 0 and on the CPU
+    (collective); other ranks get their own rows back. Only rank 0 ever holds all K rows (one
+    table at a time, on its device while gathering), never every rank."""
+    import torch.distributed as tdist
+    world, rank = head.world, head.shard_rank
+    local = local.detach()
+    if world == 1:
+        return local.cpu().clone()
+    sizes = [class_range(head.num_classes, r, world)[1] - class_range(head.num_classes, r, world)[0]
+             for r in range(world)]
+    pad = local.new_zeros((max(sizes),) + tuple(local.shape[1:]))
+    pad[: local.shape[0]] = local
+    bufs = [torch.empty_like(pad) for _ in range(world)] if rank == 0 else None
+    tdist.gather(pad, bufs, dst=0, group=head.group)
+    if rank != 0:
+        return local
+    return torch.cat([b[:n].cpu() for b, n in zip(bufs, sizes)], 0)
+
+
 def consolidated_model_state(net: OLTRNet) -> dict[str, torch.Tensor]:
-    """``net.state_dict()`` with the head unsharded (collective when the head is sharded)."""
+    """``net.state_dict()`` with the head unsharded (collective when the head is sharded): on
+    rank 0 the same keys and shapes as the unsharded network (the gathered tables on the CPU);
+    other ranks, which do not write checkpoints, keep their own rows."""
     state = net.state_dict()
-    if not is_sharded(net.head):
+    head = net.head
+    if not is_sharded(head):
         return state
-    head = net.head.consolidated_state_dict()
-    return {k: (head[k[len("head."):]] if k.startswith("head.") else v) for k, v in state.items()}
+    out = {}
+    for k, v in state.items():
+        name = k[len("head."):] if k.startswith("head.") else None
+        out[k] = gather_shards_to_primary(v, head) if name in head.sharded_keys else v
+    return out
 
 
 def shard_model_state(net: OLTRNet, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -279,12 +305,11 @@ def sharded_parameter_indices(net: OLTRNet, optimizer: torch.optim.Optimizer) ->
 
 def consolidated_optimizer_state(net: OLTRNet, optimizer: torch.optim.Optimizer) -> dict:
     """``optimizer.state_dict()`` with the per-parameter state (SGD momentum) of the sharded rows
-    concatenated over ranks (collective: every rank calls it in the same order)."""
+    gathered on rank 0 (collective: every rank calls it in the same order)."""
     state = optimizer.state_dict()
     sharded = sharded_parameter_indices(net, optimizer)
     if not sharded:
         return state
-    group = net.head.group
     out = dict(state)
     out["state"] = {}
     for i in sorted(set(state["state"]) | set(sharded)):
@@ -296,7 +321,7 @@ def consolidated_optimizer_state(net: OLTRNet, optimizer: torch.optim.Optimizer)
         new = {}
         for k, v in (entry or {}).items():
             if torch.is_tensor(v) and v.dim() >= 1:
-                v = torch.cat(col.all_gather_padded(v.detach(), group), 0)
+                v = gather_shards_to_primary(v, net.head)
             new[k] = v
         if entry is not None:
             out["state"][i] = new
@@ -326,11 +351,14 @@ def evaluation_net(net: OLTRNet, is_primary: bool) -> Optional[OLTRNet]:
     unsharded copy with the consolidated head; ``None`` on other ranks of a sharded run."""
     if not is_sharded(net.head):
         return net
-    state = net.head.consolidated_state_dict()
+    full_state = consolidated_model_state(net)  # collective
     if not is_primary:
         return None
-    full = unsharded_head(net.head).to(state[next(iter(state))].device)
+    state = {k[len("head."):]: v for k, v in full_state.items() if k.startswith("head.")}
+    device = next(net.head.parameters()).device
+    full = unsharded_head(net.head)
     full.load_state_dict(state)
+    full.to(device)
     twin = OLTRNet(net.backbone, net.neck, full, attention=net.attention)  # shares the body
     twin.train(net.training)
     return twin
