@@ -7,6 +7,7 @@ same global batches (the samplers' strided shares) and must reach the same weigh
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -95,6 +96,17 @@ def test_sharded_stage2_matches_unsharded_ddp_and_resumes_across(seven_class_dat
     b = load_checkpoint(tmp_path / "shard3" / "stage2" / "checkpoint.pt")
     assert b["metrics"]["images"] == a["metrics"]["images"] == 4 * 24
     _assert_same_checkpoint(a, b, "3 processes, sharded")
+    # the sharded run's checkpoint evaluates as an ordinary one, with the same report
+    reports = {}
+    for name in ("ddp", "shard3"):
+        rep = tmp_path / f"classify_{name}"
+        assert main(["classify", "--checkpoint", str(tmp_path / name / "stage2" / "checkpoint.pt"),
+                     "--out", str(rep), "--device", "cpu"]) == 0
+        reports[name] = json.loads((rep / "report.json").read_text())
+    numbers = {k: v for k, v in reports["ddp"].items() if isinstance(v, float)}
+    assert "overall" in json.dumps(reports["ddp"]) and numbers
+    for k, v in numbers.items():
+        assert reports["shard3"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
 
     # a second epoch, resumed from the unsharded checkpoint: sharded over 2 processes, and not
     two = [o.replace("stage2.epochs=1", "stage2.epochs=2") for o in over]
