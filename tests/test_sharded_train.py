@@ -153,3 +153,14 @@ def test_shard_config_refusals():
     st.shard_head = False
     with pytest.raises(ConfigError, match="shard_head"):
         check_shard_config(st, 2)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_amp_overflow_on_one_rank_skips_every_rank():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           f"--master_port={_free_port()}", "--master_addr=127.0.0.1",
+           str(ROOT / "tests" / "overflow_worker.py")]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "OVERFLOW-OK 0" in res.stdout and "OVERFLOW-OK 1" in res.stdout

@@ -20,6 +20,7 @@ from facelt.data.build import make_loader
 from facelt.data.samplers import SkipSampler
 from facelt.errors import FaceltError
 from facelt.train import distributed as D
+from facelt.train.sharding import agree_on_overflow
 from facelt.train.stage import StageParts, set_train_mode
 from facelt.utils.progress import progress
 
@@ -128,6 +129,7 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
             raise _non_finite(parts, epoch, step, checkpoint)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        agree_on_overflow(net, scaler)  # sharded head + AMP: every rank skips an overflowed step
         if st.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(net.parameters(), st.grad_clip)

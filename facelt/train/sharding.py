@@ -207,6 +207,28 @@ class ShardedStageLoss:
 
 
 @torch.no_grad()
+def agree_on_overflow(net: OLTRNet, scaler: torch.amp.GradScaler) -> None:
+    """AMP with a sharded head: after ``backward``, before ``scaler.step``. The scaler skips a step
+    when the gradients ITS rank sees overflowed; the sharded tables' gradients differ by rank, so
+    when any rank's are non-finite every rank marks one of its gradients non-finite too, and all
+    ranks skip the step and lower the scale together (collective; no-op without AMP or in one
+    process)."""
+    head = net.head
+    if not scaler.is_enabled() or not is_sharded(head) or head.world == 1:
+        return
+    grads = [p.grad for n, p in head.named_parameters()
+             if n in head.sharded_keys and p.grad is not None]
+    bad = any(not bool(torch.isfinite(g).all()) for g in grads)
+    device = next(head.parameters()).device
+    flag = col.all_reduce_max(torch.tensor([1.0 if bad else 0.0], device=device), head.group)
+    if flag.item() > 0 and not bad:
+        for p in net.parameters():
+            if p.grad is not None:
+                p.grad[(0,) * p.grad.dim()] = float("inf")
+                break
+
+
+@torch.no_grad()
 def init_sharded_centroids(net: OLTRNet, dataset, batch_size: int, num_workers: int,
                            dist: D.DistInfo) -> torch.Tensor:
     """Centroids of a sharded head = per-class mean direct feature over ``dataset`` (test
@@ -382,7 +404,7 @@ def unsharded_head(head: ShardedHeadMixin) -> Head:
 
 __all__ = ["SHARDABLE_HEADS", "check_shard_config", "is_sharded", "build_sharded_head",
            "shard_head", "EmbeddingPart", "ShardedModel", "wrap_sharded_for_ddp",
-           "sharded_predictions", "ShardedStageLoss", "init_sharded_centroids",
+           "sharded_predictions", "ShardedStageLoss", "agree_on_overflow", "init_sharded_centroids",
            "consolidated_model_state", "shard_model_state", "sharded_parameter_indices",
            "consolidated_optimizer_state", "shard_optimizer_state", "evaluation_net",
            "unsharded_head"]
