@@ -101,7 +101,7 @@ def restore_checkpoint(parts: StageParts, path: Path) -> TrainState:
     if p is not None:
         state.position = EpochPosition(int(p["epoch"]), int(p["step"]), list(p["sums"]),
                                        float(p["seconds"]), rng)
-    if hasattr(parts.net.head, "set_sample_step"):  # Partial-FC sampling continues its sequence
+    if sharding.is_sharded(parts.net.head):  # Partial-FC sampling continues its sequence
         done = (state.epoch + 1) * steps_in_epoch(parts)
         parts.net.head.set_sample_step(done + (state.position.step if state.position else 0))
     return state
