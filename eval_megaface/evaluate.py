@@ -60,8 +60,12 @@ def _check_dims(named: dict[str, FeatureFile]) -> None:
         raise DataError(f"feature dimensions differ: {listing}")
 
 
-def run_evaluation(cfg: MegaFaceEvalConfig) -> dict[str, Any]:
-    """Evaluate every gallery size of ``cfg``; returns the report dictionary described above."""
+def run_evaluation(cfg: MegaFaceEvalConfig, dist=None) -> Optional[dict[str, Any]]:
+    """Evaluate every gallery size of ``cfg``; returns the report dictionary described above.
+
+    ``dist`` (a :class:`facelt.train.distributed.DistInfo` of several processes, collective): the
+    exact distractor search is split over the ranks (:mod:`eval_megaface.distributed`, the same
+    top-k as one process); rank 0 finishes the evaluation, the other ranks return ``None``."""
     t0 = time.time()
     if cfg.index != "flat" and cfg.index not in APPROX_INDEXES:
         raise DataError(f"--index {cfg.index!r}: expected flat, {', '.join(APPROX_INDEXES)}")
@@ -109,8 +113,16 @@ def run_evaluation(cfg: MegaFaceEvalConfig) -> dict[str, Any]:
     feats = feats[keep]
     if cfg.normalize:
         feats = l2_normalize(feats)
-    exact = stream_topk(feats, dist_ff, order, cfg.gallery_sizes, k=MAX_RANK,
-                        chunk_rows=cfg.chunk_rows, normalize=cfg.normalize, backend=cfg.backend)
+    if dist is not None and dist.distributed:
+        from eval_megaface.distributed import distributed_stream_topk
+        exact = distributed_stream_topk(feats, dist_ff, order, cfg.gallery_sizes, k=MAX_RANK,
+                                        chunk_rows=cfg.chunk_rows, normalize=cfg.normalize,
+                                        backend=cfg.backend, dist=dist)
+        if exact is None:  # not rank 0: its share is merged there
+            return None
+    else:
+        exact = stream_topk(feats, dist_ff, order, cfg.gallery_sizes, k=MAX_RANK,
+                            chunk_rows=cfg.chunk_rows, normalize=cfg.normalize, backend=cfg.backend)
     counts = None
     if train_ff is not None:
         counts = count_above(feats, train_ff, cfg.threshold, cfg.chunk_rows, cfg.normalize)

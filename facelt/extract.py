@@ -43,10 +43,14 @@ def dataset_for(cfg, rec: Optional[str] = None, list_file: Optional[str] = None,
 
 def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: list[str],
                                 out: str | Path, batch_size: int = 256, flip: bool = True,
-                                device: str = "auto", net=None) -> Path:
-    """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest."""
+                                device: str = "auto", net=None, dist=None) -> Path:
+    """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest.
+
+    ``dist`` (a :class:`~facelt.train.distributed.DistInfo` of several processes): every rank
+    embeds its share of the rows into the same file
+    (:func:`facelt.distributed_features.extract_features_distributed`; collective)."""
     from facelt.features import extract_features, finished_with, write_manifest
-    dev = pick_device(device)
+    dev = dist.device if dist is not None else pick_device(device)
     if net is None:
         net, _, _ = net_from_checkpoint(checkpoint, dev)
     net.eval()
@@ -66,6 +70,20 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
         return Path(out)
     with torch.no_grad():
         dim = int(embed(dataset[0][0].unsqueeze(0)).shape[1])
+    if dist is not None and dist.distributed:
+        from facelt.distributed_features import extract_features_distributed
+
+        def share(start: int, stop: int):
+            loader = make_loader(Subset(dataset, range(start, stop)), batch_size, 0)
+            for x, _, _ in image_batches(loader, f"features {Path(out).name}",
+                                         disable=not dist.is_primary):
+                yield x
+
+        path = extract_features_distributed(embed, share, out, len(dataset), dim, batch_size, dist,
+                                            flip=flip, fingerprint=fp)
+        if dist.is_primary:
+            write_manifest(manifest_path(out), rows)
+        return path
     path = extract_features(embed, batches, out, len(dataset), dim, flip=flip, resume=True,
                             fingerprint=fp)
     write_manifest(manifest_path(out), rows)

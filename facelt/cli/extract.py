@@ -31,17 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     ensure_writable_file(args.out, "--out")
     if args.onnx:
+        import os
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from facelt.errors import ConfigError
+            raise ConfigError("extract-features --onnx runs in one process; under torchrun give "
+                              "--checkpoint (the rows are then split over the processes)")
         from facelt.onnx_io import extract_onnx_features
         path, rows = extract_onnx_features(args.onnx, args.out, args.rec, args.list_file, args.root,
                                            args.images, args.batch_size, not args.no_flip)
         print(f"{rows} rows -> {path}")
         return 0
     from facelt.extract import dataset_for, extract_checkpoint_features
+    from facelt.train import distributed as D
     from facelt.train.checkpoint import net_from_checkpoint
-    from facelt.train.distributed import pick_device
-    net, cfg, _ = net_from_checkpoint(args.checkpoint, pick_device(args.device))
-    ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
-    path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,
-                                       not args.no_flip, args.device, net=net)
-    print(f"{len(rows)} rows -> {path}")
+    dist = D.setup(args.device)  # under torchrun: every process embeds its share of the rows
+    try:
+        net, cfg, _ = net_from_checkpoint(args.checkpoint, dist.device)
+        ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
+        path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,
+                                           not args.no_flip, args.device, net=net, dist=dist)
+    finally:
+        D.teardown()
+    if dist.is_primary:
+        print(f"{len(rows)} rows -> {path}")
     return 0

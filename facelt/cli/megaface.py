@@ -111,6 +111,19 @@ def _noise_dir(arg: Optional[str], probe_list: Path) -> Optional[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.chunk_rows < 1:
+        raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
+    ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
+    from facelt.train import distributed as D
+    dist = D.setup(args.device)  # under torchrun: extraction and the distractor search are split
+    try:
+        return evaluate_megaface(args, dist)
+    finally:
+        D.teardown()
+
+
+def evaluate_megaface(args: argparse.Namespace, dist) -> int:
+    """``megaface-eval`` in this process (one rank of torchrun or alone); rank 0 reports."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.protocol import parse_gallery_sizes
     from eval_megaface.report import write_report
@@ -118,14 +131,11 @@ def run(args: argparse.Namespace) -> int:
     if args.probe_list is None:
         from pipelines.getting_data import MEGAFACE_HOWTO
         raise ConfigError(f"--probe-list is required (the probe CSV). {MEGAFACE_HOWTO}")
-    if args.chunk_rows < 1:
-        raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
-    ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
     made = None
     if args.checkpoint:
-        made = extract_with_checkpoint(args)
+        made = extract_with_checkpoint(args, dist)
         probe_features = made.probe or probe_features
         train_features = made.train or train_features
         if made.distractor is not None:
@@ -142,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
         train_features=train_features, noise_dir=_noise_dir(args.noise_lists, args.probe_list),
         index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
         normalize=not args.no_normalize, nprobe=args.nprobe)
-    report = run_evaluation(cfg)
+    report = run_evaluation(cfg, dist)
+    if report is None:  # another rank: rank 0 merges its search and reports
+        return 0
     if made is not None:
         report["meta"]["stage"] = made.stage
     write_report(report, args.out)
@@ -164,7 +176,7 @@ class ExtractedFeatures:
     stage: Optional[int] = None  # the checkpoint's training stage (shown in the report)
 
 
-def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
+def extract_with_checkpoint(args: argparse.Namespace, dist=None) -> ExtractedFeatures:
     """Embed the probe / distractor / training images with ``--checkpoint`` (resumable) into
     ``OUT/features/``; returns the files made."""
     import csv
@@ -174,7 +186,8 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     from facelt.extract import dataset_for, extract_checkpoint_features
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
-    net, cfg, state = net_from_checkpoint(args.checkpoint, pick_device(args.device))
+    net, cfg, state = net_from_checkpoint(args.checkpoint, dist.device if dist is not None
+                                          else pick_device(args.device))
     feats = Path(args.out) / "features"
     jobs = []
     if args.probe_rec or args.probe_images:
@@ -200,7 +213,7 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
     for field_name, name, ds, rows in jobs:
         out = feats / f"{name}.npy"  # reused only when made from this checkpoint and these rows
         extract_checkpoint_features(args.checkpoint, ds, rows, out, args.batch_size,
-                                    device=args.device, net=net)
+                                    device=args.device, net=net, dist=dist)
         setattr(made, field_name, out)
         if name == "distractors":
             made.distractor_rows = rows

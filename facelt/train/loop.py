@@ -20,6 +20,7 @@ from facelt.data.build import make_loader
 from facelt.data.samplers import SkipSampler
 from facelt.errors import FaceltError
 from facelt.train import distributed as D
+from facelt.train.sharding import agree_on_overflow
 from facelt.train.stage import StageParts, set_train_mode
 from facelt.utils.progress import progress
 
@@ -76,6 +77,14 @@ def _non_finite(parts: StageParts, epoch: int, step: int, checkpoint: Optional[P
         f"the data.")
 
 
+def _correct(out: dict, y: torch.Tensor, terms: dict) -> float:
+    """Correct predictions this rank counts: the loss's own count when it gives one (a sharded
+    head's logits are one rank's columns), else the arg-max of the logits."""
+    if "correct" in terms:
+        return float(terms["correct"])
+    return float((out["logits"].argmax(1) == y).sum().item())
+
+
 def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosition] = None,
                     callbacks: Sequence[StepCallback] = (), checkpoint: Optional[Path] = None) -> dict:
     """Train ``parts.model`` for epoch ``epoch`` (0-based) and return its metrics (summed over
@@ -120,6 +129,7 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
             raise _non_finite(parts, epoch, step, checkpoint)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        agree_on_overflow(net, scaler)  # sharded head + AMP: every rank skips an overflowed step
         if st.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(net.parameters(), st.grad_clip)
@@ -129,7 +139,7 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
         value = loss.item()
         sums += torch.tensor([value * n, terms["ce"].item() * n,
                               float(terms.get("centroid", torch.tensor(0.0))) * n,
-                              (out["logits"].argmax(1) == y).sum().item(), n], dtype=torch.float64)
+                              _correct(out, y, terms), n], dtype=torch.float64)
         bar.update(1)
         bar.set_postfix(loss=f"{value:.3f}",
                         img_s=f"{sums[4].item() / max(time.time() - t0, 1e-9):.0f}")

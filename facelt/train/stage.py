@@ -32,6 +32,7 @@ from facelt.models.net import OLTRNet, param_groups
 from facelt.train import distributed as D
 from facelt.train.centroids import class_means
 from facelt.train.checkpoint import load_checkpoint, load_model_state
+from facelt.train import sharding
 
 BACKBONE_PREFIXES = ("backbone.", "neck.")
 
@@ -182,6 +183,7 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     """
     dist = dist or D.setup(cfg.device)
     st = cfg.stage(stage)
+    sharding.check_shard_config(st, stage)
     data = load_stage_data(cfg, stage, dist)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     net = build_net(cfg, stage, data.num_classes)
@@ -193,8 +195,13 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
         init_from_stage1(net, st, stage, src, data.num_classes)
     if st.freeze_backbone:
         freeze_backbone(net)
+    if st.shard_head:  # this rank's slice of the classes (facelt/train/sharding.py)
+        sharding.shard_head(net, st, data.num_classes, dist, sample_seed=cfg.seed + stage)
     net.to(dist.device)
-    loss = build_stage_loss(st, net.head, data.counts).to(dist.device)
+    if sharding.is_sharded(net.head):
+        loss = sharding.ShardedStageLoss(st, net.head, data.num_classes)
+    else:
+        loss = build_stage_loss(st, net.head, data.counts).to(dist.device)
     if net.head.uses_centroid_loss and loss.centroid is None:
         # the head reads its centroids detached: without the centroid loss they stay fixed
         net.head.centroids.requires_grad_(False)
@@ -210,7 +217,8 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     loader = make_loader(data.train.dataset, per_rank, cfg.data.num_workers, sampler=sampler,
                          drop_last=len(sampler) >= per_rank, pin=dist.device.type == "cuda",
                          persistent=True)
-    model = wrap_for_ddp(net, dist)
+    model = (sharding.wrap_sharded_for_ddp(net, dist) if sharding.is_sharded(net.head)
+             else wrap_for_ddp(net, dist))
     return StageParts(cfg, stage, st, dist, data, net, model, optimizer, scheduler, scaler, loss,
                       sampler, loader)
 
@@ -223,6 +231,13 @@ def init_head_from_data(parts: StageParts) -> None:
         return
     cfg, dist = parts.cfg, parts.dist
     eval_split = build_split(cfg.data, "train", train=False)
+    if sharding.is_sharded(head):  # per shard, nothing K x d
+        counts = sharding.init_sharded_centroids(parts.net, eval_split.dataset, cfg.eval.batch_size,
+                                                 cfg.data.num_workers, dist)
+        empty = int(D.all_reduce_sum((counts == 0).sum().double()).item())
+        if empty and dist.is_primary:
+            print(f"warning: {empty} classes have no training image; their centroids are zero")
+        return
     means, counts = class_means(parts.net, eval_split.dataset, parts.data.num_classes,
                                 cfg.eval.batch_size, cfg.data.num_workers, dist)
     head.init_centroids(means.to(dist.device))

@@ -13,7 +13,8 @@ import torch
 
 from facelt.errors import CheckpointError
 from facelt.train.checkpoint import load_checkpoint, load_model_state
-from facelt.train.loop import EpochPosition
+from facelt.train import sharding
+from facelt.train.loop import EpochPosition, steps_in_epoch
 from facelt.train.stage import StageParts
 from facelt.train.distributed import DistInfo
 
@@ -67,7 +68,8 @@ def checkpoint_state(parts: StageParts, state: TrainState) -> dict:
         "config": parts.cfg.to_dict(), "stage": parts.stage, "epoch": state.epoch,
         "partial": partial, "complete": state.complete, "num_classes": data.num_classes,
         "class_counts": [int(c) for c in data.counts], "class_names": list(data.class_names),
-        "model": parts.net.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "model": sharding.consolidated_model_state(parts.net),  # collective when sharded
+        "optimizer": sharding.consolidated_optimizer_state(parts.net, parts.optimizer),
         "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
         "rng": rng, "best": state.best, "metrics": state.metrics,
     }
@@ -85,8 +87,9 @@ def restore_checkpoint(parts: StageParts, path: Path) -> TrainState:
     saved = load_checkpoint(path, map_location=parts.device)
     if saved.get("stage") != parts.stage:
         raise CheckpointError(f"{path}: holds stage {saved.get('stage')}, expected {parts.stage}")
-    load_model_state(parts.net, saved["model"], str(path))
-    parts.optimizer.load_state_dict(saved["optimizer"])
+    load_model_state(parts.net, sharding.shard_model_state(parts.net, saved["model"]), str(path))
+    parts.optimizer.load_state_dict(
+        sharding.shard_optimizer_state(parts.net, parts.optimizer, saved["optimizer"]))
     parts.scheduler.load_state_dict(saved["scheduler"])
     if saved["scaler"]:  # empty when saved without AMP
         parts.scaler.load_state_dict(saved["scaler"])
@@ -98,4 +101,7 @@ def restore_checkpoint(parts: StageParts, path: Path) -> TrainState:
     if p is not None:
         state.position = EpochPosition(int(p["epoch"]), int(p["step"]), list(p["sums"]),
                                        float(p["seconds"]), rng)
+    if sharding.is_sharded(parts.net.head):  # Partial-FC sampling continues its sequence
+        done = (state.epoch + 1) * steps_in_epoch(parts)
+        parts.net.head.set_sample_step(done + (state.position.step if state.position else 0))
     return state

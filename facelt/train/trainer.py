@@ -36,6 +36,7 @@ from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
+from facelt.train.sharding import evaluation_net
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.utils.io import append_jsonl, write_text
@@ -69,10 +70,13 @@ EpochCallback = Callable[[EpochContext], None]
 def validate(parts: StageParts) -> dict:
     """Closed-set report on the validation split (rank 0; ``{}`` elsewhere or without one)."""
     val = parts.data.val
-    if val is None or not parts.dist.is_primary:
+    if val is None:
+        return {}
+    net = evaluation_net(parts.net, parts.dist.is_primary)  # collective with a sharded head
+    if net is None or not parts.dist.is_primary:
         return {}
     cfg = parts.cfg
-    p = predict(parts.net, val.dataset, parts.device, cfg.eval.batch_size, cfg.data.num_workers,
+    p = predict(net, val.dataset, parts.device, cfg.eval.batch_size, cfg.data.num_workers,
                 desc="val")
     rep = closed_set_report(p, parts.data.counts, cfg.eval.many, cfg.eval.few)
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
