@@ -178,12 +178,13 @@ class TorchEmbedder:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        was_training = self.net.training
+        modes = [(m, m.training) for m in self.net.modules()]  # e.g. a frozen backbone's BN
         self.net.eval()
         try:
             out = self.forward(self.to_tensor(images).to(self.device))
         finally:
-            self.net.train(was_training)
+            for m, training in modes:
+                m.training = training
         return out.detach().float().cpu().numpy()
 
 

@@ -35,6 +35,7 @@ from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepC
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
+from facelt.train.verify_callback import VerificationCallback, verification_summary
 from facelt.utils.io import append_jsonl, write_text
 
 __all__ = ["StageTrainer", "StageResult", "EpochContext", "MidEpochCheckpoint", "NonFiniteLoss",
@@ -107,7 +108,8 @@ class StageTrainer:
     def __init__(self, cfg: Config, stage: int, out: Path, resume: bool = False,
                  init_checkpoint: Optional[Path] = None, dist: Optional[D.DistInfo] = None,
                  step_callbacks: Sequence[StepCallback] = (),
-                 epoch_callbacks: Sequence[EpochCallback] = ()) -> None:
+                 epoch_callbacks: Sequence[EpochCallback] = (),
+                 verification: Optional[VerificationCallback] = None) -> None:
         self.cfg = cfg
         self.stage = stage
         self.st = cfg.stage(stage)
@@ -119,6 +121,7 @@ class StageTrainer:
         self.dist = dist or D.setup(cfg.device)
         self.step_callbacks = list(step_callbacks)
         self.epoch_callbacks = list(epoch_callbacks)
+        self.verification = verification  # else built from cfg.eval.verification in run()
         self.state = TrainState()
 
     def build(self) -> StageParts:
@@ -134,6 +137,7 @@ class StageTrainer:
         return restore_checkpoint(parts, self.checkpoint_path)
 
     def run(self) -> StageResult:
+        verify = self.verification or VerificationCallback.from_config(self.cfg, self.dist)
         parts = self.build()
         self.state = state = self._resume_or_start(parts)
         ckpt_path = self.checkpoint_path
@@ -149,6 +153,9 @@ class StageTrainer:
             write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
+        if verify is not None:  # eval.verification: every eval.verify_every steps, epoch ends
+            verify.start_stage(parts, self.dir, state)
+            callbacks.append(verify)
         run_epochs = 0
         for epoch in range(start, self.st.epochs):
             position, state.position = state.position, None
@@ -158,6 +165,8 @@ class StageTrainer:
             metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m,
                        "lr": {g["name"]: g["lr"] for g in parts.optimizer.param_groups},
                        "val": val_m}
+            if verify is not None:
+                metrics["verification"] = verify.at_epoch_end(epoch)
             state.epoch, state.complete = epoch, epoch + 1 == self.st.epochs
             improved = False
             if self.dist.is_primary:
@@ -187,6 +196,8 @@ def _summary(m: dict) -> str:
     if val.get("overall") is not None:
         parts.append("val " + " ".join(f"{k} {val[k]:.3f}" for k in ("overall", "many", "medium", "few")
                                         if val.get(k) is not None))
+    if m.get("verification"):
+        parts.append(verification_summary(m["verification"]))
     return " | ".join(parts)
 
 
@@ -196,9 +207,11 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     dist = D.setup(cfg.device)
     results = []
     try:
+        verification = VerificationCallback.from_config(cfg, dist)  # read once for all stages
         for s in stages:
             trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
-                                   init_checkpoint=init_checkpoint if s == 2 else None)
+                                   init_checkpoint=init_checkpoint if s == 2 else None,
+                                   verification=verification)
             results.append(trainer.run())
     finally:
         D.teardown()
