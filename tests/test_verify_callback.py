@@ -126,6 +126,7 @@ def _torchrun(out, overrides):
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow  # torchrun start-up (~10 s)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_rank0_evaluates_rank1_waits(faces, tmp_path):
     out = tmp_path / "two"
@@ -138,6 +139,7 @@ def test_two_processes_rank0_evaluates_rank1_waits(faces, tmp_path):
     assert res.stdout.count("step 1 | lfw") == 1  # printed by rank 0 only
 
 
+@pytest.mark.slow  # torchrun start-up (~10 s)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_a_broken_set_stops_both_ranks(faces, tmp_path):
     bad = tmp_path / "broken.bin"

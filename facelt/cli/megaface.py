@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--distractor-features", type=Path, metavar="D.npy")
     x = p.add_argument_group("extract first (instead of feature files)")
     x.add_argument("--checkpoint", help="facelt checkpoint: extract features into OUT/features/")
+    x.add_argument("--onnx", metavar="MODEL",
+                   help="ONNX recognition model instead of --checkpoint (insightface convention, "
+                        "onnxruntime): extract features into OUT/features/")
     x.add_argument("--probe-images", type=Path, metavar="DIR",
                    help="probe image root; the probe list's `path` column is relative to it")
     x.add_argument("--probe-rec", help="probe rec prefix (rows in rec order = probe list order)")
@@ -115,8 +118,10 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
-    if args.checkpoint:
-        made = extract_with_checkpoint(args)
+    if args.checkpoint and args.onnx:
+        raise ConfigError("give --checkpoint or --onnx, not both")
+    if args.checkpoint or args.onnx:
+        made = extract_with_onnx(args) if args.onnx else extract_with_checkpoint(args)
         probe_features = made.probe or probe_features
         train_features = made.train or train_features
         if made.distractor is not None:
@@ -125,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                                                       made.distractor_rows)
     if probe_features is None or distractor_features is None:
         raise ConfigError("give --probe-features and --distractor-features, or --checkpoint with "
-                          "--probe-images/--probe-rec and --distractor-images/--distractor-rec")
+                          "--probe-images/--probe-rec and --distractor-images/--distractor-rec "
+                          "(or --onnx MODEL with them)")
     cfg = MegaFaceEvalConfig(
         gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=probe_features,
         probe_list=args.probe_list, distractor_features=distractor_features,
@@ -191,6 +197,41 @@ def extract_with_checkpoint(args: argparse.Namespace) -> ExtractedFeatures:
         setattr(made, field_name, out)
         if name == "distractors":
             made.distractor_rows = rows
+    return made
+
+
+def extract_with_onnx(args: argparse.Namespace) -> ExtractedFeatures:
+    """``--onnx``: embed the probe / distractor / training images with an ONNX model (flip-sum +
+    L2, resumable, :mod:`facelt.onnx_io`) into ``OUT/features/``, rows named as with
+    ``--checkpoint``; returns the files made."""
+    import csv
+
+    from facelt.embed import files_source, image_source
+    from facelt.onnx_io import OnnxEmbedder, extract_onnx_source_features
+    jobs = []
+    if args.probe_rec:
+        jobs.append(("probe", "probes", image_source(rec=args.probe_rec)))
+    elif args.probe_images:
+        with open(args.probe_list, newline="") as fh:
+            rows = [r["path"] for r in csv.DictReader(fh)]
+        jobs.append(("probe", "probes", files_source([args.probe_images / r for r in rows], rows)))
+    if args.distractor_rec or args.distractor_images:
+        jobs.append(("distractor", "distractors",
+                     image_source(rec=args.distractor_rec,
+                                  images=str(args.distractor_images) if args.distractor_images else None)))
+    if args.train_rec:
+        jobs.append(("train", "train", image_source(rec=args.train_rec)))
+    if not jobs:
+        raise ConfigError("--onnx needs --probe-images/--probe-rec, --distractor-images/"
+                          "--distractor-rec or --train-rec")
+    embedder = OnnxEmbedder(args.onnx)
+    feats = Path(args.out) / "features"
+    made = ExtractedFeatures()
+    for field_name, name, src in jobs:
+        out = extract_onnx_source_features(embedder, src, feats / f"{name}.npy", args.batch_size)
+        setattr(made, field_name, out)
+        if name == "distractors":
+            made.distractor_rows = list(src.rows)
     return made
 
 
