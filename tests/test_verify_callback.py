@@ -61,9 +61,13 @@ def _over(faces, *extra):
 
 def test_verification_every_steps_and_epoch_ends(faces, tmp_path, capsys):
     out = tmp_path / "run"
+    # epoch 1, then epoch 2 as a resumed run: the record and the highest so far carry over
     assert main(["train", *CONFIG, "--stage", "1", "--out", str(out),
-                 *_sets(_over(faces, "eval.verify_every=2"))]) == 0
+                 *_sets(_over(faces, "eval.verify_every=2", "stage1.epochs=1"))]) == 0
     printed = capsys.readouterr().out
+    assert main(["train", *CONFIG, "--stage", "1", "--out", str(out), "--resume",
+                 *_sets(_over(faces, "eval.verify_every=2"))]) == 0
+    printed += capsys.readouterr().out
     # 2 epochs x 3 steps: global steps 2 and 4 evaluate from the step callback (step 6 is the
     # second epoch's end and evaluates there, once), plus both epoch ends
     hist = json.loads((out / "stage1" / "verification.json").read_text())["history"]
@@ -149,3 +153,29 @@ def test_two_processes_a_broken_set_stops_both_ranks(faces, tmp_path):
     assert res.returncode != 0
     assert "not an image OpenCV can decode" in res.stdout + res.stderr
     assert not (tmp_path / "two" / "stage1" / "checkpoint.pt").exists()
+
+
+def test_a_resumed_stage_keeps_the_highest_up_to_its_checkpoint(tmp_path):
+    """start_stage on a resumed stage rebuilds the record from verification.json, dropping the
+    evaluations after the checkpoint's position (they will be redone)."""
+    from types import SimpleNamespace
+
+    from facelt.train.distributed import DistInfo
+    from facelt.train.loop import EpochPosition
+    from facelt.train.state import TrainState
+    from facelt.train.verify_callback import VerificationCallback
+
+    def entry(epoch, step, g, acc):
+        return {"stage": 1, "epoch": epoch, "step": step, "global_step": g, "at": "step",
+                "results": {"lfw": {"accuracy": acc}}}
+    # 10 steps an epoch; evaluations at global steps 5, 10, 15, 20 with accuracies .6 .9 .7 .95
+    hist = [entry(1, 5, 5, 0.6), entry(1, 10, 10, 0.9), entry(2, 5, 15, 0.7), entry(2, 10, 20, 0.95)]
+    (tmp_path / "verification.json").write_text(json.dumps({"history": hist}))
+    parts = SimpleNamespace(st=SimpleNamespace(max_steps_per_epoch=0), loader=[0] * 10)
+    cb = VerificationCallback([], DistInfo(), every=5, batch_size=8)
+    # checkpoint inside epoch 2 (0-based 1) after 7 steps: global step 17
+    cb.start_stage(parts, tmp_path, TrainState(epoch=0, position=EpochPosition(1, 7, [0.0] * 5, 1.0)))
+    assert [h["global_step"] for h in cb.history] == [5, 10, 15]
+    assert cb.highest["lfw"]["accuracy"] == 0.9 and cb.highest["lfw"]["global_step"] == 10
+    cb.start_stage(parts, tmp_path, TrainState())  # a fresh stage starts an empty record
+    assert cb.history == [] and cb.highest == {}
