@@ -213,6 +213,13 @@ class EvalConfig:
     batch_size: int = field(default=256, metadata={"ge": 1})
     sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(21)],
                                metadata={"ge": 0, "le": 1})
+    verification: list[str] = field(default_factory=list)
+    """Face verification sets (insightface ``.bin``) evaluated during training, at each epoch end
+    and every ``verify_every`` steps, on rank 0: a bare name (``lfw``, ``cfp_fp``, ``agedb_30``)
+    is ``<name>.bin`` beside the training rec / list (as in ``faces_emore/``); anything with a
+    ``/`` or ending in ``.bin`` is a path. Empty: none."""
+    verify_every: int = field(default=0, metadata={"ge": 0})
+    """Also evaluate ``verification`` every N optimizer steps of the stage (0: epoch ends only)."""
 
 
 @dataclass

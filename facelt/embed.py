@@ -178,12 +178,13 @@ class TorchEmbedder:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        was_training = self.net.training
+        modes = [(m, m.training) for m in self.net.modules()]  # e.g. a frozen backbone's BN
         self.net.eval()
         try:
             out = self.forward(self.to_tensor(images).to(self.device))
         finally:
-            self.net.train(was_training)
+            for m, training in modes:
+                m.training = training
         return out.detach().float().cpu().numpy()
 
 
@@ -261,10 +262,21 @@ def image_source(rec: Optional[str] = None, list_file: Optional[str] = None, roo
         if not found:
             raise DataError(f"no images under {images}")
         paths, rows = found, [str(p.relative_to(images)) for p in found]
+    return files_source(paths, rows)
+
+
+def files_source(paths: Sequence[Union[str, Path]], rows: Optional[Sequence[str]] = None
+                 ) -> ImageSource:
+    """The image files ``paths`` (read with OpenCV, as RGB) in that order; row names ``rows``
+    (default: the paths as given)."""
+    paths = [Path(p) for p in paths]
+    names = [str(p) for p in paths] if rows is None else [str(r) for r in rows]
+    if len(names) != len(paths):
+        raise ValueError(f"{len(paths)} paths for {len(names)} row names")
 
     def read_file(i: int) -> np.ndarray:
         img = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"image {paths[i]}: missing or not an image OpenCV can decode")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return ImageSource(rows, read_file)
+    return ImageSource(names, read_file)

@@ -166,22 +166,33 @@ def extract_onnx_features(model: Union[str, os.PathLike], out: Union[str, os.Pat
                           flip: bool = True) -> tuple[Path, int]:
     """``extract-features --onnx``: embed a rec / list / folder with an ONNX model into ``out``
     (flip-sum + L2, resumable) and write its row manifest ``out``'s ``.rows.txt``."""
+    from facelt.embed import image_source
+    src = image_source(rec, list_file, root, images)
+    return extract_onnx_source_features(model, src, out, batch_size, flip), len(src.rows)
+
+
+def extract_onnx_source_features(model: Union[str, os.PathLike, "OnnxEmbedder"], source,
+                                 out: Union[str, os.PathLike], batch_size: int = 256,
+                                 flip: bool = True) -> Path:
+    """Embed the images of ``source`` (a :class:`facelt.embed.ImageSource`) with an ONNX model
+    (a path or an :class:`OnnxEmbedder`) into ``out``: flip-sum + L2, resumable, reused when
+    made from the same model file and rows; the row manifest ``out``'s ``.rows.txt`` is written
+    beside it. Returns the feature file."""
     import hashlib
     import json
 
-    from facelt.embed import embed_to_file, image_source
+    from facelt.embed import embed_to_file
     from facelt.features import finished_with, write_manifest
-    embedder = OnnxEmbedder(model)
-    src = image_source(rec, list_file, root, images)
-    st = Path(model).stat()
-    h = hashlib.sha256(json.dumps([str(Path(model).resolve()), st.st_size, st.st_mtime_ns,
+    embedder = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model)
+    st = embedder.path.stat()
+    h = hashlib.sha256(json.dumps([str(embedder.path.resolve()), st.st_size, st.st_mtime_ns,
                                    bool(flip)]).encode())
-    for r in src.rows:
+    for r in source.rows:
         h.update(r.encode() + b"\n")
     fp = h.hexdigest()
     path = Path(out)
     if not finished_with(path, fp):
-        path = embed_to_file(embedder, src.batches(batch_size, f"features {path.name}"), path,
-                             len(src.rows), normalize=True, flip=flip, fingerprint=fp)
-    write_manifest(Path(f"{path.with_suffix('')}.rows.txt"), src.rows)
-    return path, len(src.rows)
+        path = embed_to_file(embedder, source.batches(batch_size, f"features {path.name}"), path,
+                             len(source.rows), normalize=True, flip=flip, fingerprint=fp)
+    write_manifest(Path(f"{path.with_suffix('')}.rows.txt"), source.rows)
+    return path

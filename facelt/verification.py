@@ -176,6 +176,23 @@ def read_bin(path: Union[str, os.PathLike]) -> tuple[list[bytes], np.ndarray]:
     return images, flags
 
 
+def write_bin(path: Union[str, os.PathLike], encoded: list[bytes], issame: Any) -> Path:
+    """Write a verification set in insightface's format: a pickle of ``(bins, issame_list)`` with
+    ``bins`` the ``2N`` encoded images as Python 3 bytes (pair ``i`` = ``2i``, ``2i+1``) and
+    ``issame_list`` ``N`` bools (written to a temporary name, then renamed)."""
+    from facelt.utils.io import atomic_path
+    flags = [bool(x) for x in np.asarray(issame).reshape(-1)]
+    bins = [bytes(b) for b in encoded]
+    if len(bins) != 2 * len(flags) or not flags:
+        raise DataError(f"verification set {path}: {len(bins)} images for {len(flags)} pairs; "
+                        "expected 2 per pair and at least one pair")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(pickle.dumps((bins, flags), protocol=4))
+    return out
+
+
 def decode_images(encoded: list[bytes], where: str = "images",
                   size: Optional[tuple[int, int]] = None) -> np.ndarray:
     """Decode encoded images into one ``(N, H, W, 3)`` uint8 RGB array.

@@ -19,6 +19,21 @@ def test_demo_small_end_to_end_then_rerun_reuses(tmp_path, capsys):
     mf = json.loads((out / "megaface" / "report.json").read_text())
     assert [r["gallery"] for r in mf["results"]] == [10, 100]
     assert mf["trials"] == 20 * 5 * 4  # 20 probe identities x 5 images x 4 other images each
+    # verification of both stages and of the ONNX export on unseen SYNTHETIC identities
+    from facelt.verification import read_bin
+    bins, issame = read_bin(out / "eval_sets" / "verification.bin")
+    assert len(bins) == 2 * 200 and issame.tolist() == [True, False] * 100
+    ver = json.loads((out / "verification" / "report.json").read_text())
+    assert ver["pairs"] == 200 and ver["positive"] == 100 and ver["onnx_min_cosine"] > 0.999
+    for key in ("stage1", "stage2", "onnx"):
+        r = ver["results"][key]
+        assert r["pairs"] == 200 and 0 <= r["accuracy"] <= 1 and 0 <= r["std"] <= 0.5
+        assert 0 <= r["threshold"] < 4 and 0 <= r["val"] <= 1
+    # the ONNX model is the stage-2 network: the same pairs come out on the same side
+    assert abs(ver["results"]["onnx"]["accuracy"] - ver["results"]["stage2"]["accuracy"]) <= 0.01
+    assert (out / "model.onnx").stat().st_size > 1000
+    assert "## Face verification" in report and "[model.onnx](model.onnx)" in report
+    assert report.count("| stage 2, ONNX (onnxruntime) |") == 1
     ckpt = (out / "train" / "stage2" / "checkpoint.pt").stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0  # a second run reuses every finished step

@@ -183,3 +183,42 @@ def test_ijb_with_a_112_onnx_model(tmp_path, capsys):
     cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     np.testing.assert_allclose(np.load(out / "pair_scores.npy"),
                                [cos(t[0], t[1]), cos(t[0], t[2]), cos(t[1], t[2])], atol=1e-4)
+
+
+def test_megaface_eval_with_onnx(stage2_checkpoint, tmp_path):
+    """megaface-eval --onnx: probe files named by the probe CSV and a distractor folder are
+    embedded by onnxruntime (flip-sum + L2) into OUT/features, then scored."""
+    import csv
+    _, net = stage2_checkpoint
+    model = _onnx_model(tmp_path, net)
+    rng = np.random.default_rng(4)
+    probes = rng.integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)  # 3 identities x 2
+    distractors = rng.integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "d" / "x").mkdir(parents=True)
+    rows = [f"id{i // 2}/{i}.png" for i in range(6)]
+    for r, img in zip(rows, probes):
+        (tmp_path / "p" / r).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / "p" / r), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    for i, img in enumerate(distractors):
+        cv2.imwrite(str(tmp_path / "d" / "x" / f"{i:02d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    with open(tmp_path / "probes.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "identity"])
+        w.writerows([r, i // 2] for i, r in enumerate(rows))
+    out = tmp_path / "mf"
+    assert main(["megaface-eval", "--gallery", "10", "--onnx", str(model), "--probe-images",
+                 str(tmp_path / "p"), "--probe-list", str(tmp_path / "probes.csv"),
+                 "--distractor-images", str(tmp_path / "d"), "--batch-size", "4",
+                 "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["trials"] == 3 * 2 * 1  # every ordered pair of two images of one identity
+    for name, imgs in (("probes", probes), ("distractors", distractors)):
+        got = np.load(out / "features" / f"{name}.npy")
+        want = torch_flip_sum(net, imgs)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        assert cosines(got, want).min() >= 0.999
+    assert (out / "features" / "distractors.rows.txt").read_text().split() == \
+        [f"x/{i:02d}.png" for i in range(12)]
+    assert main(["megaface-eval", "--gallery", "10", "--onnx", str(model), "--checkpoint", "c.pt",
+                 "--probe-list", str(tmp_path / "probes.csv"), "--out", str(tmp_path / "x")]) == 2

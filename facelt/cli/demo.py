@@ -5,10 +5,13 @@
 2. train stage 1 (plain) and stage 2 (OLTR) on it;
 3. open-set classification of new images of the known identities plus unseen identities, for both
    stages (many / medium / few, F-measure);
-4. extract flip-summed, L2-normalised features of probes, SYNTHETIC distractors and the training
+4. face verification (insightface's 10-fold protocol) of both stages on a verification .bin of
+   SYNTHETIC identities never seen in training, and the stage-2 model exported to ONNX
+   (OUT/model.onnx, checked against facelt and verified too);
+5. extract flip-summed, L2-normalised features of probes, SYNTHETIC distractors and the training
    set, and run the MegaFace challenge-1 protocol at several gallery sizes with pseudo-shot buckets
    and a breakdown by whether the probe identity was seen in training;
-5. write OUT/report.md linking everything.
+6. write OUT/report.md linking everything.
 
 Every step skips work that is already complete, so re-running after an interruption continues.
 """
@@ -27,6 +30,9 @@ from facelt.utils.io import atomic_path, write_json, write_text
 
 #: what the top-level report.md is made from (``facelt report OUT`` rebuilds it from this)
 SUMMARY_NAME = "demo_summary.json"
+#: the demo's verification set: pairs, and SYNTHETIC identities never seen in training
+VERIFY_PAIRS = 200
+VERIFY_IDENTITIES = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,6 +72,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from pipelines.synthetic_faces import (long_tail_counts, synthetic_probes,
                                            write_plain_rec, write_synthetic_distractors,
                                            write_synthetic_rec)
+    from pipelines.synthetic_verification import write_synthetic_verification_bin
 
     t0 = time.time()
     out = Path(args.out)
@@ -102,6 +109,11 @@ def run_demo(args: argparse.Namespace) -> int:
         write_plain_rec(evd / "test", imgs, labels)
         imgs, _ = synthetic_probes(unseen, 6, seed=seed, size=size)
         write_plain_rec(evd / "open", imgs, np.full(len(imgs), -1))
+    vbin = evd / "verification.bin"
+    if not vbin.exists():  # identities after the open set's: in neither the source nor the open set
+        first = len(source_counts) + len(unseen)
+        write_synthetic_verification_bin(vbin, np.arange(first, first + VERIFY_IDENTITIES),
+                                         VERIFY_PAIRS, seed=seed, size=size)
     overrides = [f"data.root={lt_dir}", f"data.test={(evd / 'test').resolve()}",
                  f"data.open={(evd / 'open').resolve()}", *args.overrides]
     cfg = load_config(configs_dir() / "demo_faces.yaml", overrides)
@@ -114,7 +126,11 @@ def run_demo(args: argparse.Namespace) -> int:
         ck = out / "train" / f"stage{s}" / "checkpoint.pt"
         cls[s] = evaluate_checkpoint(ck, out / f"classify_stage{s}", data=cfg.data)
 
-    # 4. MegaFace-style identification with the stage-2 model ---------------------------------
+    # 4. verification of both stages, ONNX export of stage 2 ------------------------------------
+    _step("face verification on unseen SYNTHETIC identities; ONNX export of stage 2")
+    ver = verify_and_export(out, vbin, cfg.data.image_size)
+
+    # 5. MegaFace-style identification with the stage-2 model ---------------------------------
     feats = out / "features"
     probes_prefix = evd / "probes"
     seen_ids = kept_source[np.unique(np.linspace(0, n_known - 1, 14).round().astype(int))]
@@ -148,8 +164,8 @@ def run_demo(args: argparse.Namespace) -> int:
     mf.setdefault("meta", {})["stage"] = 2  # features of the stage-2 model
     write_report(mf, out / "megaface")
 
-    # 5. one report ----------------------------------------------------------------------------
-    write_demo_summary(out, manifest, cls, mf, time.time() - t0)
+    # 6. one report ----------------------------------------------------------------------------
+    write_demo_summary(out, manifest, cls, mf, time.time() - t0, ver)
     _step(f"done in {time.time() - t0:.0f} s. Report: {out / 'report.md'}")
     return 0
 
@@ -158,7 +174,59 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: float) -> Path:
+def verify_and_export(out: Path, vbin: Path, image_size: int) -> dict:
+    """Verification of the stage-1 and stage-2 checkpoints and of the stage-2 ONNX export
+    (written to ``out/model.onnx`` unless newer than the checkpoint) on ``vbin``; the results
+    also go to ``out/verification/report.json``."""
+    from facelt.embed import embedder_for_checkpoint
+    from facelt.onnx_io import OnnxEmbedder, compare_with_torch, export_onnx
+    from facelt.train.checkpoint import net_from_checkpoint
+    from facelt.train.distributed import pick_device
+    from facelt.verification import VerificationSet
+    vs = VerificationSet.load(vbin, image_size)  # decoded once for the three models
+    dev = pick_device("auto")
+    results = {}
+    for s in (1, 2):
+        ck = out / "train" / f"stage{s}" / "checkpoint.pt"
+        net, ncfg, _ = net_from_checkpoint(ck, dev)
+        results[f"stage{s}"] = vs.evaluate_model(embedder_for_checkpoint(net, ncfg, dev), dev, 256)
+    model = out / "model.onnx"
+    if not model.exists() or model.stat().st_mtime_ns < ck.stat().st_mtime_ns:
+        export_onnx(net, model, image_size=image_size, channels=ncfg.data.channels)
+    min_cos = compare_with_torch(model, net, image_size)
+    results["onnx"] = vs.evaluate_model(OnnxEmbedder(model), batch_size=256)
+    report = {"set": str(vbin), "pairs": vs.pairs, "positive": int(vs.issame.sum()),
+              "identities": VERIFY_IDENTITIES, "onnx_model": str(model),
+              "onnx_min_cosine": min_cos, "results": results}
+    write_json(out / "verification" / "report.json", report)
+    return report
+
+
+def _verification_lines(ver: dict) -> list[str]:
+    neg = ver["pairs"] - ver["positive"]
+    lines = ["## Face verification (insightface protocol)", "",
+             f"[eval_sets/verification.bin](eval_sets/verification.bin), insightface's `.bin` "
+             f"format: {ver['pairs']} pairs ({ver['positive']} positive: two images of one "
+             f"identity; {neg} negative: two identities) of {ver['identities']} SYNTHETIC "
+             "identities never seen in training (outside the source set and the open set). "
+             "Flip-sum, L2, 10 folds; accuracy = mean +- std over the folds, threshold on the "
+             f"squared L2 distance. With {neg * 9 // 10} impostor pairs per training fold the FAR "
+             "grid is coarser than 1e-3, so TAR@FAR=1e-3 is the TAR below the training folds' "
+             "closest impostor.", "",
+             "| model | accuracy | threshold | TAR@FAR=1e-3 |", "|---|---|---|---|"]
+    for key, name in (("stage1", "stage 1 (plain)"), ("stage2", "stage 2 (OLTR)"),
+                      ("onnx", "stage 2, ONNX (onnxruntime)")):
+        r = ver["results"][key]
+        lines.append(f"| {name} | {100 * r['accuracy']:.1f} +- {100 * r['std']:.1f} | "
+                     f"{r['threshold']:.2f} | {_fmt(r['val'])} |")
+    lines += ["", "ONNX model: [model.onnx](model.onnx) (the stage-2 embedding network; input "
+              "N x 3 x S x S RGB, `(x - 127.5) / 127.5` outside the graph); min cosine vs facelt "
+              f"over 8 random images: {ver['onnx_min_cosine']:.6f}.", ""]
+    return lines
+
+
+def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: float,
+                       ver: dict | None = None) -> Path:
     """Record the demo's results in ``OUT/demo_summary.json`` and write ``OUT/report.md`` from it.
     The total time is the first complete run's: a rerun (which skips finished steps) records its
     own time beside it and never replaces it."""
@@ -172,6 +240,7 @@ def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: 
         "megaface": {"results": [{k: r[k] for k in ("gallery", "rank1", "trials")}
                                  for r in mf.get("results", [mf])],
                      "pseudo_shots": mf.get("pseudo_shots") or {}},
+        "verification": ver,
         "total_seconds": previous.get("total_seconds", round(seconds, 1)),
         "last_run_seconds": round(seconds, 1),
     }
@@ -201,8 +270,10 @@ def write_demo_report(out: Path) -> Path:
         lines.append(f"| {name} | {_fmt(c['overall'])} | {_fmt(c['many'])} | {_fmt(c['medium'])} | "
                      f"{_fmt(c['few'])} | {_fmt(o['overall'])} | {_fmt(o['f_measure'])} |")
     lines += ["", "Per-class accuracy and threshold sweep: "
-              "[stage 1](classify_stage1/report.md), [stage 2](classify_stage2/report.md).", "",
-              "## MegaFace-style identification (stage-2 features)", "",
+              "[stage 1](classify_stage1/report.md), [stage 2](classify_stage2/report.md).", ""]
+    if summary.get("verification"):
+        lines += _verification_lines(summary["verification"])
+    lines += ["## MegaFace-style identification (stage-2 features)", "",
               "| distractors | rank-1 | trials |", "|---|---|---|"]
     for r in mf.get("results", [mf]):
         lines.append(f"| {r['gallery']} | {_fmt(r['rank1'])} | {r['trials']} |")

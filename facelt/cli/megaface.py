@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--distractor-rec)")
     x = p.add_argument_group("extract first (instead of feature files)")
     x.add_argument("--checkpoint", help="facelt checkpoint: extract features into OUT/features/")
+    x.add_argument("--onnx", metavar="MODEL",
+                   help="ONNX recognition model instead of --checkpoint (insightface convention, "
+                        "onnxruntime): extract features into OUT/features/")
     x.add_argument("--probe-images", type=Path, metavar="DIR",
                    help="probe image root; the probe list's 'path' column is relative to it")
     x.add_argument("--probe-rec", help="probe rec prefix (rows in rec order = probe list order)")
@@ -134,8 +137,13 @@ def evaluate_megaface(args: argparse.Namespace, dist) -> int:
     probe_features, distractor_features = args.probe_features, args.distractor_features
     train_features, distractor_list = args.train_features, args.distractor_list
     made = None
-    if args.checkpoint:
-        made = extract_with_checkpoint(args, dist)
+    if args.checkpoint and args.onnx:
+        raise ConfigError("give --checkpoint or --onnx, not both")
+    if args.onnx and dist is not None and dist.distributed:
+        raise ConfigError("--onnx embeds in one process: run megaface-eval --onnx without torchrun "
+                          "(or extract first, then run torchrun megaface-eval on the features)")
+    if args.checkpoint or args.onnx:
+        made = extract_with_onnx(args) if args.onnx else extract_with_checkpoint(args, dist)
         probe_features = made.probe or probe_features
         train_features = made.train or train_features
         if made.distractor is not None:
@@ -144,7 +152,8 @@ def evaluate_megaface(args: argparse.Namespace, dist) -> int:
                                                       made.distractor_rows)
     if probe_features is None or distractor_features is None:
         raise ConfigError("give --probe-features and --distractor-features, or --checkpoint with "
-                          "--probe-images/--probe-rec and --distractor-images/--distractor-rec")
+                          "--probe-images/--probe-rec and --distractor-images/--distractor-rec "
+                          "(or --onnx MODEL with them)")
     cfg = MegaFaceEvalConfig(
         gallery_sizes=parse_gallery_sizes(args.gallery), probe_features=probe_features,
         probe_list=args.probe_list, distractor_features=distractor_features,
@@ -155,7 +164,7 @@ def evaluate_megaface(args: argparse.Namespace, dist) -> int:
     report = run_evaluation(cfg, dist)
     if report is None:  # another rank: rank 0 merges its search and reports
         return 0
-    if made is not None:
+    if made is not None and made.stage is not None:
         report["meta"]["stage"] = made.stage
     write_report(report, args.out)
     for r in report.get("results") or [report]:
@@ -217,6 +226,41 @@ def extract_with_checkpoint(args: argparse.Namespace, dist=None) -> ExtractedFea
         setattr(made, field_name, out)
         if name == "distractors":
             made.distractor_rows = rows
+    return made
+
+
+def extract_with_onnx(args: argparse.Namespace) -> ExtractedFeatures:
+    """``--onnx``: embed the probe / distractor / training images with an ONNX model (flip-sum +
+    L2, resumable, :mod:`facelt.onnx_io`) into ``OUT/features/``, rows named as with
+    ``--checkpoint``; returns the files made."""
+    import csv
+
+    from facelt.embed import files_source, image_source
+    from facelt.onnx_io import OnnxEmbedder, extract_onnx_source_features
+    jobs = []
+    if args.probe_rec:
+        jobs.append(("probe", "probes", image_source(rec=args.probe_rec)))
+    elif args.probe_images:
+        with open(args.probe_list, newline="") as fh:
+            rows = [r["path"] for r in csv.DictReader(fh)]
+        jobs.append(("probe", "probes", files_source([args.probe_images / r for r in rows], rows)))
+    if args.distractor_rec or args.distractor_images:
+        jobs.append(("distractor", "distractors",
+                     image_source(rec=args.distractor_rec,
+                                  images=str(args.distractor_images) if args.distractor_images else None)))
+    if args.train_rec:
+        jobs.append(("train", "train", image_source(rec=args.train_rec)))
+    if not jobs:
+        raise ConfigError("--onnx needs --probe-images/--probe-rec, --distractor-images/"
+                          "--distractor-rec or --train-rec")
+    embedder = OnnxEmbedder(args.onnx)
+    feats = Path(args.out) / "features"
+    made = ExtractedFeatures()
+    for field_name, name, src in jobs:
+        out = extract_onnx_source_features(embedder, src, feats / f"{name}.npy", args.batch_size)
+        setattr(made, field_name, out)
+        if name == "distractors":
+            made.distractor_rows = list(src.rows)
     return made
 
 

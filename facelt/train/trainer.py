@@ -39,6 +39,7 @@ from facelt.train.stage import StageParts, build_stage, init_head_from_data, sta
 from facelt.train.sharding import evaluation_net
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
+from facelt.train.verify_callback import VerificationCallback, verification_summary
 from facelt.utils.io import append_jsonl, write_text
 from facelt.utils.run_lock import RunLock, lock_run_folder
 
@@ -115,7 +116,8 @@ class StageTrainer:
     def __init__(self, cfg: Config, stage: int, out: Path, resume: bool = False,
                  init_checkpoint: Optional[Path] = None, dist: Optional[D.DistInfo] = None,
                  step_callbacks: Sequence[StepCallback] = (),
-                 epoch_callbacks: Sequence[EpochCallback] = (), later_epochs: int = 0) -> None:
+                 epoch_callbacks: Sequence[EpochCallback] = (), later_epochs: int = 0,
+                 verification: Optional[VerificationCallback] = None) -> None:
         self.cfg = cfg
         self.stage = stage
         self.st = cfg.stage(stage)
@@ -127,6 +129,7 @@ class StageTrainer:
         self.dist = dist or D.setup(cfg.device)
         self.step_callbacks = list(step_callbacks)
         self.epoch_callbacks = list(epoch_callbacks)
+        self.verification = verification  # else built from cfg.eval.verification in run()
         self.state = TrainState()
         self.later_epochs = later_epochs  # epochs of the stages this run trains after this one
         self.tensorboard = tensorboard_logger(cfg, self.dir, self.dist.is_primary)  # before work
@@ -165,6 +168,7 @@ class StageTrainer:
         return restore_checkpoint(parts, self.checkpoint_path)
 
     def run(self) -> StageResult:
+        verify = self.verification or VerificationCallback.from_config(self.cfg, self.dist)
         parts = self.build()  # first: bad lists / images are reported as such
         self.check_resume()
         self.state = state = self._resume_or_start(parts)
@@ -182,18 +186,21 @@ class StageTrainer:
             print("\n".join(config_key_lines(parts)), flush=True)
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
+        if verify is not None:  # eval.verification: every eval.verify_every steps, epoch ends
+            verify.start_stage(parts, self.dir, state)
+            callbacks.append(verify)
         epoch_callbacks = list(self.epoch_callbacks)
         if self.tensorboard is not None:
             callbacks.append(self.tensorboard.on_step)
             epoch_callbacks.append(self.tensorboard.on_epoch)
         try:
-            return self._run_epochs(parts, state, start, callbacks, epoch_callbacks)
+            return self._run_epochs(parts, state, start, callbacks, epoch_callbacks, verify)
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
 
-    def _run_epochs(self, parts: StageParts, state: TrainState, start: int,
-                    callbacks: list, epoch_callbacks: list) -> StageResult:
+    def _run_epochs(self, parts: StageParts, state: TrainState, start: int, callbacks: list,
+                    epoch_callbacks: list, verify: Optional[VerificationCallback]) -> StageResult:
         ckpt_path = self.checkpoint_path
         epoch_seconds: list[float] = []
         run_epochs = 0
@@ -206,6 +213,8 @@ class StageTrainer:
             metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m,
                        "lr": {g["name"]: g["lr"] for g in parts.optimizer.param_groups},
                        "val": val_m}
+            if verify is not None:
+                metrics["verification"] = verify.at_epoch_end(epoch)
             state.epoch, state.complete = epoch, epoch + 1 == self.st.epochs
             improved = False
             if self.dist.is_primary:
@@ -238,6 +247,8 @@ def _summary(m: dict) -> str:
     if val.get("overall") is not None:
         parts.append("val " + " ".join(f"{k} {val[k]:.3f}" for k in ("overall", "many", "medium", "few")
                                         if val.get(k) is not None))
+    if m.get("verification"):
+        parts.append(verification_summary(m["verification"]))
     return " | ".join(parts)
 
 
@@ -249,11 +260,12 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     lock = None
     try:
         lock = lock_output(out, dist)
+        verification = VerificationCallback.from_config(cfg, dist)  # read once for all stages
         for i, s in enumerate(stages):
             later = sum(cfg.stage(t).epochs for t in stages[i + 1:])
             trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
                                    init_checkpoint=init_checkpoint if s == 2 else None,
-                                   later_epochs=later)
+                                   later_epochs=later, verification=verification)
             results.append(trainer.run())
     finally:
         if lock is not None:
