@@ -24,7 +24,11 @@ RESUME_FREE_KEYS = (
     "name", "out", "device", "log_every", "log.",
     "data.num_workers",
     "eval.batch_size", "eval.threshold", "eval.sweep", "eval.many", "eval.few",
+    "eval.verification", "eval.verify_every",
     "stage1.checkpoint_every", "stage2.checkpoint_every",
+    # the class-sharded head computes the same maths and saves consolidated checkpoints, so a run
+    # may move between one GPU's head and a head sharded over the processes
+    "stage1.shard_head", "stage2.shard_head",
 )
 
 
