@@ -29,6 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (runs/<method>/ and the report)")
     p.add_argument("--resume", action="store_true",
                    help="continue incomplete training runs under --out")
+    p.add_argument("--seeds", default="",
+                   help="comma-separated seeds, e.g. 0,1,2: every method once per seed "
+                        "(OUT/seed<N>/), table of mean +- std, per-seed values in report.json; "
+                        "adds the plain_same_epochs row")
+    p.add_argument("--same-epochs", action="store_true",
+                   help="(one seed) add the plain_same_epochs row: plain trained "
+                        "stage1.epochs + stage2.epochs epochs")
+    p.add_argument("--weights", choices=["last", "best"], default="last",
+                   help="evaluate each run's last epoch (checkpoint.pt) or its best-on-val "
+                        "weights (best.pt, as the OLTR reference does)")
     p.set_defaults(func=run)
 
 
@@ -44,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data_root}")
     from facelt.utils.io import ensure_writable_dir
     ensure_writable_dir(args.out, "--out")
-    compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
+    if args.seeds:
+        from facelt.compare.seeds import compare_seeds, parse_seeds
+        compare_seeds(recipe, methods, Path(args.out), mdir, parse_seeds(args.seeds), overrides,
+                      resume=args.resume, same_epochs=True, weights=args.weights)
+    else:
+        compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume,
+                same_epochs=args.same_epochs, weights=args.weights)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
-
-from facelt.config import Config
+from facelt.config import Config, config_yaml
 from facelt.errors import FaceltError
 from facelt.evaluate import closed_set_report, predict
 from facelt.train import distributed as D
@@ -146,7 +144,7 @@ class StageTrainer:
             return StageResult(self.stage, self.dir, ckpt_path, 0, state.metrics)
         if self.dist.is_primary:
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            write_text(self.dir / "config.yaml", config_yaml(self.cfg))
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
         run_epochs = 0
@@ -195,6 +193,9 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     """Run the requested stages in order, in this process (one rank of torchrun or alone)."""
     dist = D.setup(cfg.device)
     results = []
+    if dist.is_primary:  # the fully resolved recipe of the run, every key
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(out) / "config.yaml", config_yaml(cfg))
     try:
         for s in stages:
             trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
