@@ -462,10 +462,21 @@ LEGACY_STAGE_KEYS = {
 }
 
 
+#: stage keys whose default changed to the reference recipe (issue 13), with the value a saved
+#: config that lacks them was trained with
+FORMER_STAGE_DEFAULTS = {
+    ("spatial_attention",): "conv", ("frozen_bn",): "eval", ("init_weights",): "last",
+    ("meta", "hallucinator_init"): "random", ("centroid_loss", "update"): "autograd",
+}
+
+
 def upgrade_saved_config(tree: dict) -> dict:
     """A config saved in a checkpoint, with the flat stage keys of older versions moved into
     their sections (``stage1.cos_scale`` -> ``stage1.cosine.scale``, a float ``stage1.margin`` ->
-    ``stage1.margin.m`` ...). A current config comes back unchanged."""
+    ``stage1.margin.m`` ...), and the keys whose default became the reference recipe's filled in
+    with the value the checkpoint was trained with (:data:`FORMER_STAGE_DEFAULTS`: e.g. a stage
+    saved without ``spatial_attention`` had the 1x1-conv attention). A current config comes back
+    unchanged."""
     out = dict(tree)
     for stage in ("stage1", "stage2"):
         st = out.get(stage)
@@ -477,6 +488,12 @@ def upgrade_saved_config(tree: dict) -> dict:
         for old, (section, key) in LEGACY_STAGE_KEYS.items():
             if old in st:
                 st[section] = dict(st.get(section) or {}, **{key: st.pop(old)})
+        for path, former in FORMER_STAGE_DEFAULTS.items():
+            node = st
+            for part in path[:-1]:
+                node[part] = dict(node.get(part) or {})
+                node = node[part]
+            node.setdefault(path[-1], former)
         out[stage] = st
     return out
 

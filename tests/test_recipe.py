@@ -316,3 +316,15 @@ def test_seed_summary_by_hand():
     assert long.name == "plain_same_epochs" and long.config["stage1"] == {"head": "linear",
                                                                           "epochs": 7}
     assert base.config["stage1"] == {"head": "linear"}
+
+
+def test_checkpoints_saved_before_the_reference_defaults_keep_what_they_were_trained_with():
+    from facelt.config import config_from_dict, upgrade_saved_config
+    old = {"stage2": {"head": "meta", "attention": True, "freeze_backbone": True,
+                      "centroid_loss": {"weight": 0.01}, "meta": {"reach_scale": 10.0}}}
+    s2 = config_from_dict(upgrade_saved_config(old)).stage2
+    assert (s2.spatial_attention, s2.frozen_bn, s2.init_weights, s2.meta.hallucinator_init,
+            s2.centroid_loss.update) == ("conv", "eval", "last", "random", "autograd")
+    # a current config (every key present) comes back unchanged
+    now = Config().to_dict()
+    assert upgrade_saved_config(now) == now
