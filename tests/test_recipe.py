@@ -328,3 +328,36 @@ def test_checkpoints_saved_before_the_reference_defaults_keep_what_they_were_tra
     # a current config (every key present) comes back unchanged
     now = Config().to_dict()
     assert upgrade_saved_config(now) == now
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("oltr_autograd_centroids", ("centroid_loss", "update"), "autograd"),
+    ("oltr_conv_attention", ("spatial_attention",), "conv"),
+    ("oltr_no_fc_add", ("fc_add",), 0),
+    ("oltr_random_hallucinator", ("meta", "hallucinator_init"), "random"),
+])
+def test_each_ablation_overlay_differs_from_oltr_in_one_key(name, key, value):
+    from facelt.compare import load_method, method_config
+    methods = CONFIGS / "methods"
+    base = load_method("plain", methods)
+    recipe = CONFIGS / "fashion_lt.yaml"
+    ref = method_config(recipe, load_method("oltr", methods), base).to_dict()["stage2"]
+    var = method_config(recipe, load_method(f"ablation/{name}", methods), base).to_dict()["stage2"]
+    node_r, node_v = ref, var
+    for part in key[:-1]:
+        node_r, node_v = node_r[part], node_v[part]
+    assert node_v[key[-1]] == value and node_r[key[-1]] != value
+    node_v[key[-1]] = node_r[key[-1]]
+    assert var == ref
+
+
+def test_crt_eval_bn_differs_from_crt_only_in_the_bn_mode():
+    from facelt.compare import load_method, method_config
+    methods = CONFIGS / "methods"
+    base = load_method("plain", methods)
+    recipe = CONFIGS / "fashion_lt.yaml"
+    ref = method_config(recipe, load_method("crt", methods), base).to_dict()["stage2"]
+    var = method_config(recipe, load_method("ablation/crt_eval_bn", methods), base).to_dict()["stage2"]
+    assert (ref["frozen_bn"], var["frozen_bn"]) == ("train", "eval")
+    var["frozen_bn"] = "train"
+    assert var == ref
