@@ -361,3 +361,30 @@ def test_crt_eval_bn_differs_from_crt_only_in_the_bn_mode():
     assert (ref["frozen_bn"], var["frozen_bn"]) == ("train", "eval")
     var["frozen_bn"] = "train"
     assert var == ref
+
+
+def test_summary_from_seed_folders(tmp_path):
+    import json
+    from facelt.compare.report import COLUMNS
+    from facelt.compare.seeds import summarize_seed_folders
+
+    def write(seed, v, methods=("plain", "oltr")):
+        cols = {k: v for _, k in COLUMNS}
+        rep = {"recipe": "r.yaml", "weights": "best", "threshold": 0.1, "protocol": "p",
+               "shot_rule": "s",
+               "methods": {m: {"closed_set": dict(cols), "open_set": dict(cols)} for m in methods}}
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "report.json").write_text(json.dumps(rep))
+    write(0, 0.25)
+    write(1, 0.75)
+    s = summarize_seed_folders(tmp_path, [0, 1])
+    c = s["methods"]["oltr"]["open.f_measure"]
+    assert c["values"] == [0.25, 0.75] and c["mean"] == pytest.approx(0.5)
+    assert c["std"] == pytest.approx(math.sqrt(0.125))        # (0.25^2 * 2) / (2 - 1), sqrt
+    md = (tmp_path / "report.md").read_text()
+    assert "| oltr | 50.00 ± 35.36 |" in md
+    write(2, 0.5, methods=("plain",))
+    with pytest.raises(ConfigError, match="methods"):
+        summarize_seed_folders(tmp_path, [0, 2])
+    with pytest.raises(ConfigError, match="seed 3"):
+        summarize_seed_folders(tmp_path, [0, 3])

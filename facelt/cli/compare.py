@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated seeds, e.g. 0,1,2: every method once per seed "
                         "(OUT/seed<N>/), table of mean +- std, per-seed values in report.json; "
                         "adds the plain_same_epochs row")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="with --seeds: only write OUT/report.{json,md} from the existing "
+                        "OUT/seed<N>/report.json (seeds compared by separate commands)")
     p.add_argument("--same-epochs", action="store_true",
                    help="(one seed) add the plain_same_epochs row: plain trained "
                         "stage1.epochs + stage2.epochs epochs")
@@ -54,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data_root}")
     from facelt.utils.io import ensure_writable_dir
     ensure_writable_dir(args.out, "--out")
+    if args.summarize_only:
+        from facelt.compare.seeds import parse_seeds, summarize_seed_folders
+        if not args.seeds:
+            from facelt.errors import ConfigError
+            raise ConfigError("--summarize-only needs --seeds")
+        summarize_seed_folders(Path(args.out), parse_seeds(args.seeds))
+        print(f"report: {Path(args.out) / 'report.md'}")
+        return 0
     if args.seeds:
         from facelt.compare.seeds import compare_seeds, parse_seeds
         compare_seeds(recipe, methods, Path(args.out), mdir, parse_seeds(args.seeds), overrides,

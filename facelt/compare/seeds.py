@@ -100,11 +100,43 @@ def compare_seeds(recipe: str | Path, methods: list[str], out: str | Path,
         reports[s] = compare(recipe, methods, out / f"seed{s}", methods_dir,
                              list(overrides) + [f"seed={s}"], resume=resume,
                              same_epochs=same_epochs, weights=weights, log=log)
+    return write_seed_summary(out, reports, weights)
+
+
+def write_seed_summary(out: str | Path, reports: dict[int, dict], weights: str = "last") -> dict:
+    """Write ``OUT/report.{json,md}`` from the per-seed comparison reports."""
+    out = Path(out)
+    seeds = sorted(reports)
     summary = summarize_seeds(reports)
     first = reports[seeds[0]]
-    summary.update(recipe=str(recipe), protocol=first["protocol"], shot_rule=first["shot_rule"],
-                   threshold=first["threshold"], weights=weights,
+    summary.update(recipe=str(first["recipe"]), protocol=first["protocol"],
+                   shot_rule=first["shot_rule"], threshold=first["threshold"],
+                   weights=first.get("weights", weights),
                    runs={str(s): str(out / f"seed{s}") for s in seeds})
     write_json(out / "report.json", summary)
-    write_text(out / "report.md", seeds_markdown(summary, str(recipe), first["protocol"]))
+    write_text(out / "report.md", seeds_markdown(summary, str(first["recipe"]), first["protocol"]))
     return summary
+
+
+def summarize_seed_folders(out: str | Path, seeds: list[int]) -> dict:
+    """The summary of comparisons already written to ``OUT/seed<N>/report.json`` (no training, no
+    evaluation): for seeds run as separate ``facelt compare --set seed=N --same-epochs`` commands.
+    Every seed must hold the same methods, recipe and weights."""
+    out = Path(out)
+    reports = {}
+    for s in seeds:
+        path = out / f"seed{s}" / "report.json"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: run the comparison of seed {s} first")
+        import json
+        reports[s] = json.loads(path.read_text())
+    first = reports[seeds[0]]
+    for s, r in reports.items():
+        for key in ("recipe", "weights"):
+            if r.get(key) != first.get(key):
+                raise ConfigError(f"{out}/seed{s}/report.json: {key} {r.get(key)!r} differs from "
+                                  f"seed {seeds[0]}'s {first.get(key)!r}")
+        if list(r["methods"]) != list(first["methods"]):
+            raise ConfigError(f"{out}/seed{s}/report.json: methods {list(r['methods'])} differ "
+                              f"from seed {seeds[0]}'s {list(first['methods'])}")
+    return write_seed_summary(out, reports)
