@@ -255,7 +255,8 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     if st.freeze_backbone:
         freeze_backbone(net)
     net.to(dist.device)
-    loss = build_stage_loss(st, net.head, data.counts).to(dist.device)
+    loss = build_stage_loss(st, net.head, data.counts,
+                            data_parallel=dist.distributed).to(dist.device)
     if net.head.uses_centroid_loss and loss.centroid is None:
         # the head reads its centroids detached: without the centroid loss they stay fixed
         net.head.centroids.requires_grad_(False)
