@@ -388,3 +388,13 @@ def test_summary_from_seed_folders(tmp_path):
         summarize_seed_folders(tmp_path, [0, 2])
     with pytest.raises(ConfigError, match="seed 3"):
         summarize_seed_folders(tmp_path, [0, 3])
+
+
+def test_hallucinator_from_a_margin_head_takes_its_weights_and_zero_bias():
+    from facelt.models.build import build_net
+    from facelt.train.stage import init_hallucinator_from_classifier
+    net = build_net(_cfg(), 2, 3)
+    w = torch.full((3, 128), 0.5)
+    init_hallucinator_from_classifier(net, {"head.weight": w}, "s1.pt")
+    torch.testing.assert_close(net.head.hallucinator.weight.detach(), w)
+    assert net.head.hallucinator.bias.detach().tolist() == [0.0, 0.0, 0.0]

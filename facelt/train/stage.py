@@ -139,8 +139,13 @@ STAGE1_CLASSIFIER = ("head.fc.weight", "head.fc.bias")
 
 def init_hallucinator_from_classifier(net: OLTRNet, stage1_model: dict, where: str) -> None:
     """Copy stage 1's linear classifier (``head.fc.weight`` ``(K, d)`` and ``head.fc.bias``) into
-    the meta head's hallucinator, as the reference does (``stage1_weights: True``)."""
+    the meta head's hallucinator, as the reference does (``stage1_weights: True``); a stage-1
+    cosine / margin head gives its ``head.weight`` with a zero bias."""
     hal = net.head.hallucinator
+    if "head.fc.weight" not in stage1_model and "head.weight" in stage1_model:
+        # a stage-1 cosine / ArcFace / CosFace head: its (K, d) class weights, no bias
+        w = stage1_model["head.weight"]
+        stage1_model = {"head.fc.weight": w, "head.fc.bias": w.new_zeros(w.shape[0])}
     missing = [k for k in STAGE1_CLASSIFIER if k not in stage1_model]
     if missing:
         raise CheckpointError(f"{where}: no stage-1 linear classifier ({', '.join(missing)}) to "
