@@ -94,6 +94,11 @@ class MetaConfig:
 
     reach_scale: float = field(default=10.0, metadata={"gt": 0})
     """``s`` of ``v_meta = (s / gamma) (v + e * memory)``."""
+    hallucinator_init: Literal["stage1", "random"] = "stage1"
+    """``stage1``: the hallucinator ``T_hal`` starts as the stage-1 linear classifier (weight and
+    bias; the reference's ``stage1_weights: True``), so the memory feature starts from stage 1's
+    class posterior; needs ``init_from: stage1`` and a stage-1 classifier of the same shape.
+    ``random``: a fresh Linear (the memory starts as a near-uniform centroid average)."""
 
 
 @dataclass
@@ -102,8 +107,10 @@ class MarginConfig:
 
     s: float = field(default=64.0, metadata={"gt": 0})
     """Logit scale."""
-    m: float = field(default=0.5, metadata={"ge": 0})
-    """Margin (angular for ArcFace, cosine for CosFace)."""
+    m: Optional[float] = field(default=None, metadata={"ge": 0})
+    """Margin (angular for ArcFace, cosine for CosFace); empty (null): the head's own default,
+    0.5 for ArcFace (Deng et al. 2019) and 0.35 for CosFace (Wang et al. 2018; arcface_torch's
+    face recipes use 0.4)."""
 
 
 @dataclass
@@ -136,9 +143,10 @@ class CentroidLossConfig:
 
     weight: float = field(default=0.01, metadata={"ge": 0})
     """Its weight (reference config 0.01; the paper's lambda 0.1); 0 freezes the centroids."""
-    update: Literal["autograd", "reference"] = "autograd"
-    """How the attract term moves the centroids: its true gradient, or the OLTR reference's
-    center-loss-style update ``sum (c - v) / (1 + n_k) / B`` that ignores the loss weights."""
+    update: Literal["autograd", "reference"] = "reference"
+    """How the attract term moves the centroids: the OLTR reference's center-loss-style update
+    ``sum (c - v) / (1 + n_k) / B`` that ignores the loss weights (``reference``, the paper's
+    recipe), or the loss's true gradient (``autograd``: ~0.09x as fast at weight 0.01)."""
     margin: float = field(default=10.0, metadata={"ge": 0})
     """Repel margin on the mean squared distance to the other classes' centroids."""
     repel_weight: float = field(default=0.01, metadata={"ge": 0})
@@ -173,19 +181,44 @@ class StageConfig:
     linear classifier (LWS needs it)."""
     attention: bool = False
     """Modulated attention after the backbone's last stage."""
+    spatial_attention: Literal["reference", "conv"] = "reference"
+    """Spatial attention of the modulated attention: ``reference``: a Linear over the flattened
+    ``h*w*C`` map to ``h*w`` scores (position-specific, as the reference's ``fc_spatial`` over 7x7;
+    the map size is fixed by the backbone and ``data.image_size``); ``conv``: a 1x1 convolution
+    shared across positions (any map size)."""
+    fc_add: int = field(default=0, metadata={"ge": -1})
+    """Width of ``ReLU(Linear)`` after the neck (the reference's ``use_fc: True``: 512); 0: none;
+    -1 (stage 2): the same as ``stage1.fc_add`` (cRT / LWS on stage 1's features).
+    It is part of the feature model: it trains at ``backbone_lr`` and ``freeze_backbone`` leaves
+    it trainable (as the reference's ``fix`` does); stage 2 loads it from stage 1 when both have it."""
     init_from: Literal["none", "stage1"] = "none"
     """``stage1``: start from the stage-1 checkpoint's backbone (and neck)."""
     freeze_backbone: bool = False
-    """Freeze backbone and neck; only attention, classifier and centroids train."""
+    """Freeze backbone and neck weights; attention, fc_add, classifier and centroids train."""
+    frozen_bn: Literal["train", "eval"] = "train"
+    """BatchNorm of a frozen backbone: ``train`` (the reference, OLTR and classifier-balancing:
+    the model stays in ``train()``, batches use their own statistics and the running statistics are
+    re-estimated under the stage's sampler); ``eval``: running statistics frozen too."""
+    init_weights: Literal["best", "last"] = "best"
+    """With ``init_from: stage1``: start from stage 1's ``best.pt`` (best val top-1, as the reference's
+    ``state_dict_best``) or its last epoch (``checkpoint.pt``). ``--init`` overrides both."""
     backbone_lr: float = field(default=0.1, metadata={"ge": 0})
     attention_lr: float = field(default=0.1, metadata={"ge": 0})
     classifier_lr: float = field(default=0.1, metadata={"ge": 0})
     centroids_lr: float = field(default=0.01, metadata={"ge": 0})
     momentum: float = field(default=0.9, metadata={"ge": 0, "le": 1})
     weight_decay: float = field(default=5e-4, metadata={"ge": 0})
+    lr_schedule: Literal["step", "cosine", "poly"] = "step"
+    """``step``: multiply by ``lr_gamma`` every ``lr_step`` epochs (OLTR); ``cosine``: cosine
+    annealing to 0 over the stage's epochs (classifier-balancing's cRT / LWS); ``poly``: linear
+    warmup over ``warmup_epochs``, then ``(1 - t)^poly_power`` decay to 0 (arcface_torch). The
+    LR is set once per epoch."""
     lr_step: int = field(default=10, metadata={"ge": 1})
     """Step LR: multiply by ``lr_gamma`` every ``lr_step`` epochs."""
     lr_gamma: float = field(default=0.1, metadata={"gt": 0})
+    warmup_epochs: int = field(default=0, metadata={"ge": 0})
+    """``poly``: epochs of linear warmup (from ``1 / (warmup_epochs + 1)`` of the LR)."""
+    poly_power: float = field(default=2.0, metadata={"gt": 0})
     centroid_loss: CentroidLossConfig = field(default_factory=CentroidLossConfig)
     checkpoint_every: int = field(default=0, metadata={"ge": 0})
     """Also write ``checkpoint.pt`` every N steps inside an epoch (0: at epoch ends only); a
@@ -247,7 +280,7 @@ class Config:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(
         epochs=60, lr_step=20, sampler="class_aware", head="meta", attention=True,
-        init_from="stage1", backbone_lr=0.01))
+        init_from="stage1", backbone_lr=0.01, attention_lr=0.01))
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -350,7 +383,7 @@ def check_field_rules(value: Any, metadata: Any, key: str, where: str) -> None:
     """Check ``value`` (or each item of a list) against a field's range rules
     (``metadata={"ge": 1}``, ``gt``, ``le``, ``lt``); a ConfigError names the key, value and rule."""
     rules = [(name, metadata[name]) for name in _RULES if name in metadata]
-    if not rules:
+    if not rules or value is None:
         return
     items = value if isinstance(value, list) else [value]
     for i, v in enumerate(items):
@@ -454,10 +487,21 @@ LEGACY_STAGE_KEYS = {
 }
 
 
+#: stage keys whose default changed to the reference recipe (issue 13), with the value a saved
+#: config that lacks them was trained with
+FORMER_STAGE_DEFAULTS = {
+    ("spatial_attention",): "conv", ("frozen_bn",): "eval", ("init_weights",): "last",
+    ("meta", "hallucinator_init"): "random", ("centroid_loss", "update"): "autograd",
+}
+
+
 def upgrade_saved_config(tree: dict) -> dict:
     """A config saved in a checkpoint, with the flat stage keys of older versions moved into
     their sections (``stage1.cos_scale`` -> ``stage1.cosine.scale``, a float ``stage1.margin`` ->
-    ``stage1.margin.m`` ...). A current config comes back unchanged."""
+    ``stage1.margin.m`` ...), and the keys whose default became the reference recipe's filled in
+    with the value the checkpoint was trained with (:data:`FORMER_STAGE_DEFAULTS`: e.g. a stage
+    saved without ``spatial_attention`` had the 1x1-conv attention). A current config comes back
+    unchanged."""
     out = dict(tree)
     for stage in ("stage1", "stage2"):
         st = out.get(stage)
@@ -469,8 +513,20 @@ def upgrade_saved_config(tree: dict) -> dict:
         for old, (section, key) in LEGACY_STAGE_KEYS.items():
             if old in st:
                 st[section] = dict(st.get(section) or {}, **{key: st.pop(old)})
+        for path, former in FORMER_STAGE_DEFAULTS.items():
+            node = st
+            for part in path[:-1]:
+                node[part] = dict(node.get(part) or {})
+                node = node[part]
+            node.setdefault(path[-1], former)
         out[stage] = st
     return out
+
+
+def config_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML: every key, defaults filled in, in declaration order
+    (``load_config`` of this text gives ``cfg`` back)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def config_from_dict(data: dict, where: str = "config") -> Config:

@@ -1,8 +1,11 @@
 """Long-tailed and open-set metrics (numpy in, floats out).
 
 Conventions: label -1 marks an open-set (unseen-class) sample; prediction -1 means "rejected as
-unknown".  Shot buckets follow the OLTR paper and reference code: many-shot classes have more than
-100 training images, few-shot fewer than 20, medium-shot 20..100 inclusive.
+unknown".  Shot buckets follow the OLTR paper and classifier-balancing: many-shot classes have
+more than 100 training images, few-shot fewer than 20, medium-shot 20..100 inclusive.  The OLTR
+reference code (``utils.py: shot_acc``) drew the lines at ``>= 100`` (many) and ``<= 20`` (few)
+instead, so classes with exactly 100 or exactly 20 training images fall in another bucket there
+(``eval.many`` / ``eval.few`` set the lines; the rule itself is facelt's, strict on both sides).
 """
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def test_tau_zero_reproduces_plain_and_checkpoints_are_reused(demo, tmp_path):
     root, overrides = demo
     out = root / "cmp"            # trained by the previous test (or trained here when run alone)
     (tmp_path / "tau0.yaml").write_text("train: reuse\nposthoc: tau_norm\n"
-                                        "posthoc_args: {taus: [0.0]}\nscore: msp\n")
+                                        "posthoc_args: {taus: [0.0], bias: true}\nscore: msp\n")
     (tmp_path / "plain.yaml").write_text((METHODS / "plain.yaml").read_text())
     parser = argparse.ArgumentParser()
     cli_compare.register(parser.add_subparsers())

@@ -16,10 +16,10 @@ from facelt.utils.progress import set_quiet
 
 def _command_modules():
     # Explicit imports: no string-based plugin loading.
-    from facelt.cli import (align, check, classify, compare, demo, export, extract, ijb, megaface,
-                            prepare, rec, report, stats, train, verify)
-    return [demo, train, classify, compare, prepare, check, stats, rec, align, extract, megaface,
-            report, verify, ijb, export]
+    from facelt.cli import (align, check, classify, compare, config_cmd, demo, export, extract, ijb,
+                            megaface, prepare, rec, report, stats, train, verify)
+    return [demo, train, config_cmd, classify, compare, prepare, check, stats, rec, align, extract,
+            megaface, report, verify, ijb, export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue incomplete training runs under --out")
     add_device_arg(p, from_recipe=True)
+    p.add_argument("--seeds", default="",
+                   help="comma-separated seeds, e.g. 0,1,2: every method once per seed "
+                        "(OUT/seed<N>/), table of mean +- std, per-seed values in report.json; "
+                        "adds the plain_same_epochs row")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="with --seeds: only write OUT/report.{json,md} from the existing "
+                        "OUT/seed<N>/report.json (seeds compared by separate commands)")
+    p.add_argument("--same-epochs", action="store_true",
+                   help="(one seed) add the plain_same_epochs row: plain trained "
+                        "stage1.epochs + stage2.epochs epochs")
+    p.add_argument("--weights", choices=["last", "best"], default="last",
+                   help="evaluate each run's last epoch (checkpoint.pt) or its best-on-val "
+                        "weights (best.pt, as the OLTR reference does)")
     p.set_defaults(func=run)
 
 
@@ -49,6 +62,18 @@ def run(args: argparse.Namespace) -> int:
     ensure_writable_dir(args.out, "--out")
     from facelt.utils.run_lock import lock_run_folder
     with lock_run_folder(args.out):  # one compare per --out (each method's run locks its own)
-        compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume)
+        if args.summarize_only:
+            from facelt.compare.seeds import parse_seeds, summarize_seed_folders
+            if not args.seeds:
+                from facelt.errors import ConfigError
+                raise ConfigError("--summarize-only needs --seeds")
+            summarize_seed_folders(Path(args.out), parse_seeds(args.seeds))
+        elif args.seeds:
+            from facelt.compare.seeds import compare_seeds, parse_seeds
+            compare_seeds(recipe, methods, Path(args.out), mdir, parse_seeds(args.seeds), overrides,
+                          resume=args.resume, same_epochs=True, weights=args.weights)
+        else:
+            compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume,
+                    same_epochs=args.same_epochs, weights=args.weights)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

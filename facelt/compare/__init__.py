@@ -61,8 +61,14 @@ def _needs(spec: MethodSpec) -> tuple[bool, bool]:
 
 def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir: str | Path,
             overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
-            log: Callable[[str], None] = print) -> dict:
-    """Train or reuse every method, evaluate all with one protocol, write the report files."""
+            log: Callable[[str], None] = print, same_epochs: bool = False,
+            weights: str = "last") -> dict:
+    """Train or reuse every method, evaluate all with one protocol, write the report files.
+
+    ``same_epochs``: add the ``plain_same_epochs`` row (plain trained as long as both OLTR stages,
+    :func:`facelt.compare.seeds.same_epochs_method`). ``weights``: evaluate each run's last epoch
+    (``checkpoint.pt``) or its best-on-val weights (``best.pt``, as the reference does)."""
+    from facelt.compare.seeds import SAME_EPOCHS_METHOD, same_epochs_method
     from facelt.train.checkpoint import net_from_checkpoint
     from facelt.train.distributed import pick_device
     if not methods:
@@ -75,7 +81,19 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
     base = specs.get(BASE_METHOD) or load_method(BASE_METHOD, Path(methods_dir))
     if base.train != "stage1":
         raise ConfigError(f"{base.source}: the base method must train stage1")
-    configs = {m: method_config(recipe, s, base, overrides) for m, s in specs.items()}
+    if weights not in ("last", "best"):
+        raise ConfigError(f"weights must be 'last' or 'best', got {weights!r}")
+    extra: dict[str, list[str]] = {}
+    if same_epochs and SAME_EPOCHS_METHOD not in specs:
+        from facelt.config import load_config
+        recipe_cfg = load_config(recipe, list(overrides))
+        specs[SAME_EPOCHS_METHOD] = same_epochs_method(base, recipe_cfg)
+        # after --set, which may set stage1.epochs for every method
+        extra[SAME_EPOCHS_METHOD] = [
+            f"stage1.epochs={recipe_cfg.stage1.epochs + recipe_cfg.stage2.epochs}"]
+        methods = list(methods) + [SAME_EPOCHS_METHOD]
+    configs = {m: method_config(recipe, s, base, list(overrides) + extra.get(m, []))
+               for m, s in specs.items()}
     base_cfg = configs.get(BASE_METHOD) or method_config(recipe, base, None, overrides)
 
     # 1. training: plain first (others start from it or reuse it), each once
@@ -88,6 +106,13 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
             continue
         ckpts[m] = (ckpts[BASE_METHOD] if s.train == "reuse"
                     else ensure_trained(s, configs[m], out, resume, log))
+    if weights == "best":
+        for m, c in ckpts.items():
+            best = c.parent / "best.pt"
+            if not best.is_file():
+                raise FaceltError(f"{m}: {best} does not exist (no val split?); compare with "
+                                  f"--weights last")
+            ckpts[m] = best
 
     # 2. evaluation, one protocol
     ev = base_cfg.eval
@@ -157,7 +182,7 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
         nets.clear()
         shutil.rmtree(cache, ignore_errors=True)
     report = {
-        "recipe": str(recipe), "methods": results,
+        "recipe": str(recipe), "methods": results, "weights": weights,
         "columns": [f"{a}.{b}" for a, b in COLUMNS],
         "threshold": ev.threshold,
         "protocol": ("closed: top-1 on test; open: test + open, rejected when score < threshold; "

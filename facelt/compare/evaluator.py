@@ -70,7 +70,9 @@ class MethodEvaluator:
         if val is None:
             raise ConfigError(f"{self.spec.source}: tau_norm selects tau on val: set data.val")
         weight, bias = self._linear_weights()
-        b = bias.double().cpu().numpy()
+        # classifier-balancing's tau_norm.py scores with the normalised weights only (no bias)
+        keep_bias = bool(self.spec.posthoc_args.get("bias", False))
+        b = bias.double().cpu().numpy() if keep_bias else 0.0
         taus = [float(t) for t in self.spec.posthoc_args.get("taus", [0.0, 0.5, 1.0])]
 
         def tau_logits(tau: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -86,7 +88,7 @@ class MethodEvaluator:
 
         best, sweep = select_tau(val_accuracy, taus)
         self.transform = tau_logits(best)
-        self.info.update(tau=best, tau_sweep=sweep)
+        self.info.update(tau=best, tau_sweep=sweep, bias=keep_bias)
 
     def _av(self, f: np.ndarray, lg: np.ndarray) -> np.ndarray:
         return lg if self.use_logit_av else f

@@ -28,7 +28,7 @@ class MethodSpec:
     config: dict = field(default_factory=dict)
 
 
-_POSTHOC_ARGS = {"none": set(), "tau_norm": {"taus"}, "logit_adjust": {"tau"},
+_POSTHOC_ARGS = {"none": set(), "tau_norm": {"taus", "bias"}, "logit_adjust": {"tau"},
                  "openmax": {"tailsize", "alpha_rank", "distance", "translate"}}
 _SCORE_ARGS = {"msp": set(), "energy": {"T"}, "max_logit": set(), "openmax": set()}
 

@@ -77,7 +77,8 @@ def ensure_trained(spec: MethodSpec, cfg: Config, out: Path, resume: bool,
         return ckpt
     init = None
     if spec.train == "stage2":
-        init = run_dir(out, BASE_METHOD) / "stage1" / "checkpoint.pt"
+        from facelt.train.stage import stage1_init_path
+        init = stage1_init_path(run_dir(out, BASE_METHOD), cfg.stage2)
         if not init.is_file():
             raise FaceltError(f"{spec.name}: stage 2 starts from {init}, which does not exist")
     log(f"{spec.name}: training stage {stage} -> {ckpt.parent}")

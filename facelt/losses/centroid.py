@@ -20,14 +20,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facelt.collectives import world_size
+
 
 class _ReferenceAttract(torch.autograd.Function):
     """``sum_i ||v_i - c_{y_i}||^2 / (2 batch)`` with the reference's centroid gradient."""
 
     @staticmethod
-    def forward(ctx, features, labels, centroids, batch):
+    def forward(ctx, features, labels, centroids, batch, counts):
         ctx.save_for_backward(features, labels, centroids)
         ctx.batch = batch
+        ctx.counts = counts
         diff = features - centroids.index_select(0, labels)
         return diff.pow(2).sum() / (2.0 * batch)
 
@@ -36,30 +39,45 @@ class _ReferenceAttract(torch.autograd.Function):
         features, labels, centroids = ctx.saved_tensors
         batch = ctx.batch
         diff = centroids.index_select(0, labels) - features                # c_y - v
-        counts = torch.ones(centroids.shape[0], dtype=features.dtype, device=features.device)
-        counts.index_add_(0, labels, torch.ones_like(labels, dtype=features.dtype))
-        grad_c = torch.zeros_like(centroids).index_add_(0, labels, diff) / counts.unsqueeze(1)
-        return -grad_output * diff / batch, None, grad_c / batch, None
+        counts = ctx.counts
+        if counts is None:
+            counts = batch_class_counts(labels, centroids.shape[0], features.dtype)
+        counts = (1.0 + counts.to(features.dtype)).unsqueeze(1)
+        grad_c = torch.zeros_like(centroids).index_add_(0, labels, diff) / counts
+        return -grad_output * diff / batch, None, grad_c / batch, None, None
+
+
+def batch_class_counts(labels: torch.Tensor, num_classes: int,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(K,)`` samples of each class among ``labels``."""
+    return torch.zeros(num_classes, dtype=dtype, device=labels.device).index_add_(
+        0, labels, torch.ones_like(labels, dtype=dtype))
 
 
 def reference_attract(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor,
-                      batch: int | None = None) -> torch.Tensor:
+                      batch: int | None = None, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Attract term ``sum_i ||v_i - c_{y_i}||^2 / (2 batch)`` with the OLTR reference's
     center-loss-style centroid gradient ``sum_{i: y_i = k} (c_k - v_i) / (1 + n_k) / batch``.
 
     ``batch`` defaults to the number of rows; a class-sharded loss passes the global batch size
     with only the rows whose class lives in its shard (``labels`` then index the shard).
+    ``counts`` (``(K,)``, default: this batch's) are the ``n_k``: under DDP, where each rank sees a
+    share of the batch and the gradients are averaged, pass the counts of the whole global batch so
+    the averaged update is the one-process update.
     """
     return _ReferenceAttract.apply(features, labels.long(), centroids,
-                                   features.shape[0] if batch is None else int(batch))
+                                   features.shape[0] if batch is None else int(batch), counts)
 
 
 class DiscCentroidLoss(nn.Module):
     """Attract features to their class centroid, repel them from the others by a margin."""
 
     def __init__(self, margin: float = 10.0, repel_weight: float = 0.01,
-                 centroid_update: str = "autograd") -> None:
+                 centroid_update: str = "autograd", data_parallel: bool = False) -> None:
+        """``data_parallel``: this process holds a share of a DDP batch (gradients averaged over
+        processes): the reference update's ``n_k`` are all-reduced over the processes."""
         super().__init__()
+        self.data_parallel = data_parallel
         if centroid_update not in ("autograd", "reference"):
             raise ValueError(f"centroid_update must be 'autograd' or 'reference', got {centroid_update!r}")
         self.margin = margin
@@ -71,8 +89,13 @@ class DiscCentroidLoss(nn.Module):
         batch, num_classes = features.shape[0], centroids.shape[0]
         labels = labels.long()
         own = (features - centroids.index_select(0, labels)).pow(2).sum()
-        attract = (reference_attract(features, labels, centroids)
-                   if self.centroid_update == "reference" else own / (2.0 * batch))
+        if self.centroid_update == "reference":
+            counts = batch_class_counts(labels, num_classes, features.dtype)
+            if self.data_parallel:  # DDP: n_k of the global batch (gradients are averaged)
+                all_reduce_sum(counts)
+            attract = reference_attract(features, labels, centroids, counts=counts)
+        else:
+            attract = own / (2.0 * batch)
         centre = centroids.detach().mean(0)
         v = features - centre
         c = (centroids - centre).reshape(-1)
@@ -83,3 +106,10 @@ class DiscCentroidLoss(nn.Module):
         mean_other = other_sum / (batch * num_classes)
         repel = (self.margin - mean_other).clamp_min(0.0)
         return attract + self.repel_weight * repel
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM over the processes (identity with one)."""
+    if world_size() > 1:
+        torch.distributed.all_reduce(t)
+    return t

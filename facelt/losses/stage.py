@@ -54,13 +54,16 @@ class StageLoss:
         return loss, parts
 
 
-def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts) -> StageLoss:
+def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts,
+                     data_parallel: bool = False) -> StageLoss:
     """The stage's objective; the centroid loss is added for heads that declare
-    ``uses_centroid_loss`` (the meta-embedding head) when ``centroid_loss.weight > 0``."""
+    ``uses_centroid_loss`` (the meta-embedding head) when ``centroid_loss.weight > 0``.
+    ``data_parallel``: each process holds a share of the batch and DDP averages the gradients
+    (the reference centroid update then uses the global batch's class counts)."""
     centroid = None
     cl = st.centroid_loss
     if head.uses_centroid_loss and cl.weight > 0:
         centroid = DiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
-                                    centroid_update=cl.update)
+                                    centroid_update=cl.update, data_parallel=data_parallel)
     return StageLoss(build_loss(st, class_counts), build_aux_loss(st), st.aux_loss_weight,
                      centroid, cl.weight, lambda: head.centroids)

@@ -7,8 +7,11 @@ convolution starts at zero, so the whole block starts as the identity.
 
 ``SA`` is a spatial softmax attention: a 1x1 convolution scores every position of the input map and
 a softmax over the ``h*w`` positions turns the scores into a ``(B, 1, h, w)`` mask that modulates
-the non-local response.  As in the OLTR reference the scores are computed from ``f`` itself; the
-reference used a Linear over a flattened 7x7 map, the 1x1 convolution works at any ``h, w``.
+the non-local response.  As in the OLTR reference the scores are computed from ``f`` itself.  Two
+forms: :class:`ReferenceSpatialAttention`, the reference's ``fc_spatial`` (a Linear from the
+flattened ``C*h*w`` map to ``h*w`` scores: every position has its own weights and sees the whole
+map; defined for the map size it was built for, 7x7 in the reference), and
+:class:`SpatialAttention`, a 1x1 convolution shared across positions (any ``h, w``).
 """
 from __future__ import annotations
 
@@ -54,13 +57,38 @@ class SpatialAttention(nn.Module):
         return torch.softmax(scores, dim=1).view(b, 1, h, w)
 
 
-class ModulatedAttention(nn.Module):
-    """``f + SA(f) * NL(f)``: the OLTR modulated attention after the last backbone stage."""
+class ReferenceSpatialAttention(nn.Module):
+    """The reference's spatial attention: ``softmax(Linear(flatten(f)))`` over the ``h*w`` positions,
+    ``(B, C, h, w) -> (B, 1, h, w)``. The flatten is channel-major (``C, h, w``), as ``view`` of an
+    NCHW map; the map must have the size given at construction."""
 
-    def __init__(self, channels: int, reduction: int = 2) -> None:
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.size = size
+        self.fc = nn.Linear(channels * size * size, size * size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if (c, h, w) != (self.channels, self.size, self.size):
+            raise ValueError(f"reference spatial attention was built for ({self.channels}, "
+                             f"{self.size}, {self.size}) maps, got {(c, h, w)}; use the conv form "
+                             "(stageN.spatial_attention: conv) for other map sizes")
+        scores = self.fc(x.reshape(b, -1))                    # (B, hw)
+        return torch.softmax(scores, dim=1).view(b, 1, h, w)
+
+
+class ModulatedAttention(nn.Module):
+    """``f + SA(f) * NL(f)``: the OLTR modulated attention after the last backbone stage.
+
+    ``map_size`` given: the reference's position-specific spatial attention over maps of that size;
+    ``None``: the 1x1-convolution form (any map size)."""
+
+    def __init__(self, channels: int, reduction: int = 2, map_size: int | None = None) -> None:
         super().__init__()
         self.nonlocal_block = NonLocal(channels, reduction)
-        self.spatial = SpatialAttention(channels)
+        self.spatial = (SpatialAttention(channels) if map_size is None
+                        else ReferenceSpatialAttention(channels, map_size))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return f + self.spatial(f) * self.nonlocal_block(f)

@@ -8,7 +8,7 @@ from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention
 from facelt.models.backbones import build_backbone
 from facelt.models.head_table import build_head
-from facelt.models.necks import FaceNeck, PoolNeck
+from facelt.models.necks import FaceNeck, FCAdd, PoolNeck
 from facelt.models.net import OLTRNet
 
 
@@ -36,19 +36,29 @@ def feature_map_size(backbone: nn.Module, channels: int, image_size: int) -> int
 
 
 def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None = None) -> OLTRNet:
-    """Backbone -> optional modulated attention -> neck -> the stage's head."""
+    """Backbone -> optional modulated attention -> neck -> optional fc_add -> the stage's head."""
     st = cfg.stage(stage)
     backbone = _backbone(cfg)
     channels = backbone.out_channels
-    attention = ModulatedAttention(channels) if st.attention else None
+    size = None
+    if (st.attention and st.spatial_attention == "reference") or cfg.model.neck != "pool":
+        size = feature_map_size(backbone, cfg.data.channels, image_size or cfg.data.image_size)
+    attention = None
+    if st.attention:
+        attention = ModulatedAttention(
+            channels, map_size=size if st.spatial_attention == "reference" else None)
     if cfg.model.neck == "pool":
         neck = PoolNeck(channels)
     else:
-        size = feature_map_size(backbone, cfg.data.channels, image_size or cfg.data.image_size)
         neck = FaceNeck(channels, size, embedding_dim=cfg.model.embedding_dim,
                         dropout=cfg.model.dropout)
-    head = build_head(st, neck.out_dim, num_classes)
-    return OLTRNet(backbone, neck, head, attention=attention)
+    width = cfg.stage1.fc_add if st.fc_add == -1 else st.fc_add
+    if width < 0:
+        raise ConfigError(f"stage{stage}.fc_add = -1 means 'as stage1.fc_add': not for stage 1")
+    fc_add = FCAdd(neck.out_dim, width) if width else None
+    dim = fc_add.out_dim if fc_add is not None else neck.out_dim
+    head = build_head(st, dim, num_classes)
+    return OLTRNet(backbone, neck, head, attention=attention, fc_add=fc_add)
 
 
 def load_pretrained_weights(net: OLTRNet, cfg: Config) -> None:

@@ -49,3 +49,15 @@ class FaceNeck(nn.Module):
                 "(112x112 with the face stem gives 7x7)")
         x = torch.flatten(self.dropout(self.bn2d(x)), 1)
         return self.bn1d(self.fc(x))
+
+
+class FCAdd(nn.Module):
+    """The reference's ``use_fc``: ``ReLU(Linear(in_dim, out_dim))`` after pooling."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.out_dim: int = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x))

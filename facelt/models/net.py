@@ -6,18 +6,19 @@ from torch import nn
 
 
 class OLTRNet(nn.Module):
-    """Compose a backbone, an optional attention, a neck and a head.
+    """Compose a backbone, an optional attention, a neck, an optional ``fc_add`` and a head.
 
     ``forward(x, labels)`` returns ``dict(logits, features, aux)`` where ``features`` is the neck
-    output, the paper's direct feature ``v``; ``embed(x)`` returns only ``v``.
+    (then ``fc_add``) output, the paper's direct feature ``v``; ``embed(x)`` returns only ``v``.
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module,
-                 attention: nn.Module | None = None) -> None:
+                 attention: nn.Module | None = None, fc_add: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.attention = attention
         self.neck = neck
+        self.fc_add = fc_add
         self.head = head
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,8 @@ class OLTRNet(nn.Module):
         fmap = self.backbone(x)
         if self.attention is not None:
             fmap = self.attention(fmap)
-        return self.neck(fmap)
+        v = self.neck(fmap)
+        return self.fc_add(v) if self.fc_add is not None else v
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
         features = self.embed(x)
@@ -34,7 +36,8 @@ class OLTRNet(nn.Module):
 
 
 def param_groups(net: OLTRNet) -> dict[str, list[nn.Parameter]]:
-    """Parameters by role: backbone (+ neck), attention, classifier (head minus centroids), centroids.
+    """Parameters by role: backbone (+ neck, + fc_add: the reference's feature model), attention,
+    classifier (head minus centroids), centroids.
 
     Every parameter appears in exactly one group, frozen ones included (the caller filters on
     ``requires_grad`` when it builds the optimizer).
@@ -44,7 +47,8 @@ def param_groups(net: OLTRNet) -> dict[str, list[nn.Parameter]]:
     classifier = [p for p in net.head.parameters() if not any(p is c for c in centroid_params)]
     attention = list(net.attention.parameters()) if net.attention is not None else []
     return {
-        "backbone": list(net.backbone.parameters()) + list(net.neck.parameters()),
+        "backbone": (list(net.backbone.parameters()) + list(net.neck.parameters())
+                     + (list(net.fc_add.parameters()) if net.fc_add is not None else [])),
         "attention": attention,
         "classifier": classifier,
         "centroids": centroid_params,

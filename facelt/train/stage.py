@@ -12,6 +12,7 @@ and with one stream per rank afterwards (augmentation and dropout draws differ b
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,16 +114,21 @@ def load_stage_data(cfg: Config, stage: int, dist: D.DistInfo) -> StageData:
 
 
 def init_from_stage1(net: OLTRNet, st: StageConfig, stage: int, src: Path, num_classes: int) -> None:
-    """Load stage 1's backbone and neck (and attention, when both have it) into ``net``; keep its
-    classifier too when ``reinit_classifier`` is false."""
+    """Load stage 1's backbone and neck (and attention / fc_add, when both have it) into ``net``;
+    keep its classifier too when ``reinit_classifier`` is false; start the meta head's
+    hallucinator from stage 1's classifier with ``meta.hallucinator_init: stage1``."""
     state = load_checkpoint(src)
     if state.get("num_classes") != num_classes:
         raise CheckpointError(f"{src}: trained for {state.get('num_classes')} classes, this "
                               f"config has {num_classes}")
     prefixes = BACKBONE_PREFIXES
-    if st.attention and any(k.startswith("attention.") for k in state["model"]):
-        prefixes = prefixes + ("attention.",)
+    for extra in ("attention.", "fc_add."):
+        own = getattr(net, extra[:-1]) is not None
+        if own and any(k.startswith(extra) for k in state["model"]):
+            prefixes = prefixes + (extra,)
     load_model_state(net, state["model"], str(src), prefixes=prefixes)
+    if st.head == "meta" and st.meta.hallucinator_init == "stage1":
+        init_hallucinator_from_classifier(net, state["model"], str(src))
     if not st.reinit_classifier:  # keep stage 1's classifier (e.g. LWS)
         own = net.state_dict()
         head = {k: v for k, v in state["model"].items()
@@ -133,16 +139,46 @@ def init_from_stage1(net: OLTRNet, st: StageConfig, stage: int, src: Path, num_c
         net.load_state_dict(head, strict=False)
 
 
+STAGE1_CLASSIFIER = ("head.fc.weight", "head.fc.bias")
+
+
+def init_hallucinator_from_classifier(net: OLTRNet, stage1_model: dict, where: str) -> None:
+    """Copy stage 1's linear classifier (``head.fc.weight`` ``(K, d)`` and ``head.fc.bias``) into
+    the meta head's hallucinator, as the reference does (``stage1_weights: True``); a stage-1
+    cosine / margin head gives its ``head.weight`` with a zero bias."""
+    hal = net.head.hallucinator
+    if "head.fc.weight" not in stage1_model and "head.weight" in stage1_model:
+        # a stage-1 cosine / ArcFace / CosFace head: its (K, d) class weights, no bias
+        w = stage1_model["head.weight"]
+        stage1_model = {"head.fc.weight": w, "head.fc.bias": w.new_zeros(w.shape[0])}
+    missing = [k for k in STAGE1_CLASSIFIER if k not in stage1_model]
+    if missing:
+        raise CheckpointError(f"{where}: no stage-1 linear classifier ({', '.join(missing)}) to "
+                              "start the hallucinator from (stage2.meta.hallucinator_init: stage1); "
+                              "set stage2.meta.hallucinator_init=random to start it at random")
+    w, b = (stage1_model[k] for k in STAGE1_CLASSIFIER)
+    if tuple(w.shape) != tuple(hal.weight.shape):
+        raise CheckpointError(f"{where}: stage-1 classifier head.fc.weight has shape "
+                              f"{tuple(w.shape)}, the hallucinator needs {tuple(hal.weight.shape)} "
+                              "(num_classes, feature dim): the feature dims differ (fc_add?); set "
+                              "stage2.meta.hallucinator_init=random")
+    with torch.no_grad():
+        hal.weight.copy_(w)
+        hal.bias.copy_(b)
+
+
 def freeze_backbone(net: OLTRNet) -> None:
-    """Backbone and neck stop training (their BN statistics too: see :func:`set_train_mode`)."""
+    """Backbone and neck weights stop training (BN statistics: see :func:`set_train_mode`)."""
     for module in (net.backbone, net.neck):
         for p in module.parameters():
             p.requires_grad_(False)
 
 
 def set_train_mode(net: OLTRNet, st: StageConfig) -> None:
+    """``net.train()``; with a frozen backbone and ``frozen_bn: eval`` its BatchNorm statistics are
+    frozen too (``frozen_bn: train``, the reference: batch statistics, running stats updated)."""
     net.train()
-    if st.freeze_backbone:  # frozen BN statistics too
+    if st.freeze_backbone and st.frozen_bn == "eval":
         net.backbone.eval()
         net.neck.eval()
 
@@ -161,9 +197,29 @@ def build_optimizer(net: OLTRNet, st: StageConfig) -> torch.optim.Optimizer:
                            weight_decay=st.weight_decay)
 
 
+def lr_factor(st: StageConfig, epoch: int) -> float:
+    """The LR multiplier of epoch ``epoch`` (0-based) under ``st.lr_schedule``:
+    ``step``: ``lr_gamma ** (epoch // lr_step)``; ``cosine``: ``(1 + cos(pi epoch / epochs)) / 2``
+    (torch's CosineAnnealingLR with ``T_max = epochs``, ``eta_min = 0``, as classifier-balancing);
+    ``poly``: ``(epoch + 1) / (warmup_epochs + 1)`` during warmup, then
+    ``(1 - (epoch - warmup) / (epochs - warmup)) ** poly_power``."""
+    if st.lr_schedule == "step":
+        return st.lr_gamma ** (epoch // max(1, st.lr_step))
+    if st.lr_schedule == "cosine":
+        return (1.0 + math.cos(math.pi * epoch / st.epochs)) / 2.0
+    warm = min(st.warmup_epochs, st.epochs - 1)
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    return max(0.0, 1.0 - (epoch - warm) / (st.epochs - warm)) ** st.poly_power
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, st: StageConfig
                     ) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, st.lr_step), gamma=st.lr_gamma)
+    """Stepped once per epoch (resumable: its state is in the checkpoint)."""
+    if st.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, st.lr_step),
+                                               gamma=st.lr_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(st, epoch))
 
 
 def wrap_for_ddp(net: OLTRNet, dist: D.DistInfo) -> nn.Module:
@@ -173,6 +229,20 @@ def wrap_for_ddp(net: OLTRNet, dist: D.DistInfo) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
     dev = [dist.device.index] if dist.device.type == "cuda" else None
     return DDP(net, device_ids=dev, find_unused_parameters=net.head.may_skip_parameters)
+
+
+def stage1_init_path(out: Path, st: StageConfig) -> Path:
+    """Where ``init_from: stage1`` reads: ``OUT/stage1/best.pt`` (``init_weights: best``) or
+    ``OUT/stage1/checkpoint.pt`` (``last``)."""
+    d = stage_dir(out, 1)
+    if st.init_weights == "last":
+        return d / "checkpoint.pt"
+    best = d / "best.pt"
+    if not best.exists() and (d / "checkpoint.pt").exists():
+        raise CheckpointError(f"{best} does not exist (stage 1 had no val split?): stage 2 starts "
+                              "from stage 1's best-on-val weights with init_weights: best; set "
+                              "stage2.init_weights=last to start from its last epoch")
+    return best
 
 
 def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
@@ -191,7 +261,7 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
         from facelt.models.build import load_pretrained_weights
         load_pretrained_weights(net, cfg)
     if st.init_from == "stage1":
-        src = init_checkpoint or stage_dir(Path(out or "."), 1) / "checkpoint.pt"
+        src = init_checkpoint or stage1_init_path(Path(out or "."), st)
         init_from_stage1(net, st, stage, src, data.num_classes)
     if st.freeze_backbone:
         freeze_backbone(net)
@@ -201,7 +271,8 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     if sharding.is_sharded(net.head):
         loss = sharding.ShardedStageLoss(st, net.head, data.num_classes)
     else:
-        loss = build_stage_loss(st, net.head, data.counts).to(dist.device)
+        loss = build_stage_loss(st, net.head, data.counts,
+                                data_parallel=dist.distributed).to(dist.device)
     if net.head.uses_centroid_loss and loss.centroid is None:
         # the head reads its centroids detached: without the centroid loss they stay fixed
         net.head.centroids.requires_grad_(False)

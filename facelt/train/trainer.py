@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
-
-from facelt.config import Config
+from facelt.config import Config, config_yaml
 from facelt.errors import FaceltError
 from facelt.evaluate import closed_set_report, predict
 from facelt.train import distributed as D
@@ -182,7 +180,10 @@ class StageTrainer:
             return StageResult(self.stage, self.dir, ckpt_path, 0, state.metrics)
         if self.dist.is_primary:
             self.dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            # the fully resolved recipe, every key: beside the stage and for the whole run (written
+            # once the run's lock is held and a resume's config is checked)
+            write_text(self.dir / "config.yaml", config_yaml(self.cfg))
+            write_text(self.out / "config.yaml", config_yaml(self.cfg))
             print("\n".join(config_key_lines(parts)), flush=True)
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
