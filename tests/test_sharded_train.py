@@ -53,7 +53,10 @@ def _overrides(data):
             "data.num_workers=0", "data.augment=false", "device=cpu", "eval.batch_size=64",
             "stage1.epochs=1", "stage1.batch_size=24", "stage1.max_steps_per_epoch=2",
             "stage2.epochs=1", "stage2.batch_size=24", "stage2.max_steps_per_epoch=4",
-            "stage2.freeze_backbone=true", "stage2.checkpoint_every=2"]
+            "stage2.freeze_backbone=true", "stage2.checkpoint_every=2",
+            # train-mode BN under a frozen backbone (the reference default) normalises with each
+            # process's own batch: equal weights across process counts need the running statistics
+            "stage2.frozen_bn=eval"]
 
 
 def _torchrun(nproc, args):
