@@ -316,7 +316,7 @@ def section_head(sz: Sizes, device: str) -> dict:
         y = torch.randint(0, sz.head_classes, (sz.head_batch,), device=device)
         base = torch.cuda.memory_allocated() if device == "cuda" else 0
 
-        def step() -> None:
+        def step(head=head, opt=opt, v=v, y=y, closs=closs) -> None:  # this variant's objects
             opt.zero_grad(set_to_none=True)
             v.grad = None
             logits, _ = head(v, y)

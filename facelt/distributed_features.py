@@ -20,10 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
-import numpy as np
 
 from facelt.errors import DataError
-from facelt.features import (PROGRESS_SUFFIX, finalize_feature_memmap, l2_normalize, partial_path,
+from facelt.features import (PROGRESS_SUFFIX, embed_rows, finalize_feature_memmap, partial_path,
                              source_path, write_feature_memmap)
 from facelt.train import distributed as D
 from facelt.utils.io import write_json
@@ -59,18 +58,6 @@ def check_shares_done(out: Union[str, os.PathLike], num_rows: int, batch_size: i
             raise DataError(f"rank {r} of {world} has not finished its rows {start}..{stop} of "
                             f"{partial_path(out)} ({p}: rows_done {done}); rerun the same command "
                             f"with the same number of processes to resume")
-
-
-def _flip(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return np.ascontiguousarray(x[..., ::-1])
-    return x.flip(-1)
-
-
-def _to_numpy(y: Any) -> np.ndarray:
-    if hasattr(y, "detach"):
-        y = y.detach().float().cpu().numpy()
-    return np.asarray(y, dtype=np.float32)
 
 
 def extract_features_distributed(embed_fn: Callable[[Any], Any],
@@ -124,13 +111,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
                 n = len(batch)
                 if row + n > stop:
                     raise DataError(f"batches hold more rows than rank {rank}'s share {start}..{stop}")
-                emb = _to_numpy(embed_fn(batch))
-                if flip:
-                    emb = emb + _to_numpy(embed_fn(_flip(batch)))
-                if emb.shape != (n, dim):
-                    raise DataError(f"embed_fn returned shape {emb.shape} for a batch of {n}; "
-                                    f"expected ({n}, {dim})")
-                mm[row:row + n] = l2_normalize(emb) if normalize else emb
+                mm[row:row + n] = embed_rows(embed_fn, batch, dim, flip, normalize)
                 mm.flush()
                 row += n
                 write_json(mine, {"start": start, "stop": stop, "rows_done": row})
@@ -145,7 +126,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
         source_path(out).unlink(missing_ok=True)
         mm = write_feature_memmap(out, num_rows, dim, reuse=True)
         try:
-            final = finalize_feature_memmap(mm, out)
+            finalize_feature_memmap(mm, out)
         finally:
             del mm
         meta = {k: settings[k] for k in ("num_rows", "dim", "flip", "normalize", "fingerprint")}

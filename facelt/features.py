@@ -245,6 +245,20 @@ def _to_numpy(y: Any) -> np.ndarray:
     return np.asarray(y, dtype=np.float32)
 
 
+def embed_rows(embed_fn: Callable[[Any], Any], batch: Any, dim: int, flip: bool = True,
+               normalize: bool = True) -> np.ndarray:
+    """The feature rows of one batch: ``embed(x)`` (+ ``embed(mirror(x))`` with ``flip``), checked
+    to be ``(len(batch), dim)``, L2-normalised with ``normalize`` (float32)."""
+    n = len(batch)
+    emb = _to_numpy(embed_fn(batch))
+    if flip:
+        emb = emb + _to_numpy(embed_fn(_flip(batch)))
+    if emb.shape != (n, dim):
+        raise DataError(f"embed_fn returned shape {emb.shape} for a batch of {n}; "
+                        f"expected ({n}, {dim})")
+    return l2_normalize(emb) if normalize else emb
+
+
 def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
                      out_path: Union[str, os.PathLike], num_rows: int, dim: int,
                      flip: bool = True, resume: bool = True, normalize: bool = True,
@@ -286,13 +300,7 @@ def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
                                 f"{partial_path(out)}: a batch spans rows {row}..{row + n - 1}")
             if row + n > num_rows:
                 raise DataError(f"batches hold more than num_rows={num_rows} rows")
-            emb = _to_numpy(embed_fn(batch))
-            if flip:
-                emb = emb + _to_numpy(embed_fn(_flip(batch)))
-            if emb.shape != (n, dim):
-                raise DataError(f"embed_fn returned shape {emb.shape} for a batch of {n}; "
-                                f"expected ({n}, {dim})")
-            mm[row:row + n] = l2_normalize(emb) if normalize else emb
+            mm[row:row + n] = embed_rows(embed_fn, batch, dim, flip, normalize)
             mm.flush()
             row += n
             write_json(sidecar, {**settings, "rows_done": row})

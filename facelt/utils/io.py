@@ -24,7 +24,8 @@ def temporary_prefix(path: str | os.PathLike, pid: Optional[int] = None) -> str:
     return f".{Path(path).name}.pid{os.getpid() if pid is None else int(pid)}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
     if pid == os.getpid():
         return True
     try:
@@ -49,7 +50,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     pattern = re.compile(re.escape(f".{final.name}.pid") + r"([0-9]+)\..*\.tmp\Z")
     for entry in final.parent.glob(f".{glob.escape(final.name)}.pid*.tmp"):
         m = pattern.match(entry.name)
-        if m is None or _pid_alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         with contextlib.suppress(FileNotFoundError):
             entry.unlink()

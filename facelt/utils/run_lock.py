@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from facelt.errors import OutputError
+from facelt.utils.io import pid_alive
 
 LOCK_NAME = ".facelt.lock"
 
@@ -31,19 +32,6 @@ LOCK_NAME = ".facelt.lock"
 def lock_path(folder: str | os.PathLike) -> Path:
     """The lock file of output folder ``folder``."""
     return Path(folder) / LOCK_NAME
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
 
 
 def read_holder(path: str | os.PathLike) -> Optional[dict]:
