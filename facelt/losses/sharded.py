@@ -17,7 +17,6 @@ the part for its own classes (:mod:`facelt.collectives` conventions).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from facelt import collectives as col
 from facelt.losses.centroid import DiscCentroidLoss, reference_attract
