@@ -129,6 +129,7 @@ def evaluate_megaface(args: argparse.Namespace, dist) -> int:
     """``megaface-eval`` in this process (one rank of torchrun or alone); rank 0 reports."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.protocol import parse_gallery_sizes
+    from eval_megaface.search import default_backend
     from eval_megaface.report import write_report
 
     if args.probe_list is None:
@@ -160,7 +161,8 @@ def evaluate_megaface(args: argparse.Namespace, dist) -> int:
         distractor_list=distractor_list, gallery_order_list=args.gallery_order,
         train_features=train_features, noise_dir=_noise_dir(args.noise_lists, args.probe_list),
         index=args.index, seed=args.seed, chunk_rows=args.chunk_rows, threshold=args.threshold,
-        normalize=not args.no_normalize, nprobe=args.nprobe)
+        normalize=not args.no_normalize, nprobe=args.nprobe,
+        backend=default_backend(args.device))
     report = run_evaluation(cfg, dist)
     if report is None:  # another rank: rank 0 merges its search and reports
         return 0
