@@ -7,8 +7,12 @@ import os
 import re
 from pathlib import Path
 
-from facelt.config import Config, load_config, resolve_config_path
+from typing import TYPE_CHECKING
+
 from pipelines.splits import packaged_splits_dir
+
+if TYPE_CHECKING:  # facelt.config imports the head and loss tables (torch): loaded when used
+    from facelt.config import Config
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -107,7 +111,8 @@ def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--data-root", help="image root (sets data.root)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> "Config":
+    from facelt.config import load_config, resolve_config_path
     path = resolve_config_path(args.dataset, args.config, configs_dir())
     overrides = list(args.overrides)
     if getattr(args, "data_root", None):
@@ -117,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return with_packaged_splits(load_config(path, overrides))
 
 
-def with_packaged_splits(cfg: Config) -> Config:
+def with_packaged_splits(cfg: "Config") -> "Config":
     """``cfg`` with ``data.splits_dir`` set to the public lists shipped in ``pipelines/splits`` when
     the recipe (``places_lt``, ``imagenet_lt``) reads list files and gives no ``data.splits_dir``."""
     if cfg.data.format != "list" or cfg.data.splits_dir:
