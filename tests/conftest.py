@@ -31,3 +31,27 @@ def demo_overrides(data: Path, epochs: int = 2) -> list[str]:
 @pytest.fixture
 def demo_config_path() -> Path:
     return ROOT / "configs" / "demo_list.yaml"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a torchrun rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_args(overrides) -> list[str]:
+    """``["a=1", "b=2"]`` -> ``["--set", "a=1", "--set", "b=2"]``."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def run_torchrun(nproc: int, args, timeout: int = 300):
+    """``python -m torch.distributed.run`` of ``facelt ARGS`` on ``nproc`` CPU processes (gloo),
+    with this checkout on PYTHONPATH; returns the CompletedProcess (output captured)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+           f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

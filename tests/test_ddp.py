@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -19,20 +18,9 @@ import torch
 
 from facelt.cli import main
 from facelt.train.checkpoint import load_checkpoint
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import ROOT, demo_overrides, free_port, set_args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sets(overrides):
-    out = []
-    for o in overrides:
-        out += ["--set", o]
-    return out
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
@@ -45,14 +33,14 @@ def test_two_process_stage2_matches_one_process(demo_data, tmp_path):
         # statistics (no SyncBatchNorm), so 2 processes cannot equal 1 process there
         "stage2.frozen_bn=eval"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(one), *_sets(over)]) == 0
+    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(one), *set_args(over)]) == 0
     shutil.copytree(one / "stage1", two / "stage1")
-    assert main(["train", "--config", cfg, "--stage", "2", "--out", str(one), *_sets(over)]) == 0
+    assert main(["train", "--config", cfg, "--stage", "2", "--out", str(one), *set_args(over)]) == 0
 
     env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train",
-           "--config", cfg, "--stage", "2", "--out", str(two), *_sets(over)]
+           f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train",
+           "--config", cfg, "--stage", "2", "--out", str(two), *set_args(over)]
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -82,8 +70,8 @@ def test_two_process_mid_epoch_checkpoints_and_resume(demo_data, tmp_path):
 
     def torchrun(*flags):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train",
-               "--config", cfg, "--stage", "1", "--out", str(tmp_path), *flags, *_sets(over)]
+               f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train",
+               "--config", cfg, "--stage", "1", "--out", str(tmp_path), *flags, *set_args(over)]
         res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
 

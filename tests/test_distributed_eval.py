@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,20 +20,12 @@ from eval_megaface.search import stream_topk
 from facelt.cli import main
 from facelt.distributed_features import batch_share
 from facelt.features import FeatureFile
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_torchrun
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(nproc, args):
-    env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", *args]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = run_torchrun(nproc, args)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
 

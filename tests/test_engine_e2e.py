@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,21 +17,15 @@ from facelt.cli import main
 from facelt.config import load_config
 from facelt.errors import CheckpointError
 from facelt.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import ROOT, demo_overrides, set_args
 
-
-def _sets(overrides):
-    out = []
-    for o in overrides:
-        out += ["--set", o]
-    return out
 
 
 @pytest.fixture(scope="module")
 def trained(demo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = str(ROOT / "configs" / "demo_list.yaml")
-    rc = main(["train", "--config", cfg, "--out", str(out), *_sets(demo_overrides(demo_data))])
+    rc = main(["train", "--config", cfg, "--out", str(out), *set_args(demo_overrides(demo_data))])
     assert rc == 0
     return cfg, out
 
@@ -53,7 +46,7 @@ def test_two_stages_write_checkpoints_metrics_and_report(trained, demo_data, tmp
     assert lrs == {"backbone": 0.005, "attention": 0.05, "classifier": 0.05, "centroids": 0.01}
 
     rep_dir = tmp_path / "eval"
-    rc = main(["classify", "--config", cfg, *_sets(demo_overrides(demo_data)),
+    rc = main(["classify", "--config", cfg, *set_args(demo_overrides(demo_data)),
                "--checkpoint", str(out / "stage2" / "checkpoint.pt"), "--out", str(rep_dir),
                "--threshold", "0.3"])
     assert rc == 0
@@ -89,13 +82,13 @@ def test_refuses_to_overwrite_a_run_without_resume(trained, demo_data, capsys):
     ckpt = out / "stage1" / "checkpoint.pt"
     before = ckpt.read_bytes()
     rc = main(["train", "--config", cfg, "--out", str(out), "--stage", "1",
-               *_sets(demo_overrides(demo_data))])
+               *set_args(demo_overrides(demo_data))])
     assert rc == 2
     assert "--resume" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
     # with --resume a complete stage is left as it is
     assert main(["train", "--config", cfg, "--out", str(out), "--stage", "1", "--resume",
-                 *_sets(demo_overrides(demo_data))]) == 0
+                 *set_args(demo_overrides(demo_data))]) == 0
     assert ckpt.read_bytes() == before
 
 
@@ -185,7 +178,7 @@ def test_class_means_equal_per_class_average(demo_data):
 def test_resume_after_kill_ends_like_an_uninterrupted_run(demo_data, tmp_path):
     """kill -9 mid-training, then --resume: the final weights equal an uninterrupted run's."""
     cfg = str(ROOT / "configs" / "demo_list.yaml")
-    sets = _sets(demo_overrides(demo_data, epochs=4) + ["stage1.lr_step=2", "stage1.checkpoint_every=2"])
+    sets = set_args(demo_overrides(demo_data, epochs=4) + ["stage1.lr_step=2", "stage1.checkpoint_every=2"])
     env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "facelt", "train", "--config", cfg, "--stage", "1", *sets]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -225,7 +218,7 @@ def test_bad_inputs_stop_before_training_and_keep_earlier_outputs(trained, demo_
     (data / first).unlink()
     (data / "images" / "train" / "id001" / "0000.png").unlink()
     run = tmp_path / "run"
-    rc = main(["train", "--config", cfg, "--out", str(run), *_sets(demo_overrides(data))])
+    rc = main(["train", "--config", cfg, "--out", str(run), *set_args(demo_overrides(data))])
     assert rc == 2
     err = capsys.readouterr().err
     assert first in err and "2" in err and "demo_train.txt" in err
@@ -236,7 +229,7 @@ def test_bad_inputs_stop_before_training_and_keep_earlier_outputs(trained, demo_
     (data / "demo_train.txt").write_text("\n".join(lines) + "\n")
     before = (out / "stage1" / "checkpoint.pt").read_bytes()
     rc = main(["train", "--config", cfg, "--out", str(out), "--resume", "--stage", "1",
-               *_sets(demo_overrides(data))])
+               *set_args(demo_overrides(data))])
     assert rc == 2
     err = capsys.readouterr().err
     assert "demo_train.txt" in err and "line 4" in err and "three" in err
@@ -293,7 +286,7 @@ def test_labels_outside_the_known_classes_stop_before_training(demo_data, tmp_pa
     lst = data / f"demo_{split}.txt"
     lst.write_text(lst.read_text() + line + "\n")
     rc = main(["train", "--config", str(ROOT / "configs" / "demo_list.yaml"), "--stage", "1",
-               "--out", str(tmp_path / "run"), *_sets(demo_overrides(data))])
+               "--out", str(tmp_path / "run"), *set_args(demo_overrides(data))])
     assert rc == 2
     err = capsys.readouterr().err
     assert why in err and line.split()[0] in err

@@ -9,7 +9,7 @@ from facelt.cli import main
 from facelt.config import load_config
 from facelt.models.build import build_net
 from facelt.train.checkpoint import load_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_args
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +19,6 @@ def face_rec(tmp_path_factory):
     write_synthetic_rec(d / "train", counts=[10, 7, 5, 3, 2, 2], seed=3, size=56)
     return d
 
-
-def _sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
 
 
 def test_ms1m_lt_recipe_builds_the_paper_network():
@@ -41,7 +38,7 @@ def test_face_two_stage_smoke(face_rec, tmp_path, stage1_head):
             "stage1.epochs=1", "stage2.epochs=1", "stage1.batch_size=8", "stage2.batch_size=8",
             "stage1.max_steps_per_epoch=2", "stage2.max_steps_per_epoch=2", "eval.batch_size=16"]
     rc = main(["train", "--dataset", "ms1m_lt", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"),
-               "--out", str(tmp_path), *_sets(over)])
+               "--out", str(tmp_path), *set_args(over)])
     assert rc == 0
     s2 = load_checkpoint(tmp_path / "stage2" / "checkpoint.pt")
     assert s2["num_classes"] == 6 and s2["class_counts"] == [10, 7, 5, 3, 2, 2]
@@ -90,7 +87,7 @@ def face_checkpoint(face_rec, tmp_path_factory):
             "model.backbone=resnet18", "device=cpu", "stage1.epochs=1", "stage1.batch_size=8",
             "stage1.max_steps_per_epoch=1"]
     assert main(["train", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"), "--stage", "1",
-                 "--out", str(out), *_sets(over)]) == 0
+                 "--out", str(out), *set_args(over)]) == 0
     return out / "stage1" / "checkpoint.pt"
 
 

@@ -9,16 +9,10 @@ import pytest
 
 from facelt.cli import main
 from facelt.train.run_log import eta_line, format_duration, run_eta
-from tests.conftest import ROOT, demo_overrides
+from tests.conftest import ROOT, demo_overrides, set_args
 
 CFG = str(ROOT / "configs" / "demo_list.yaml")
 
-
-def _sets(over):
-    out = []
-    for o in over:
-        out += ["--set", o]
-    return out
 
 
 def test_eta_arithmetic():
@@ -38,7 +32,7 @@ def test_training_prints_config_lines_eta_and_writes_tensorboard(demo_data, tmp_
                                                    "stage2.max_steps_per_epoch=2",
                                                    "log.tensorboard=true", "log_every=1"]
     capsys.readouterr()
-    assert main(["train", "--config", CFG, "--out", str(out), *_sets(over)]) == 0
+    assert main(["train", "--config", CFG, "--out", str(out), *set_args(over)]) == 0
     text = capsys.readouterr().out
     assert "stage 1: 2 epochs on cpu, AMP off, seed 0" in text
     assert "batch 32" in text and "lr backbone" in text and "classes" in text
@@ -77,7 +71,7 @@ def test_missing_tensorboard_is_a_clear_error_before_any_work(demo_data, tmp_pat
     out = tmp_path / "run"
     capsys.readouterr()
     rc = main(["train", "--config", CFG, "--out", str(out),
-               *_sets(demo_overrides(demo_data, epochs=1) + ["log.tensorboard=true"])])
+               *set_args(demo_overrides(demo_data, epochs=1) + ["log.tensorboard=true"])])
     err = capsys.readouterr().err
     assert rc == 2 and "pip install 'facelt[tensorboard]'" in err and "log.tensorboard" in err
     assert not (out / "stage1").exists()

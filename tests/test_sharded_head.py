@@ -8,7 +8,6 @@ ArcFace / CosFace heads, equal the unsharded ones (rtol 1e-5 in float64, 1e-4 in
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,13 +20,8 @@ from facelt.models.heads import MetaEmbeddingHead
 from facelt.models.sharded import (ShardedMetaEmbeddingHead, class_range, shard_state,
                                    sharded_parameter_names)
 from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_class_range_contiguous_last_ranks_one_fewer():
@@ -87,7 +81,7 @@ def test_sharded_cross_entropy_rejects_unowned_label():
 def test_sharded_heads_match_single_process_under_torchrun(nproc):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-           f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
+           f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
            "--master_addr=127.0.0.1", str(ROOT / "tests" / "sharded_worker.py")]
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]

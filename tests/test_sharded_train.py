@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -22,20 +21,9 @@ from facelt.config import load_config
 from facelt.errors import ConfigError
 from facelt.train.checkpoint import load_checkpoint
 from facelt.train.sharding import check_shard_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, run_torchrun, set_args
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sets(overrides):
-    out = []
-    for o in overrides:
-        out += ["--set", o]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +48,9 @@ def _overrides(data):
 
 
 def _torchrun(nproc, args):
-    env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", *args]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = run_torchrun(nproc, args)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res
 
 
 def _assert_same_checkpoint(a, b, name):
@@ -88,12 +74,12 @@ def test_sharded_stage2_matches_unsharded_ddp_and_resumes_across(seven_class_dat
     cfg = str(ROOT / "configs" / "demo_list.yaml")
     over = _overrides(seven_class_data)
     ref = tmp_path / "ddp"
-    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(ref), *_sets(over)]) == 0
+    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(ref), *set_args(over)]) == 0
     shutil.copytree(ref / "stage1", tmp_path / "shard3" / "stage1")
     stage2 = ["train", "--config", cfg, "--stage", "2"]
-    _torchrun(2, [*stage2, "--out", str(ref), *_sets(over)])
+    _torchrun(2, [*stage2, "--out", str(ref), *set_args(over)])
     _torchrun(3, [*stage2, "--out", str(tmp_path / "shard3"),
-                  *_sets(over + ["stage2.shard_head=true"])])
+                  *set_args(over + ["stage2.shard_head=true"])])
     a = load_checkpoint(ref / "stage2" / "checkpoint.pt")
     assert a["model"]["head.centroids"].shape[0] == 7 and a["model"]["head.centroids"].abs().sum() > 0
     b = load_checkpoint(tmp_path / "shard3" / "stage2" / "checkpoint.pt")
@@ -116,8 +102,8 @@ def test_sharded_stage2_matches_unsharded_ddp_and_resumes_across(seven_class_dat
     for name in ("resume_sharded", "resume_ddp"):
         shutil.copytree(ref, tmp_path / name)
     _torchrun(2, [*stage2, "--resume", "--out", str(tmp_path / "resume_sharded"),
-                  *_sets(two + ["stage2.shard_head=true"])])
-    _torchrun(2, [*stage2, "--resume", "--out", str(tmp_path / "resume_ddp"), *_sets(two)])
+                  *set_args(two + ["stage2.shard_head=true"])])
+    _torchrun(2, [*stage2, "--resume", "--out", str(tmp_path / "resume_ddp"), *set_args(two)])
     x = load_checkpoint(tmp_path / "resume_ddp" / "stage2" / "checkpoint.pt")
     y = load_checkpoint(tmp_path / "resume_sharded" / "stage2" / "checkpoint.pt")
     assert x["epoch"] == y["epoch"] == 1 and x["complete"]
@@ -132,7 +118,7 @@ def test_one_process_sharded_margin_head_with_sampling(seven_class_data, tmp_pat
     over = _overrides(seven_class_data) + [
         "stage1.head=arcface", "stage1.shard_head=true", "stage1.sample_rate=0.5",
         "stage1.max_steps_per_epoch=3"]
-    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(tmp_path), *_sets(over)]) == 0
+    assert main(["train", "--config", cfg, "--stage", "1", "--out", str(tmp_path), *set_args(over)]) == 0
     state = load_checkpoint(tmp_path / "stage1" / "checkpoint.pt")
     assert state["model"]["head.weight"].shape[0] == 7
     assert state["metrics"]["images"] == 3 * 24
@@ -162,7 +148,7 @@ def test_shard_config_refusals():
 def test_amp_overflow_on_one_rank_skips_every_rank():
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "--master_addr=127.0.0.1",
            str(ROOT / "tests" / "overflow_worker.py")]
     res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 
@@ -17,14 +16,11 @@ import torch
 
 from facelt.cli import main
 from facelt.utils.io import read_jsonl
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, set_args
 
 CONFIG = ["--config", str(ROOT / "configs" / "demo_faces.yaml")]
 PAIRS = 20  # 10 positive, 10 negative: the protocol's 10 folds of 2
 
-
-def _sets(overrides):
-    return [a for o in overrides for a in ("--set", o)]
 
 
 def _bin_py3_bytes(path, images_bgr, issame):
@@ -63,10 +59,10 @@ def test_verification_every_steps_and_epoch_ends(faces, tmp_path, capsys):
     out = tmp_path / "run"
     # epoch 1, then epoch 2 as a resumed run: the record and the highest so far carry over
     assert main(["train", *CONFIG, "--stage", "1", "--out", str(out),
-                 *_sets(_over(faces, "eval.verify_every=2", "stage1.epochs=1"))]) == 0
+                 *set_args(_over(faces, "eval.verify_every=2", "stage1.epochs=1"))]) == 0
     printed = capsys.readouterr().out
     assert main(["train", *CONFIG, "--stage", "1", "--out", str(out), "--resume",
-                 *_sets(_over(faces, "eval.verify_every=2"))]) == 0
+                 *set_args(_over(faces, "eval.verify_every=2"))]) == 0
     printed += capsys.readouterr().out
     # 2 epochs x 3 steps: global steps 2 and 4 evaluate from the step callback (step 6 is the
     # second epoch's end and evaluates there, once), plus both epoch ends
@@ -100,7 +96,7 @@ def test_verification_every_steps_and_epoch_ends(faces, tmp_path, capsys):
 def test_a_missing_set_is_refused_before_training(faces, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *CONFIG, "--stage", "1", "--out", str(out),
-                 *_sets(_over(faces, "eval.verification=[lfw,agedb_30]"))]) == 2
+                 *set_args(_over(faces, "eval.verification=[lfw,agedb_30]"))]) == 2
     err = capsys.readouterr().err
     assert "eval.verification[1]" in err and str(faces / "agedb_30.bin") in err
     assert not (out / "stage1" / "checkpoint.pt").exists()
@@ -116,17 +112,12 @@ def test_a_frozen_backbone_keeps_its_eval_mode_after_an_evaluation():
     assert net.training and net[0].training and not net[1].training
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _torchrun(out, overrides):
     env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train", *CONFIG,
-           "--stage", "1", "--out", str(out), *_sets(overrides)]
+           f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "facelt", "train", *CONFIG,
+           "--stage", "1", "--out", str(out), *set_args(overrides)]
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
 
 
