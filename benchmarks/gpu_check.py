@@ -345,30 +345,11 @@ def section_head(sz: Sizes, device: str) -> dict:
 # ------------------------------------------------------------------------------------------ megaface
 
 def megaface_files(work: Path, sz: Sizes) -> Path:
-    """Random unit distractors (memmap) and probes around identity centres (rank-1 neither 0 nor 1)."""
+    """Random unit distractors (memmap) and probes around identity centres, written by
+    bench_megaface.py's generator (rank-1 neither 0 nor 1)."""
+    from benchmarks.bench_megaface import generate
     d = work / "megaface"
-    tag = d / f"ready_{sz.mf_rows}_{sz.mf_probes}_{sz.mf_dim}"
-    if tag.exists():
-        return d
-    d.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    mm = np.lib.format.open_memmap(d / "D.npy", mode="w+", dtype=np.float32, shape=(sz.mf_rows, sz.mf_dim))
-    for a in range(0, sz.mf_rows, 65536):
-        x = rng.standard_normal((min(65536, sz.mf_rows - a), sz.mf_dim), dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        mm[a:a + len(x)] = x
-    mm.flush()
-    del mm
-    ids = np.arange(sz.mf_probes) % sz.mf_identities
-    centres = rng.standard_normal((sz.mf_identities, sz.mf_dim), dtype=np.float32) / np.sqrt(sz.mf_dim)
-    p = centres[ids] + 1.3 * rng.standard_normal((sz.mf_probes, sz.mf_dim), dtype=np.float32) / np.sqrt(sz.mf_dim)
-    p /= np.linalg.norm(p, axis=1, keepdims=True)
-    np.save(d / "P.npy", p.astype(np.float32))
-    with open(d / "P.csv", "w") as fh:
-        fh.write("path,identity\n")
-        for i, k in enumerate(ids):
-            fh.write(f"id{k}/id{k}_{i}.png,id{k}\n")
-    tag.touch()
+    generate(d, sz.mf_rows, sz.mf_probes, sz.mf_identities, sz.mf_dim, spread=1.8)
     return d
 
 
