@@ -138,6 +138,7 @@ def sharded_child(classes: int, dim: int, batch: int, repeats: int) -> dict:
 
     from facelt.models.sharded import ShardedMetaEmbeddingHead
     from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
+    from facelt.train.distributed import teardown
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -169,8 +170,7 @@ def sharded_child(classes: int, dim: int, batch: int, repeats: int) -> dict:
             t = time.perf_counter()
             step()
             times.append(time.perf_counter() - t)
-    dist.barrier()
-    dist.destroy_process_group()
+    teardown()
     return {"variant": "sharded", "rank": rank, "world": world, "local_classes": head.local_classes,
             "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
             "param_bytes": param_bytes, "maxrss_delta_bytes": _maxrss_bytes() - base_rss,

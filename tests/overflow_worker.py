@@ -8,6 +8,7 @@ from torch import nn
 
 from facelt.losses.sharded import sharded_cross_entropy
 from facelt.models.sharded import ShardedLinearHead
+from facelt.train.distributed import teardown
 from facelt.train.sharding import agree_on_overflow
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     moved = step(net, opt, scaler, poison_rank=-1)  # no overflow: every rank steps
     assert all(moved), moved
     print(f"OVERFLOW-OK {dist.get_rank()}", flush=True)
-    dist.destroy_process_group()
+    teardown()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Loading ImageNet ResNet weights from local files (facelt.models.pretrained)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,6 +4,7 @@ row manifest; resumable after a kill (rows already written are kept)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from facelt.cli.common import add_device_arg, positive_int
 from facelt.utils.io import ensure_writable_file
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,
                                            not args.no_flip, args.device, net=net, dist=dist)
     finally:
-        D.teardown()
+        D.teardown(after_error=sys.exc_info()[0] is not None)
     if dist.is_primary:
         print(f"{len(rows)} rows -> {path}")
     return 0

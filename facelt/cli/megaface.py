@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return evaluate_megaface(args, dist)
     finally:
-        D.teardown()
+        D.teardown(after_error=sys.exc_info()[0] is not None)
 
 
 def evaluate_megaface(args: argparse.Namespace, dist) -> int:

@@ -51,8 +51,14 @@ def setup(requested_device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def teardown() -> None:
+def teardown(after_error: bool = False) -> None:
+    """Leave the process group. On a normal exit the ranks leave together (a barrier first), so
+    that no rank destroys its gloo pairs while a peer still talks to them: that race aborts the
+    process at exit ("terminate called without an active exception"). After an error no barrier:
+    the peers may be inside another collective and would never meet this one."""
     if dist.is_available() and dist.is_initialized():
+        if not after_error and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -19,6 +19,7 @@ epoch) and ``config.yaml`` (the resolved config).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +272,7 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     finally:
         if lock is not None:
             lock.release()
-        D.teardown()
+        D.teardown(after_error=sys.exc_info()[0] is not None)
     return results
 
 
