@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from facelt.reporting import legend_outside, round_floats
-from facelt.utils.io import atomic_path, write_json, write_text
+from facelt.reporting import legend_outside, round_floats, save_figure_png
+from facelt.utils.io import write_json, write_text
 
 from eval_megaface.pseudo_shots import BUCKETS
 
@@ -75,19 +75,9 @@ def _stage_suffix(report: dict[str, Any]) -> str:
     return f" (stage {stage})" if stage is not None else ""
 
 
-def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-
-
 def plot_cmc(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     """:func:`cmc_figure` as a PNG."""
-    import matplotlib.pyplot as plt
-    fig = cmc_figure(report)
-    try:
-        _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    save_figure_png(cmc_figure(report), path, dpi=120)
 
 
 def cmc_figure(report: dict[str, Any]):
@@ -110,12 +100,7 @@ def cmc_figure(report: dict[str, Any]):
 
 def plot_buckets(report: dict[str, Any], path: Union[str, os.PathLike]) -> None:
     """:func:`buckets_figure` as a PNG."""
-    import matplotlib.pyplot as plt
-    fig = buckets_figure(report)
-    try:
-        _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    save_figure_png(buckets_figure(report), path, dpi=120)
 
 
 def buckets_figure(report: dict[str, Any]):

@@ -40,16 +40,20 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _savefig(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+def save_figure_png(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as a PNG (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+    try:
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def write_classification_report(report: dict, folder: str | Path) -> Path:
     """Write ``report.md``, ``per_class.png`` and ``threshold_sweep.png`` into ``folder``."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,14 +73,12 @@ def write_classification_report(report: dict, folder: str | Path) -> Path:
     per_class = report.get("per_class") or []
     if per_class:
         fig = per_class_figure(per_class, where)
-        _savefig(fig, folder / "per_class.png")
-        plt.close(fig)
+        save_figure_png(fig, folder / "per_class.png")
         lines += ["![per-class accuracy](per_class.png)", ""]
     sweep = report.get("threshold_sweep") or []
     if sweep:
         fig = threshold_sweep_figure(sweep, report["threshold"], where)
-        _savefig(fig, folder / "threshold_sweep.png")
-        plt.close(fig)
+        save_figure_png(fig, folder / "threshold_sweep.png")
         lines += ["![threshold sweep](threshold_sweep.png)", "",
                   "| threshold | F-measure | known accuracy | open rejected |", "|---|---|---|---|"]
         for r in sweep:

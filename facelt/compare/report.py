@@ -41,10 +41,14 @@ def _cell(rep: dict, group: str, key: str) -> Optional[float]:
     return rep["closed_set" if group == "closed" else "open_set"].get(key)
 
 
-def markdown_table(report: dict) -> str:
+def table_head(title: str) -> list[str]:
+    """The title and the header rows of a comparison table (a method column, then COLUMNS)."""
     head = ["method"] + [f"{g} {k}" for g, k in COLUMNS]
-    lines = [f"# facelt compare ({report['recipe']})", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def markdown_table(report: dict) -> str:
+    lines = table_head(f"facelt compare ({report['recipe']})")
     for m, rep in report["methods"].items():
         cells = [m]
         for g, k in COLUMNS:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from facelt.compare.methods import MethodSpec
-from facelt.compare.report import COLUMNS
+from facelt.compare.report import COLUMNS, table_head
 from facelt.config import Config
 from facelt.errors import ConfigError
 from facelt.utils.io import write_json, write_text
@@ -71,9 +71,7 @@ def summarize_seeds(reports: dict[int, dict]) -> dict:
 
 
 def seeds_markdown(summary: dict, recipe: str, protocol: str) -> str:
-    head = ["method"] + [f"{g} {k}" for g, k in COLUMNS]
-    lines = [f"# facelt compare ({recipe}), seeds {', '.join(map(str, summary['seeds']))}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = table_head(f"facelt compare ({recipe}), seeds {', '.join(map(str, summary['seeds']))}")
     for m, cols in summary["methods"].items():
         cells = [m]
         for g, k in COLUMNS:
