@@ -19,7 +19,7 @@ gradients.  The size a ``B x K x d`` float32 tensor would take is printed for co
         [--repeats 5] [--threads 2]
 
 Sharded mode (``--sharded N``): the stage-2 objective of the unsharded meta head (one process)
-against :class:`facelt.models.sharded.ShardedMetaEmbeddingHead` + ``sharded_cross_entropy`` +
+against :class:`facelt.parallel.sharded_heads.ShardedMetaEmbeddingHead` + ``sharded_cross_entropy`` +
 ``0.01 * ShardedDiscCentroidLoss`` with the classes split over N processes (gloo, each process
 ``B / N`` rows of the global batch, as under torchrun).  Here memory is the whole head's: the peak
 RSS over the RSS before the head is built (parameters, gradients, activations), per rank.  From a
@@ -136,9 +136,9 @@ def sharded_child(classes: int, dim: int, batch: int, repeats: int) -> dict:
     import torch
     import torch.distributed as dist
 
-    from facelt.models.sharded import ShardedMetaEmbeddingHead
-    from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
-    from facelt.train.distributed import teardown
+    from facelt.parallel.sharded_heads import ShardedMetaEmbeddingHead
+    from facelt.parallel.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
+    from facelt.parallel.process import teardown
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -120,7 +120,7 @@ def main() -> None:
     d.mkdir(parents=True, exist_ok=True)
     if args.part in ("verify", "all"):
         generate_verify(d)
-        from facelt.verification import read_bin, verification_metrics
+        from facelt.faces.verification import read_bin, verification_metrics
         _, issame = read_bin(d / "lfw.bin")
         feats = np.load(d / "lfw_features.npy")
         t = time.perf_counter()

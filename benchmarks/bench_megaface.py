@@ -77,7 +77,7 @@ def child_faiss(d: Path, rows: int, chunk: int) -> dict:
 
 def child_numpy(d: Path, rows: int, chunk: int) -> dict:
     """Independent rank-1: hit when the genuine score beats the best distractor score (ties miss)."""
-    from facelt.features import l2_normalize
+    from facelt.features.files import l2_normalize
     t = time.perf_counter()
     p = l2_normalize(np.load(d / "P.npy"))
     ids = np.array([line.split(",")[1] for line in (d / "P.csv").read_text().splitlines()[1:]])

@@ -1,6 +1,6 @@
 """MegaFace challenge-1 identification from feature files (FaceScrub probes vs up to 1M distractors).
 
-Feature files (stacked ``.npy``, resumable extraction) live in the engine: :mod:`facelt.features`.
+Feature files (stacked ``.npy``, resumable extraction) live in the engine: :mod:`facelt.features.files`.
 
 Modules, one job each:
 

@@ -20,7 +20,7 @@ from facelt.errors import DataError
 from facelt.utils.io import atomic_path
 from facelt.utils.progress import progress
 
-from facelt.features import (FeatureFile, finalize_feature_memmap, read_manifest,
+from facelt.features.files import (FeatureFile, finalize_feature_memmap, read_manifest,
                                     write_feature_memmap, write_manifest)
 
 HEADER = struct.Struct("<4i")

@@ -19,14 +19,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from eval_megaface.search import DEFAULT_CHUNK_ROWS, ChunkSearcher, TopK
-from facelt.features import FeatureFile, iter_row_chunks, l2_normalize
+from facelt.features.files import FeatureFile, iter_row_chunks, l2_normalize
 from facelt.utils.progress import progress
 
 
 def chunk_plan(sizes: Sequence[int], chunk_rows: int) -> list[tuple[int, int, int]]:
     """``(start, stop, size)`` of every chunk one process reads, in its order: positions in the
     gallery order, where each segment ``order[previous size:size]`` is taken with its rows sorted
-    (as :func:`facelt.features.iter_row_chunks` reads them); ``size`` is the smallest gallery the
+    (as :func:`facelt.features.files.iter_row_chunks` reads them); ``size`` is the smallest gallery the
     chunk belongs to."""
     plan, done = [], 0
     for n in sorted(set(int(s) for s in sizes)):
@@ -102,7 +102,7 @@ def distributed_stream_topk(queries: np.ndarray, ff: FeatureFile, order: np.ndar
                             chunk_rows: int = DEFAULT_CHUNK_ROWS, normalize: bool = True,
                             backend: Optional[str] = None, dist=None) -> Optional[list[TopK]]:
     """:func:`~eval_megaface.search.stream_topk` over the ranks of ``dist`` (a
-    :class:`facelt.train.distributed.DistInfo`; collective): the merged lists on rank 0, ``None``
+    :class:`facelt.parallel.process.DistInfo`; collective): the merged lists on rank 0, ``None``
     on the other ranks."""
     import torch.distributed as tdist
     mine = stream_topk_share(queries, ff, order, sizes, dist.rank, dist.world_size, k=k,

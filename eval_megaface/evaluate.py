@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from facelt.features import FeatureFile, l2_normalize, read_manifest
+from facelt.features.files import FeatureFile, l2_normalize, read_manifest
 from eval_megaface.noise import noise_list_paths, noise_mask, read_noise_list
 from eval_megaface.probes import read_probe_list
 from eval_megaface.protocol import MAX_RANK, gallery_order, group_rank1, score_trials
@@ -63,7 +63,7 @@ def _check_dims(named: dict[str, FeatureFile]) -> None:
 def run_evaluation(cfg: MegaFaceEvalConfig, dist=None) -> Optional[dict[str, Any]]:
     """Evaluate every gallery size of ``cfg``; returns the report dictionary described above.
 
-    ``dist`` (a :class:`facelt.train.distributed.DistInfo` of several processes, collective): the
+    ``dist`` (a :class:`facelt.parallel.process.DistInfo` of several processes, collective): the
     exact distractor search is split over the ranks (:mod:`eval_megaface.distributed`, the same
     top-k as one process); rank 0 finishes the evaluation, the other ranks return ``None``."""
     t0 = time.time()

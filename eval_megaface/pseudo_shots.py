@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from facelt.features import FeatureFile, iter_row_chunks, l2_normalize
+from facelt.features.files import FeatureFile, iter_row_chunks, l2_normalize
 from eval_megaface.protocol import ProbeOutcome
 from eval_megaface.search import DEFAULT_CHUNK_ROWS
 from facelt.utils.progress import progress

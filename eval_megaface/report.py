@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from facelt.reporting import legend_outside, round_floats, save_figure_png
+from facelt.openset.reporting import legend_outside, round_floats, save_figure_png
 from facelt.utils.io import write_json, write_text
 
 from eval_megaface.pseudo_shots import BUCKETS

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from facelt.features import FeatureFile, iter_row_chunks, l2_normalize
+from facelt.features.files import FeatureFile, iter_row_chunks, l2_normalize
 from facelt.utils.progress import progress
 
 DEFAULT_CHUNK_ROWS = 65536

@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from facelt.metrics import shot_counts
+from facelt.data.shots import shot_counts
 from facelt.data.recordio import InsightfaceRecWriter, RecordReader, insightface_paths, read_insightface
 from facelt.errors import DataError, FaceltError
 from facelt.utils.io import write_json

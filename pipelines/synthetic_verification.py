@@ -10,7 +10,7 @@ training set's identity count for identities never seen in training) and pairs t
   protocol's 10 folds (in file order) holds both kinds in equal numbers.
 
 Images come from their own image stream (``stream``, never the training stream 0), JPEG-encoded
-like insightface's sets, written by :func:`facelt.verification.write_bin`.
+like insightface's sets, written by :func:`facelt.faces.verification.write_bin`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from facelt.verification import write_bin
+from facelt.faces.verification import write_bin
 from pipelines.synthetic_faces import synthetic_probes
 
 #: the demo's verification images: a stream no other demo set uses

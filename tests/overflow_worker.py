@@ -6,10 +6,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from facelt.losses.sharded import sharded_cross_entropy
-from facelt.models.sharded import ShardedLinearHead
-from facelt.train.distributed import teardown
-from facelt.train.sharding import agree_on_overflow
+from facelt.parallel.sharded_losses import sharded_cross_entropy
+from facelt.parallel.sharded_heads import ShardedLinearHead
+from facelt.parallel.process import teardown
+from facelt.parallel.sharding import agree_on_overflow
 
 
 class Net(nn.Module):

@@ -8,14 +8,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from facelt import collectives as col
+from facelt.parallel import collectives as col
 from facelt.losses import DiscCentroidLoss
 from facelt.models.heads import LinearHead, MarginHead, MetaEmbeddingHead
-from facelt.models.sharded import (ShardedLinearHead, ShardedMarginHead,
+from facelt.parallel.sharded_heads import (ShardedLinearHead, ShardedMarginHead,
                                    ShardedMetaEmbeddingHead, accumulate_shard_sums, class_range,
                                    consolidate_state, gather_logits, sharded_top1)
-from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
-from facelt.train.distributed import teardown
+from facelt.parallel.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
+from facelt.parallel.process import teardown
 
 K, D = 11, 6                      # 11 classes: not divisible by 2 or 3 processes
 WEIGHT = 0.5                      # centroid-loss weight, large so its gradients show

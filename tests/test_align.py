@@ -12,14 +12,14 @@ import cv2
 import numpy as np
 import pytest
 
-from facelt.align import (ARCFACE_DST_112, estimate_norm, estimate_similarity, norm_crop,
+from facelt.faces.align import (ARCFACE_DST_112, estimate_norm, estimate_similarity, norm_crop,
                           template, transform_points)
 from facelt.errors import DataError, FaceltError
-from facelt.landmarks import (MTCNNDetector, read_landmarks_csv, read_landmarks_json,
+from facelt.faces.landmarks import (MTCNNDetector, read_landmarks_csv, read_landmarks_json,
                               read_megaface_json)
 
 # insightface's arcface_dst, typed in from its face_align.py (an independent copy of the
-# constants, so a typo in facelt.align is caught).
+# constants, so a typo in facelt.faces.align is caught).
 INSIGHTFACE_ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                                     [41.5493, 92.3655], [70.7299, 92.2041]])
 

@@ -90,7 +90,7 @@ def demo(tmp_path_factory):
 
 
 def test_compare_end_to_end_matches_the_engine_evaluation(demo):
-    from facelt.classify import evaluate_checkpoint
+    from facelt.openset.classify import evaluate_checkpoint
     root, overrides = demo
     out = root / "cmp"
     methods = ["plain", "tau_norm", "logit_adjust", "openmax", "energy", "max_logit"]

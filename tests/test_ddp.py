@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from facelt.cli import main
-from facelt.train.checkpoint import load_checkpoint
+from facelt.models.checkpoint import load_checkpoint
 from tests.conftest import ROOT, demo_overrides, free_port, set_args
 
 

@@ -20,7 +20,7 @@ def test_demo_small_end_to_end_then_rerun_reuses(tmp_path, capsys):
     assert [r["gallery"] for r in mf["results"]] == [10, 100]
     assert mf["trials"] == 20 * 5 * 4  # 20 probe identities x 5 images x 4 other images each
     # verification of both stages and of the ONNX export on unseen SYNTHETIC identities
-    from facelt.verification import read_bin
+    from facelt.faces.verification import read_bin
     bins, issame = read_bin(out / "eval_sets" / "verification.bin")
     assert len(bins) == 2 * 200 and issame.tolist() == [True, False] * 100
     ver = json.loads((out / "verification" / "report.json").read_text())

@@ -18,8 +18,8 @@ from eval_megaface.distributed import (chunk_plan, chunk_share, merge_rank_topk,
                                        stream_topk_share)
 from eval_megaface.search import stream_topk
 from facelt.cli import main
-from facelt.distributed_features import batch_share
-from facelt.features import FeatureFile
+from facelt.features.distributed import batch_share
+from facelt.features.files import FeatureFile
 from tests.conftest import ROOT, run_torchrun
 
 
@@ -108,10 +108,10 @@ def test_distributed_extraction_resumes_per_rank(tmp_path):
     are no-ops outside torchrun): rank 0 cannot finish before rank 1 has written its rows, a
     rank that dies mid-share resumes after its last batch, and the finished file equals the
     one-process extraction's."""
-    from facelt.distributed_features import extract_features_distributed
+    from facelt.features.distributed import extract_features_distributed
     from facelt.errors import DataError
-    from facelt.features import extract_features
-    from facelt.train.distributed import DistInfo
+    from facelt.features.files import extract_features
+    from facelt.parallel.process import DistInfo
     rng = np.random.default_rng(0)
     x = rng.standard_normal((11, 5)).astype(np.float32)
     w = rng.standard_normal((5, 3)).astype(np.float32)

@@ -16,7 +16,7 @@ import torch
 from facelt.cli import main
 from facelt.config import load_config
 from facelt.errors import CheckpointError
-from facelt.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from facelt.models.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from tests.conftest import ROOT, demo_overrides, set_args
 
 
@@ -108,7 +108,7 @@ def test_checkpoint_with_pickled_callable_is_refused(tmp_path):
 
 
 def test_checkpoint_from_another_model_is_refused(trained, tmp_path):
-    from facelt.train.checkpoint import net_from_checkpoint
+    from facelt.models.checkpoint import net_from_checkpoint
     _, out = trained
     state = load_checkpoint(out / "stage1" / "checkpoint.pt")
     state["model"].pop("head.fc.bias")
@@ -157,8 +157,8 @@ def test_class_means_equal_per_class_average(demo_data):
     """Stage-2 centroids are the per-class mean of the direct features (checked by numpy)."""
     from facelt.data.build import build_split
     from facelt.models.build import build_net
-    from facelt.train.centroids import class_means
-    from facelt.train.distributed import DistInfo
+    from facelt.parallel.centroids import class_means
+    from facelt.parallel.process import DistInfo
     cfg = load_config(ROOT / "configs" / "demo_list.yaml", demo_overrides(demo_data))
     split = build_split(cfg.data, "train", train=False)
     net = build_net(cfg, 2, 6).eval()

@@ -8,7 +8,7 @@ import torch
 from facelt.cli import main
 from facelt.config import load_config
 from facelt.models.build import build_net
-from facelt.train.checkpoint import load_checkpoint
+from facelt.models.checkpoint import load_checkpoint
 from tests.conftest import ROOT, set_args
 
 
@@ -117,7 +117,7 @@ def test_image_files_are_embedded_like_the_rec_the_model_trained_on(face_rec, fa
 def test_features_are_reused_only_for_the_same_checkpoint(face_rec, face_checkpoint, tmp_path):
     import os
     import shutil
-    from facelt.features import source_path
+    from facelt.features.files import source_path
     out = tmp_path / "f.npy"
     args = ["extract-features", "--checkpoint", str(face_checkpoint), "--rec",
             str(face_rec / "train"), "--out", str(out)]

@@ -195,8 +195,8 @@ def compared(tmp_path_factory):
 
 
 def test_compare_plain_and_fslwf_end_to_end(compared):
-    from facelt.classify import evaluate_checkpoint
-    from facelt.train.checkpoint import load_checkpoint
+    from facelt.openset.classify import evaluate_checkpoint
+    from facelt.models.checkpoint import load_checkpoint
     root, rep = compared
     assert list(rep["methods"]) == ["plain", "fslwf"]
     runs = root / "cmp" / "runs"

@@ -253,7 +253,7 @@ def _demo_sets(demo_data: Path, *extra: str) -> list[str]:
 
 def test_damaged_checkpoints_are_named(face_run, tmp_path, capsys):
     import torch
-    from facelt.train.checkpoint import FORMAT
+    from facelt.models.checkpoint import FORMAT
     zero = tmp_path / "zero.pt"
     zero.write_bytes(b"")
     text = tmp_path / "text.pt"
@@ -421,7 +421,7 @@ def test_check_walks_the_whole_idx_and_rec(face_run, tmp_path, capsys):
 
 
 def test_rec_features_decode_to_the_models_channels(face_run):
-    from facelt.extract import dataset_for
+    from facelt.features.extract import dataset_for
     from facelt.config import load_config
     from facelt.data.recordio import RecordReader, insightface_paths
     rec, idx, _ = insightface_paths(face_run["rec"])

@@ -8,7 +8,7 @@ import pytest
 
 from facelt.cli import main
 from facelt.errors import DataError
-from facelt.ijb import (evaluate_ijb, ijb_paths, iter_pairs, read_meta, roc_points, tar_at_far,
+from facelt.faces.ijb import (evaluate_ijb, ijb_paths, iter_pairs, read_meta, roc_points, tar_at_far,
                         template_features)
 
 # image, template, media, raw 2-d feature, detector score

@@ -77,7 +77,7 @@ def test_verify_evaluates_pretrained_weights(arcface_torch_file, tmp_path, capsy
     x = torch.from_numpy(imgs.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
     with torch.no_grad():
         feats = (src.embed(x) + src.embed(torch.flip(x, dims=[3]))).numpy()
-    from facelt.verification import verification_metrics
+    from facelt.faces.verification import verification_metrics
     want = verification_metrics(feats, np.array(issame))
     assert got["accuracy"] == pytest.approx(want["accuracy"])
     assert got["threshold"] == pytest.approx(want["threshold"])

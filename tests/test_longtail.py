@@ -72,7 +72,7 @@ def test_unreachable_total_is_an_error():
 
 def test_shot_buckets_boundaries():
     # many > 100, medium 20..100 inclusive, few < 20
-    from facelt.metrics import shot_counts
+    from facelt.data.shots import shot_counts
     assert shot_counts([101, 100, 20, 19, 5]) == {"many": 1, "medium": 2, "few": 2}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from eval_megaface.devkit import bins_to_npy, image_path_of_bin, npy_to_bins, read_bin, write_bin
 from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
-from facelt.features import (FeatureFile, extract_features, finalize_feature_memmap,
+from facelt.features.files import (FeatureFile, extract_features, finalize_feature_memmap,
                                     partial_path, read_manifest, write_feature_memmap)
 from eval_megaface.noise import noise_mask, read_noise_list
 from facelt.errors import DataError

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
-from facelt.features import FeatureFile
+from facelt.features.files import FeatureFile
 from eval_megaface.protocol import (gallery_order, group_rank1, parse_gallery_sizes, score_trials,
                                     ProbeOutcome)
 from eval_megaface.pseudo_shots import bucket_of, bucket_report, count_above

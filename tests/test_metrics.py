@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from facelt.metrics import (open_set_accuracy, open_set_f_measure, per_class_accuracy, reject,
+from facelt.openset.metrics import (open_set_accuracy, open_set_f_measure, per_class_accuracy, reject,
                             shot_accuracy, shot_of_counts, threshold_sweep)
 
 

@@ -14,12 +14,12 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from facelt.align import template  # noqa: E402
+from facelt.faces.align import template  # noqa: E402
 from facelt.cli import main  # noqa: E402
 from facelt.config import load_config  # noqa: E402
 from facelt.models.build import build_net  # noqa: E402
-from facelt.onnx_io import OnnxEmbedder, export_onnx, normalisation_in_graph  # noqa: E402
-from facelt.train.checkpoint import save_checkpoint  # noqa: E402
+from facelt.faces.onnx_io import OnnxEmbedder, export_onnx, normalisation_in_graph  # noqa: E402
+from facelt.models.checkpoint import save_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -125,7 +125,7 @@ def test_verify_with_checkpoint_and_onnx_agree(stage2_checkpoint, tmp_path, caps
         assert main(["verify", "--bin", str(path), flag, str(src), "--json"]) == 0
         res[flag] = json.loads(capsys.readouterr().out)
     small = np.stack([cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for im in imgs])
-    from facelt.verification import verification_metrics
+    from facelt.faces.verification import verification_metrics
     want = verification_metrics(torch_flip_sum(net, small), np.array([i % 2 == 0 for i in range(20)]))
     for r in res.values():
         assert r["pairs"] == 20

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from facelt.openmax import OpenMax, WeibullTails, distances, fit_high, weibull_fit
+from facelt.openset.openmax import OpenMax, WeibullTails, distances, fit_high, weibull_fit
 
 
 def _mle_by_bisection(x: list[float]) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from facelt.errors import ConfigError
-from facelt.posthoc import (energy, logit_adjust, max_logit, msp, select_tau, softmax,
+from facelt.openset.posthoc import (energy, logit_adjust, max_logit, msp, select_tau, softmax,
                             tau_normalize)
 
 

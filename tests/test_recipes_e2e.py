@@ -12,7 +12,7 @@ from PIL import Image
 
 from facelt.cli import main
 from facelt.config import load_config
-from facelt.train.checkpoint import load_checkpoint
+from facelt.models.checkpoint import load_checkpoint
 from facelt.train.stage import build_stage
 from tests.conftest import ROOT
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from facelt.cli import main  # noqa: E402
 from facelt.compare.report import CHART_NAME, comparison_figure, markdown_table  # noqa: E402
-from facelt.reporting import per_class_figure, round_floats, threshold_sweep_figure  # noqa: E402
+from facelt.openset.reporting import per_class_figure, round_floats, threshold_sweep_figure  # noqa: E402
 from eval_megaface.report import buckets_figure, cmc_figure, write_report  # noqa: E402
 
 

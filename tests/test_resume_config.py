@@ -9,7 +9,7 @@ import pytest
 from facelt.cli import main
 from facelt.config import load_config
 from facelt.errors import ConfigError
-from facelt.train.checkpoint import load_checkpoint
+from facelt.models.checkpoint import load_checkpoint
 from facelt.train.resume_check import check_resume_config, config_changes, is_resume_free
 from tests.conftest import ROOT, demo_overrides
 

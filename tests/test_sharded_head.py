@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from facelt.losses import DiscCentroidLoss
 from facelt.models.heads import MetaEmbeddingHead
-from facelt.models.sharded import (ShardedMetaEmbeddingHead, class_range, shard_state,
+from facelt.parallel.sharded_heads import (ShardedMetaEmbeddingHead, class_range, shard_state,
                                    sharded_parameter_names)
-from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
+from facelt.parallel.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
 from tests.conftest import ROOT, free_port
 
 

@@ -19,8 +19,8 @@ import torch
 from facelt.cli import main
 from facelt.config import load_config
 from facelt.errors import ConfigError
-from facelt.train.checkpoint import load_checkpoint
-from facelt.train.sharding import check_shard_config
+from facelt.models.checkpoint import load_checkpoint
+from facelt.parallel.sharding import check_shard_config
 from tests.conftest import ROOT, free_port, run_torchrun, set_args
 
 

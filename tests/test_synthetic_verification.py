@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facelt.verification import VerificationSet
+from facelt.faces.verification import VerificationSet
 from pipelines.synthetic_faces import synthetic_probes
 from pipelines.synthetic_verification import VERIFICATION_STREAM, write_synthetic_verification_bin
 

@@ -13,7 +13,7 @@ import pytest
 
 from facelt.cli import main
 from facelt.errors import DataError
-from facelt.verification import VerificationSet, fold_bounds, read_bin, verification_metrics
+from facelt.faces.verification import VerificationSet, fold_bounds, read_bin, verification_metrics
 
 # ------------------------------------------------------------------ the hand-worked 20-pair case
 # Pairs alternate genuine (even) / impostor (odd).  Squared distances after L2 normalisation:

@@ -103,7 +103,7 @@ def test_a_missing_set_is_refused_before_training(faces, tmp_path, capsys):
 
 
 def test_a_frozen_backbone_keeps_its_eval_mode_after_an_evaluation():
-    from facelt.embed import TorchEmbedder
+    from facelt.features.embed import TorchEmbedder
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     net.train()
@@ -151,7 +151,7 @@ def test_a_resumed_stage_keeps_the_highest_up_to_its_checkpoint(tmp_path):
     evaluations after the checkpoint's position (they will be redone)."""
     from types import SimpleNamespace
 
-    from facelt.train.distributed import DistInfo
+    from facelt.parallel.process import DistInfo
     from facelt.train.loop import EpochPosition
     from facelt.train.state import TrainState
     from facelt.train.verify_callback import VerificationCallback

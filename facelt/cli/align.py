@@ -19,11 +19,11 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
-from facelt.align import check_image_size, norm_crop
+from facelt.faces.align import check_image_size, norm_crop
 from facelt.cli.common import add_device_arg
 from facelt.errors import DataError, FaceltError
 from facelt.utils.io import ensure_writable_dir
-from facelt.landmarks import MTCNNDetector, read_landmarks, read_megaface_json
+from facelt.faces.landmarks import MTCNNDetector, read_landmarks, read_megaface_json
 from facelt.utils.io import atomic_path, write_text
 from facelt.utils.progress import progress
 
@@ -95,7 +95,7 @@ def build_sources(args: argparse.Namespace) -> list[LandmarkSource]:
     if args.sidecar_json:
         sources.append(_sidecar_source(lambda p: p.with_name(p.name + ".json")))
     if args.detector == "mtcnn" or not sources:
-        from facelt.train.distributed import pick_device
+        from facelt.parallel.process import pick_device
         device = str(pick_device(args.device))
         sources.append(_detector_source(MTCNNDetector(args.detector_weights, device=device)))
     return sources

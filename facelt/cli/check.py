@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from facelt.data.build import SPLITS, build_split, class_counts, infer_num_classes
     from facelt.data.lists import labels_outside
     from facelt.data.verify import verify_split_data
-    from facelt.metrics import shot_counts
+    from facelt.data.shots import shot_counts
     cfg = config_from_args(args)
     splits = {s: build_split(cfg.data, s, train=False, check_files=True) for s in SPLITS}
     if splits["train"] is None:

@@ -40,7 +40,7 @@ def no_trained_model_message(cfg, ckpt: str, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facelt.classify import classify_images, evaluate_checkpoint
+    from facelt.openset.classify import classify_images, evaluate_checkpoint
     cfg = config_from_args(args) if (args.config or args.dataset) else None
     ckpt = args.checkpoint
     if ckpt is None:

@@ -63,8 +63,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """The demo's steps (the caller holds the lock of ``args.out``)."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
     from eval_megaface.report import write_report
-    from facelt.classify import evaluate_checkpoint
-    from facelt.extract import extract_checkpoint_features
+    from facelt.openset.classify import evaluate_checkpoint
+    from facelt.features.extract import extract_checkpoint_features
     from facelt.config import load_config
     from facelt.data.rec_dataset import RecordDataset
     from facelt.train.trainer import train
@@ -178,11 +178,11 @@ def verify_and_export(out: Path, vbin: Path, image_size: int) -> dict:
     """Verification of the stage-1 and stage-2 checkpoints and of the stage-2 ONNX export
     (written to ``out/model.onnx`` unless newer than the checkpoint) on ``vbin``; the results
     also go to ``out/verification/report.json``."""
-    from facelt.embed import embedder_for_checkpoint
-    from facelt.onnx_io import OnnxEmbedder, compare_with_torch, export_onnx
-    from facelt.train.checkpoint import net_from_checkpoint
-    from facelt.train.distributed import pick_device
-    from facelt.verification import VerificationSet
+    from facelt.features.embed import embedder_for_checkpoint
+    from facelt.faces.onnx_io import OnnxEmbedder, compare_with_torch, export_onnx
+    from facelt.models.checkpoint import net_from_checkpoint
+    from facelt.parallel.process import pick_device
+    from facelt.faces.verification import VerificationSet
     vs = VerificationSet.load(vbin, image_size)  # decoded once for the three models
     dev = pick_device("auto")
     results = {}
@@ -230,7 +230,7 @@ def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: 
     """Record the demo's results in ``OUT/demo_summary.json`` and write ``OUT/report.md`` from it.
     The total time is the first complete run's: a rerun (which skips finished steps) records its
     own time beside it and never replaces it."""
-    from facelt.reporting import round_floats
+    from facelt.openset.reporting import round_floats
     path = Path(out) / SUMMARY_NAME
     previous = json.loads(path.read_text()) if path.is_file() else {}
     summary = {

@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
             from facelt.errors import ConfigError
             raise ConfigError("extract-features --onnx runs in one process; under torchrun give "
                               "--checkpoint (the rows are then split over the processes)")
-        from facelt.onnx_io import extract_onnx_features
+        from facelt.faces.onnx_io import extract_onnx_features
         path, rows = extract_onnx_features(args.onnx, args.out, args.rec, args.list_file, args.root,
                                            args.images, args.batch_size, not args.no_flip)
         print(f"{rows} rows -> {path}")
         return 0
-    from facelt.extract import dataset_for, extract_checkpoint_features
-    from facelt.train import distributed as D
-    from facelt.train.checkpoint import net_from_checkpoint
+    from facelt.features.extract import dataset_for, extract_checkpoint_features
+    from facelt.parallel import process as D
+    from facelt.models.checkpoint import net_from_checkpoint
     dist = D.setup(args.device)  # under torchrun: every process embeds its share of the rows
     try:
         net, cfg, _ = net_from_checkpoint(args.checkpoint, dist.device)

@@ -29,20 +29,20 @@ def add_model_args(p: argparse.ArgumentParser, features_help: str) -> None:
 def embedder_from_args(args: argparse.Namespace):
     """The image embedder the flags name (None with ``--features``)."""
     if args.onnx:
-        from facelt.onnx_io import OnnxEmbedder
+        from facelt.faces.onnx_io import OnnxEmbedder
         return OnnxEmbedder(args.onnx)
     if args.checkpoint:
-        from facelt.classify import net_from_checkpoint
-        from facelt.embed import embedder_for_checkpoint
-        from facelt.train.distributed import pick_device
+        from facelt.openset.classify import net_from_checkpoint
+        from facelt.features.embed import embedder_for_checkpoint
+        from facelt.parallel.process import pick_device
         dev = pick_device(args.device)
         net, cfg, _ = net_from_checkpoint(args.checkpoint, dev)
         return embedder_for_checkpoint(net, cfg, dev)
     if args.config:
         from facelt.config import load_config
-        from facelt.embed import embedder_for_checkpoint
+        from facelt.features.embed import embedder_for_checkpoint
         from facelt.models.build import net_from_config
-        from facelt.train.distributed import pick_device
+        from facelt.parallel.process import pick_device
         cfg = load_config(args.config)
         dev = pick_device(args.device)
         return embedder_for_checkpoint(net_from_config(cfg).to(dev), cfg, dev)

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facelt.features import FeatureFile
-    from facelt.ijb import evaluate_ijb, ijb_paths, read_meta, write_ijb_report
+    from facelt.features.files import FeatureFile
+    from facelt.faces.ijb import evaluate_ijb, ijb_paths, read_meta, write_ijb_report
     paths = ijb_paths(args.root, args.target)
     meta = read_meta(paths)
     if args.features:
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise FaceltError("--out is needed when embedding: the image features are kept there "
                               "(OUT/features.npy) so an interrupted run resumes")
-        from facelt.embed import embed_to_file
-        from facelt.ijb import aligned_batches
+        from facelt.features.embed import embed_to_file
+        from facelt.faces.ijb import aligned_batches
         embedder = embedder_from_args(args)
         size = embedder.input_size
         if size[0] != size[1] or size[0] % 112:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                               "to the 112x112 ArcFace template (or a multiple of it)")
         out = Path(args.out) / "features.npy"
         fp = model_fingerprint(args, meta.names, {"ijb": args.target})
-        from facelt.features import finished_with
+        from facelt.features.files import finished_with
         if not finished_with(out, fp):
             embed_to_file(embedder, aligned_batches(meta, paths.images, args.batch_size, size[0]),
                           out, len(meta), normalize=False, flip=not args.no_flip, fingerprint=fp)

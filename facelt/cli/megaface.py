@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_rows < 1:
         raise ConfigError(f"--chunk-rows {args.chunk_rows}: must be >= 1")
     ensure_writable_dir(args.out, "--out")       # before the evaluation, not after it
-    from facelt.train import distributed as D
+    from facelt.parallel import process as D
     dist = D.setup(args.device)  # under torchrun: extraction and the distractor search are split
     try:
         return evaluate_megaface(args, dist)
@@ -194,9 +194,9 @@ def extract_with_checkpoint(args: argparse.Namespace, dist=None) -> ExtractedFea
 
     from facelt.data.build import eval_transform
     from facelt.data.images import FolderImages
-    from facelt.extract import dataset_for, extract_checkpoint_features
-    from facelt.train.checkpoint import net_from_checkpoint
-    from facelt.train.distributed import pick_device
+    from facelt.features.extract import dataset_for, extract_checkpoint_features
+    from facelt.models.checkpoint import net_from_checkpoint
+    from facelt.parallel.process import pick_device
     net, cfg, state = net_from_checkpoint(args.checkpoint, dist.device if dist is not None
                                           else pick_device(args.device))
     feats = Path(args.out) / "features"
@@ -233,12 +233,12 @@ def extract_with_checkpoint(args: argparse.Namespace, dist=None) -> ExtractedFea
 
 def extract_with_onnx(args: argparse.Namespace) -> ExtractedFeatures:
     """``--onnx``: embed the probe / distractor / training images with an ONNX model (flip-sum +
-    L2, resumable, :mod:`facelt.onnx_io`) into ``OUT/features/``, rows named as with
+    L2, resumable, :mod:`facelt.faces.onnx_io`) into ``OUT/features/``, rows named as with
     ``--checkpoint``; returns the files made."""
     import csv
 
-    from facelt.embed import files_source, image_source
-    from facelt.onnx_io import OnnxEmbedder, extract_onnx_source_features
+    from facelt.features.embed import files_source, image_source
+    from facelt.faces.onnx_io import OnnxEmbedder, extract_onnx_source_features
     jobs = []
     if args.probe_rec:
         jobs.append(("probe", "probes", image_source(rec=args.probe_rec)))
@@ -271,8 +271,8 @@ def checked_distractor_list(distractor_list: Optional[Path], features: Path,
     """Noise lists and --gallery-order address distractors by the list's rows: the extracted rows
     must be that list, in that order. Returns the list to use (without one given, the
     extraction's manifest)."""
-    from facelt.features import read_manifest
-    from facelt.extract import manifest_path
+    from facelt.features.files import read_manifest
+    from facelt.features.extract import manifest_path
     if distractor_list is None:
         return manifest_path(features)
     given = read_manifest(distractor_list)

@@ -24,7 +24,7 @@ def regenerate_reports(folder: Path) -> list[Path]:
     from eval_megaface.report import write_report
     from facelt.cli.demo import SUMMARY_NAME, write_demo_report
     from facelt.compare.report import CHART_NAME, bar_chart, markdown_table
-    from facelt.reporting import write_classification_report
+    from facelt.openset.reporting import write_classification_report
     from facelt.utils.io import write_text
     written = []
     for path in sorted(folder.rglob("report.json")):

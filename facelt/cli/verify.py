@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facelt.features import FeatureFile
-    from facelt.verification import VerificationSet, read_bin
+    from facelt.features.files import FeatureFile
+    from facelt.faces.verification import VerificationSet, read_bin
     if args.features and len(args.features) != len(args.bins):
         raise FaceltError(f"{len(args.bins)} --bin files but {len(args.features)} --features files: "
                           "give one features file per .bin, in the same order")
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for i, path in enumerate(args.bins):
         if args.features:
-            from facelt.verification import verification_metrics
+            from facelt.faces.verification import verification_metrics
             _, issame = read_bin(path)  # features need no image decoding
             ff = FeatureFile.open(args.features[i])
             if ff.rows != 2 * len(issame):

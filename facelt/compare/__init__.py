@@ -44,7 +44,7 @@ from facelt.compare.report import COLUMNS, bar_chart, markdown_table, method_rep
 from facelt.compare.runs import ensure_trained, recipe_diff, run_dir
 from facelt.data.build import Split, build_split
 from facelt.errors import ConfigError, FaceltError
-from facelt.metrics import auroc, matched_threshold
+from facelt.openset.metrics import auroc, matched_threshold
 from facelt.utils.io import write_json, write_text
 
 __all__ = ["compare", "load_method", "method_config", "method_report", "Outputs", "auroc",
@@ -69,8 +69,8 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
     :func:`facelt.compare.seeds.same_epochs_method`). ``weights``: evaluate each run's last epoch
     (``checkpoint.pt``) or its best-on-val weights (``best.pt``, as the reference does)."""
     from facelt.compare.seeds import SAME_EPOCHS_METHOD, same_epochs_method
-    from facelt.train.checkpoint import net_from_checkpoint
-    from facelt.train.distributed import pick_device
+    from facelt.models.checkpoint import net_from_checkpoint
+    from facelt.parallel.process import pick_device
     if not methods:
         raise ConfigError("--methods: give at least one method")
     if len(set(methods)) != len(methods):
@@ -192,7 +192,7 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
                      f"{ev.few}..{ev.many} inclusive; bucket accuracy = mean of per-class "
                      f"accuracies; overall = accuracy over known test images",
     }
-    from facelt.reporting import round_floats
+    from facelt.openset.reporting import round_floats
     report = round_floats(report)
     write_json(out / "report.json", report)
     write_text(out / "report.md", markdown_table(report))

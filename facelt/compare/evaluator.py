@@ -11,8 +11,8 @@ import torch
 from facelt.compare.collect import Collected, chunk_logits
 from facelt.compare.methods import MethodSpec
 from facelt.errors import ConfigError
-from facelt.openmax import OpenMax
-from facelt.posthoc import energy, logit_adjust, max_logit, msp, select_tau, tau_normalize
+from facelt.openset.openmax import OpenMax
+from facelt.openset.posthoc import energy, logit_adjust, max_logit, msp, select_tau, tau_normalize
 
 OPENMAX_LOGIT_AV_MAX_CLASSES = 4096
 """OpenMax uses the logit vector as activation vector (the paper) up to this many classes; above,

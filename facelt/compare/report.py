@@ -1,4 +1,4 @@
-"""The comparison's per-method report (one open-set protocol: :func:`facelt.evaluate.open_set_scores_report`)
+"""The comparison's per-method report (one open-set protocol: :func:`facelt.openset.evaluate.open_set_scores_report`)
 and its files: ``report.md`` (one table) and ``report.png`` (grouped bars)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Optional
 import numpy as np
 
 from facelt.compare.evaluator import Outputs
-from facelt.evaluate import open_set_scores_report
-from facelt.metrics import shot_accuracy
-from facelt.reporting import legend_outside
+from facelt.openset.evaluate import open_set_scores_report
+from facelt.openset.metrics import shot_accuracy
+from facelt.openset.reporting import legend_outside
 from facelt.utils.io import atomic_path
 
 #: the chart written beside report.md (and linked from it)

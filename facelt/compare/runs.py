@@ -7,7 +7,7 @@ from typing import Callable, Optional
 from facelt.compare.methods import BASE_METHOD, MethodSpec
 from facelt.config import Config, upgrade_saved_config
 from facelt.errors import CheckpointError, FaceltError
-from facelt.train.checkpoint import load_checkpoint
+from facelt.models.checkpoint import load_checkpoint
 
 
 def run_dir(out: Path, method: str) -> Path:

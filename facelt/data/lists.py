@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from facelt.metrics import shot_counts
+from facelt.data.shots import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import atomic_path
 from facelt.utils.progress import progress

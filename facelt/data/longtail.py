@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from facelt.data.lists import OPEN_LABEL, ImageList, labels_outside, read_list, resolve_list_file, write_list
-from facelt.metrics import shot_counts
+from facelt.data.shots import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import write_json
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facelt.collectives import world_size
+from facelt.parallel.collectives import world_size
 
 
 class _ReferenceAttract(torch.autograd.Function):

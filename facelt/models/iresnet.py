@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from facelt.errors import CheckpointError, ConfigError
-from facelt.train.checkpoint import diff_state
+from facelt.models.state import diff_state
 
 IRESNET_LAYERS: dict[str, list[int]] = {
     "iresnet18": [2, 2, 2, 2],

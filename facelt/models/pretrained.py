@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from facelt.errors import CheckpointError
-from facelt.train.checkpoint import diff_state
+from facelt.models.state import diff_state
 
 TORCHVISION_RESNET152_URL = "https://download.pytorch.org/models/resnet152-394f9c45.pth"
 OLTR_CAFFE_RESNET152_URL = ("https://drive.google.com/uc?export=download&"

@@ -19,8 +19,8 @@ import torch
 from facelt.data.build import make_loader
 from facelt.data.samplers import SkipSampler
 from facelt.errors import FaceltError
-from facelt.train import distributed as D
-from facelt.train.sharding import agree_on_overflow
+from facelt.parallel import process as D
+from facelt.parallel.sharding import agree_on_overflow
 from facelt.train.stage import StageParts, set_train_mode
 from facelt.utils.progress import progress
 

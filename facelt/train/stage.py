@@ -30,10 +30,11 @@ from facelt.errors import CheckpointError, ConfigError, FaceltError
 from facelt.losses import build_stage_loss, StageLoss
 from facelt.models.build import build_net
 from facelt.models.net import OLTRNet, param_groups
-from facelt.train import distributed as D
-from facelt.train.centroids import class_means
-from facelt.train.checkpoint import load_checkpoint, load_model_state
-from facelt.train import sharding
+from facelt.parallel import process as D
+from facelt.parallel.centroids import class_means
+from facelt.models.checkpoint import load_checkpoint
+from facelt.models.state import load_model_state
+from facelt.parallel import sharding
 
 BACKBONE_PREFIXES = ("backbone.", "neck.")
 
@@ -265,7 +266,7 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
         init_from_stage1(net, st, stage, src, data.num_classes)
     if st.freeze_backbone:
         freeze_backbone(net)
-    if st.shard_head:  # this rank's slice of the classes (facelt/train/sharding.py)
+    if st.shard_head:  # this rank's slice of the classes (facelt/parallel/sharding.py)
         sharding.shard_head(net, st, data.num_classes, dist, sample_seed=cfg.seed + stage)
     net.to(dist.device)
     if sharding.is_sharded(net.head):

@@ -12,11 +12,12 @@ from typing import Optional
 import torch
 
 from facelt.errors import CheckpointError
-from facelt.train.checkpoint import load_checkpoint, load_model_state
-from facelt.train import sharding
+from facelt.models.checkpoint import load_checkpoint
+from facelt.models.state import load_model_state
+from facelt.parallel import sharding
 from facelt.train.loop import EpochPosition, steps_in_epoch
 from facelt.train.stage import StageParts
-from facelt.train.distributed import DistInfo
+from facelt.parallel.process import DistInfo
 
 
 @dataclass

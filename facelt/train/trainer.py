@@ -27,15 +27,15 @@ from typing import Callable, Optional, Sequence
 
 from facelt.config import Config, config_yaml
 from facelt.errors import FaceltError
-from facelt.evaluate import closed_set_report, predict
-from facelt.train import distributed as D
-from facelt.train.checkpoint import load_checkpoint, save_checkpoint
+from facelt.openset.evaluate import closed_set_report, predict
+from facelt.parallel import process as D
+from facelt.models.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
 from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
-from facelt.train.sharding import evaluation_net
+from facelt.parallel.sharding import evaluation_net
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.train.verify_callback import VerificationCallback, verification_summary

@@ -4,7 +4,7 @@
 ``<name>.bin`` beside the training rec / list (``faces_emore/`` keeps them there), anything else is
 a path (:func:`resolve_verification_sets`; a missing file is a :class:`~facelt.errors.DataError`
 before any training). :class:`VerificationCallback` reads and decodes every set **once** on rank
-0 (uint8 RGB at the model's input size, :class:`facelt.verification.VerificationSet`) and then,
+0 (uint8 RGB at the model's input size, :class:`facelt.faces.verification.VerificationSet`) and then,
 every ``eval.verify_every`` optimizer steps (a step callback) and at each epoch end
 (:meth:`VerificationCallback.at_epoch_end`, called by the trainer before the epoch's metrics are
 written), embeds them with the bare network in eval mode (flip-sum, batches of
@@ -27,7 +27,7 @@ import torch
 
 from facelt.config import Config
 from facelt.errors import DataError, FaceltError
-from facelt.train import distributed as D
+from facelt.parallel import process as D
 from facelt.utils.io import write_json, write_text
 
 __all__ = ["resolve_verification_sets", "VerificationCallback", "VerificationFailed",
@@ -129,7 +129,7 @@ class VerificationCallback:
         paths = resolve_verification_sets(cfg)  # every rank: the same clear error everywhere
 
         def load() -> dict:
-            from facelt.verification import VerificationSet
+            from facelt.faces.verification import VerificationSet
             return {"sets": [VerificationSet.load(p, cfg.data.image_size) for p in paths]}
 
         loaded = _rank0_then_all(dist, load, "reading the verification sets")
@@ -198,7 +198,7 @@ class VerificationCallback:
                                "verification")
 
     def _evaluate_here(self, epoch: int, step: int, global_step: int, at: str) -> dict:
-        from facelt.embed import embedder_for_checkpoint
+        from facelt.features.embed import embedder_for_checkpoint
         parts = self.parts
         embedder = embedder_for_checkpoint(parts.net, parts.cfg, parts.device)
         results = {}

@@ -10,10 +10,10 @@ import torch
 from facelt.config import DataConfig
 from facelt.data.build import build_split
 from facelt.errors import FaceltError
-from facelt.evaluate import (closed_set_report, concat_predictions, open_set_report, predict,
+from facelt.openset.evaluate import (closed_set_report, concat_predictions, open_set_report, predict,
                              write_predictions_csv)
-from facelt.train.checkpoint import net_from_checkpoint
-from facelt.train.distributed import pick_device
+from facelt.models.checkpoint import net_from_checkpoint
+from facelt.parallel.process import pick_device
 from facelt.utils.io import write_json
 
 
@@ -65,7 +65,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     items = test.items + (open_split.items if open_split else [])
     write_predictions_csv(out / "predictions.csv", items, concat_predictions(p_test, p_open), thr)
-    from facelt.reporting import round_floats, write_classification_report
+    from facelt.openset.reporting import round_floats, write_classification_report
     report = round_floats(report)
     write_json(out / "report.json", report)
     write_classification_report(report, out)
@@ -73,7 +73,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
 
 
 def _per_class(p, counts: np.ndarray, names: list[str]) -> list[dict]:
-    from facelt.metrics import per_class_accuracy
+    from facelt.openset.metrics import per_class_accuracy
     acc = per_class_accuracy(p.pred, p.labels, len(counts))
     rows = [{"class": k, "train_count": int(counts[k]),
              "accuracy": None if np.isnan(acc[k]) else float(acc[k])} for k in range(len(counts))]

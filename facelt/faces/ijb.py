@@ -218,10 +218,10 @@ def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool 
     """``(template_ids, feats)``: sorted unique template ids and their L2-normalised features.
 
     ``features`` are the raw flip-summed image features in the 5-points order (an array, a
-    memmap or a :class:`~facelt.features.FeatureFile`; read ``block_rows`` at a time).  Media feature = mean of its image features
+    memmap or a :class:`~facelt.features.files.FeatureFile`; read ``block_rows`` at a time).  Media feature = mean of its image features
     (after the optional normalisation and detector-score weighting), template = sum of its media.
     """
-    from facelt.features import FeatureFile
+    from facelt.features.files import FeatureFile
     n = len(meta)
     shape = (features.rows, features.dim) if isinstance(features, FeatureFile) else features.shape
     if len(shape) != 2 or shape[0] != n:
@@ -364,8 +364,8 @@ def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_siz
     (``loose_crop/<image>`` warped with its 5 points to the ArcFace template), from that row."""
     import cv2
 
-    from facelt.align import norm_crop
-    from facelt.embed import batched
+    from facelt.faces.align import norm_crop
+    from facelt.features.embed import batched
     image_dir = Path(image_dir)
 
     def images(first: int):

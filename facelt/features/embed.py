@@ -3,7 +3,7 @@
 An *image embedder* is any object with ``input_size`` (height, width) and a call
 ``embedder(images) -> (B, d) float32`` over a batch of ``(B, H, W, 3)`` uint8 **RGB** images of
 that size.  Two implementations: :class:`TorchEmbedder` (a facelt network, normalised the way its
-training images were) and :class:`facelt.onnx_io.OnnxEmbedder` (an ONNX model, insightface's
+training images were) and :class:`facelt.faces.onnx_io.OnnxEmbedder` (an ONNX model, insightface's
 convention).  Every face protocol (verification ``.bin``, IJB, ``extract-features --onnx``) embeds
 through :func:`flip_sum` / :func:`embed_array` / :func:`embed_to_file` here:
 
@@ -122,9 +122,9 @@ def embed_to_file(embedder: ImageEmbedder, batches: Callable[[int], Iterable[np.
                   out: Union[str, Path], num_rows: int, normalize: bool, flip: bool = True,
                   fingerprint: str = "") -> Path:
     """Embed uint8 RGB batches into the stacked ``.npy`` ``out``, resumably (see
-    :func:`facelt.features.extract_features`); ``batches(first_row)`` yields batches from that row.
+    :func:`facelt.features.files.extract_features`); ``batches(first_row)`` yields batches from that row.
     Rows are flip-summed, then L2-normalised when ``normalize``."""
-    from facelt.features import extract_features
+    from facelt.features.files import extract_features
     first = next(iter(batches(0)), None)
     if first is None:
         raise DataError(f"no images to embed into {out}")

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from facelt.data.build import eval_indices, make_loader
-from facelt.train.distributed import DistInfo, all_reduce_sum
+from facelt.parallel.process import DistInfo, all_reduce_sum
 from facelt.utils.progress import image_batches
 
 

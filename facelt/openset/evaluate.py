@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from facelt.data.build import make_loader
-from facelt.metrics import (auroc, open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
+from facelt.openset.metrics import (auroc, open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
                             threshold_sweep)
 from facelt.utils.io import atomic_path
 from facelt.utils.progress import image_batches

@@ -2,15 +2,15 @@
 
 Each rank owns a contiguous slice of the K classes (:func:`class_range`: the first ``K mod N``
 ranks one class more) and that slice's rows of every ``K x d`` table: classifier, centroids,
-hallucinator.  Each rank's batch rows are all-gathered (:func:`facelt.collectives.gather_rows`),
+hallucinator.  Each rank's batch rows are all-gathered (:func:`facelt.parallel.collectives.gather_rows`),
 every rank computes the logits of its own classes for the whole global batch, and everything that
-needs all K classes goes through a reduction (:mod:`facelt.collectives`):
+needs all K classes goes through a reduction (:mod:`facelt.parallel.collectives`):
 
 * hallucinator softmax over K: all-reduced row maximum (detached) and all-reduced sum of exps;
   memory ``softmax(T_hal v) @ C`` = all-reduced sum of the local ``exp(.) @ C_local`` / that sum;
 * reachability ``min_k ||v - c_k||``: local squared distances from one matmul (float32 at least),
   local row minimum, all-reduced minimum (gradient to the rank that holds it);
-* the cosine classifier's cross-entropy and the centroid loss: :mod:`facelt.losses.sharded`.
+* the cosine classifier's cross-entropy and the centroid loss: :mod:`facelt.parallel.sharded_losses`.
 
 No rank holds a ``B x K`` tensor of all classes (only ``B x K/N``) nor anything ``B x K x d``.
 The heads subclass the single-process ones built with ``K_local`` classes, so their parameter
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facelt import collectives as col
+from facelt.parallel import collectives as col
 from facelt.models.heads import (Aux, LinearHead, MarginHead, MetaEmbeddingHead,
                                  at_least_float32,
                                  copy_class_means, nearest_squared)
@@ -208,7 +208,7 @@ class ShardedMetaEmbeddingHead(ShardedHeadMixin, MetaEmbeddingHead):
     batch ``B`` (every rank's rows) and ``aux`` with the replicated ``direct`` (gathered features),
     ``labels``, ``memory``, ``selector``, ``reachability``, ``meta``, ``nearest`` (global class
     index) and ``targets`` (local columns).  ``feature_grad_scale``: see
-    :func:`facelt.collectives.gather_rows` (the world size when the backbone is under DDP).
+    :func:`facelt.parallel.collectives.gather_rows` (the world size when the backbone is under DDP).
     """
 
     sharded_keys = ("centroids", "hallucinator.weight", "hallucinator.bias", "cosine.weight")

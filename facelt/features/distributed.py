@@ -7,7 +7,7 @@ every row is computed from the very batch one process would compute it from. Ran
 fingerprint, world size); after a barrier every rank opens the same file ``r+``, writes its rows
 and keeps its own ``<out>.progress.rank<R>.json`` (rows done of its share) after every batch. When
 all ranks are done rank 0 flushes, fsyncs and renames the file and writes ``<out>.source.json``,
-as the one-process :func:`facelt.features.extract_features` does, so the result is the same file.
+as the one-process :func:`facelt.features.files.extract_features` does, so the result is the same file.
 
 Resuming needs the same number of processes (the shares are recorded); a partial file made by
 another source or another world size is refused with what to delete.
@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterable, Union
 
 
 from facelt.errors import DataError
-from facelt.features import (PROGRESS_SUFFIX, embed_rows, finalize_feature_memmap, partial_path,
+from facelt.features.files import (PROGRESS_SUFFIX, embed_rows, finalize_feature_memmap, partial_path,
                              source_path, write_feature_memmap)
-from facelt.train import distributed as D
+from facelt.parallel import process as D
 from facelt.utils.io import write_json
 
 
@@ -69,7 +69,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
 
     ``batches(start, stop)`` yields the batches of rows ``[start, stop)`` in order, of
     ``batch_size`` rows each (the last may be short). Rows are ``embed(x) (+ embed(flip(x)))``,
-    L2-normalised with ``normalize`` -- as :func:`facelt.features.extract_features`.
+    L2-normalised with ``normalize`` -- as :func:`facelt.features.files.extract_features`.
     """
     out = Path(out_path)
     header = out.with_name(out.name + PROGRESS_SUFFIX)

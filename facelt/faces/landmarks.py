@@ -1,7 +1,7 @@
 """Where five-point face landmarks come from: a CSV table, MegaFace/FaceScrub JSON, or MTCNN.
 
 Every source yields a float32 array of shape (5, 2), rows in the order of
-:data:`facelt.align.LANDMARK_NAMES` -- left eye, right eye, nose tip, left mouth corner, right
+:data:`facelt.faces.align.LANDMARK_NAMES` -- left eye, right eye, nose tip, left mouth corner, right
 mouth corner, "left" meaning the image's left (the subject's right), (x, y) in pixels of the
 original photo.
 """

@@ -236,7 +236,7 @@ def pair_distances(features: np.ndarray) -> np.ndarray:
     x = np.asarray(features, dtype=np.float32)
     if x.ndim != 2 or len(x) % 2:
         raise DataError(f"features of shape {x.shape}: expected (2N, d), two rows per pair")
-    from facelt.features import l2_normalize
+    from facelt.features.files import l2_normalize
     x = l2_normalize(x.copy(), out=None)
     diff = x[0::2] - x[1::2]
     return np.sum(np.square(diff), axis=1, dtype=np.float32)
@@ -360,12 +360,12 @@ class VerificationSet:
                        flip: bool = True) -> dict:
         """Embed the images (flip-sum) with ``model`` and run the protocol; adds ``xnorm``.
 
-        ``model`` is an image embedder (:mod:`facelt.embed`: a :class:`~facelt.embed.TorchEmbedder`,
-        an :class:`~facelt.onnx_io.OnnxEmbedder`, anything with ``input_size`` and a call on uint8
+        ``model`` is an image embedder (:mod:`facelt.features.embed`: a :class:`~facelt.features.embed.TorchEmbedder`,
+        an :class:`~facelt.faces.onnx_io.OnnxEmbedder`, anything with ``input_size`` and a call on uint8
         RGB batches) or a face network (``net.embed``; insightface's ``(x - 127.5) / 127.5`` input
         at the set's image size).
         """
-        from facelt.embed import TorchEmbedder, embed_array
+        from facelt.features.embed import TorchEmbedder, embed_array
         embedder = model
         if not hasattr(model, "input_size"):
             embedder = TorchEmbedder(model, device, tuple(self.images.shape[1:3]))

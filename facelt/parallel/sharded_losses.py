@@ -1,9 +1,9 @@
-"""Losses over class-sharded logits and centroids (see :mod:`facelt.models.sharded`).
+"""Losses over class-sharded logits and centroids (see :mod:`facelt.parallel.sharded_heads`).
 
 Every rank holds the logits of its own classes for the whole (all-gathered) batch and each row's
 column there (``targets``, -1 where the class lives on another rank).  The results are replicated
 (equal on every rank) and their gradients are those of the unsharded losses, each rank receiving
-the part for its own classes (:mod:`facelt.collectives` conventions).
+the part for its own classes (:mod:`facelt.parallel.collectives` conventions).
 
 * :func:`sharded_cross_entropy`: ``mean_i [log sum_k exp(z_ik) - z_{i y_i}]`` with the row
   maximum and the sum of exps all-reduced and the target logit taken from the owning rank; its
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from facelt import collectives as col
+from facelt.parallel import collectives as col
 from facelt.losses.centroid import DiscCentroidLoss, reference_attract
 from facelt.models.heads import at_least_float32
 

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset, Subset
 
 from facelt.data.build import make_loader
 from facelt.errors import FaceltError
-from facelt.train.checkpoint import net_from_checkpoint
-from facelt.train.distributed import pick_device
+from facelt.models.checkpoint import net_from_checkpoint
+from facelt.parallel.process import pick_device
 from facelt.utils.progress import image_batches
 
 
@@ -46,10 +46,10 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
                                 device: str = "auto", net=None, dist=None) -> Path:
     """Embed ``dataset`` in order into ``out`` (resumable) and write ``out``'s row manifest.
 
-    ``dist`` (a :class:`~facelt.train.distributed.DistInfo` of several processes): every rank
+    ``dist`` (a :class:`~facelt.parallel.process.DistInfo` of several processes): every rank
     embeds its share of the rows into the same file
-    (:func:`facelt.distributed_features.extract_features_distributed`; collective)."""
-    from facelt.features import extract_features, finished_with, write_manifest
+    (:func:`facelt.features.distributed.extract_features_distributed`; collective)."""
+    from facelt.features.files import extract_features, finished_with, write_manifest
     dev = dist.device if dist is not None else pick_device(device)
     if net is None:
         net, _, _ = net_from_checkpoint(checkpoint, dev)
@@ -71,7 +71,7 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
     with torch.no_grad():
         dim = int(embed(dataset[0][0].unsqueeze(0)).shape[1])
     if dist is not None and dist.distributed:
-        from facelt.distributed_features import extract_features_distributed
+        from facelt.features.distributed import extract_features_distributed
 
         def share(start: int, stop: int):
             loader = make_loader(Subset(dataset, range(start, stop)), batch_size, 0)

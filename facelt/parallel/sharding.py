@@ -1,4 +1,4 @@
-"""``stageN.shard_head: true``: train with the class-sharded heads of :mod:`facelt.models.sharded`.
+"""``stageN.shard_head: true``: train with the class-sharded heads of :mod:`facelt.parallel.sharded_heads`.
 
 Each process owns a contiguous slice of the K classes and their rows of every ``K x d`` table
 (classifier, centroids, hallucinator). This module joins those heads to the trainer:
@@ -34,16 +34,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from facelt import collectives as col
+from facelt.parallel import collectives as col
 from facelt.config import StageConfig
 from facelt.errors import ConfigError
-from facelt.losses.sharded import ShardedDiscCentroidLoss, sharded_cross_entropy
+from facelt.parallel.sharded_losses import ShardedDiscCentroidLoss, sharded_cross_entropy
 from facelt.models.heads import Head
 from facelt.models.net import OLTRNet
-from facelt.models.sharded import (ShardedHeadMixin, ShardedLinearHead, ShardedMarginHead,
+from facelt.parallel.sharded_heads import (ShardedHeadMixin, ShardedLinearHead, ShardedMarginHead,
                                    ShardedMetaEmbeddingHead, accumulate_shard_sums, class_range,
                                    shard_state)
-from facelt.train import distributed as D
+from facelt.parallel import process as D
 from facelt.utils.progress import progress
 
 SHARDABLE_HEADS = ("meta", "arcface", "cosface", "linear")

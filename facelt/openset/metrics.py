@@ -1,17 +1,15 @@
 """Long-tailed and open-set metrics (numpy in, floats out).
 
 Conventions: label -1 marks an open-set (unseen-class) sample; prediction -1 means "rejected as
-unknown".  Shot buckets follow the OLTR paper and classifier-balancing: many-shot classes have
-more than 100 training images, few-shot fewer than 20, medium-shot 20..100 inclusive.  The OLTR
-reference code (``utils.py: shot_acc``) drew the lines at ``>= 100`` (many) and ``<= 20`` (few)
-instead, so classes with exactly 100 or exactly 20 training images fall in another bucket there
-(``eval.many`` / ``eval.few`` set the lines; the rule itself is facelt's, strict on both sides).
+unknown".  Shot buckets (many / medium / few by training count) are defined in :mod:`facelt.data.shots`.
 """
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+
+from facelt.data.shots import shot_of_counts
 
 OPEN = -1
 
@@ -22,18 +20,6 @@ def _as_int_pair(preds: Sequence[int], labels: Sequence[int]) -> tuple[np.ndarra
     if p.shape != y.shape:
         raise ValueError(f"{p.size} predictions for {y.size} labels")
     return p, y
-
-
-def shot_of_counts(train_counts: Sequence[int], many: int = 100, few: int = 20) -> np.ndarray:
-    """Bucket name per class: 'many' if count > many, 'few' if count < few, else 'medium'."""
-    counts = np.asarray(train_counts).ravel()
-    return np.where(counts > many, "many", np.where(counts < few, "few", "medium"))
-
-
-def shot_counts(train_counts: Sequence[int], many: int = 100, few: int = 20) -> dict[str, int]:
-    """How many classes fall in each shot bucket: ``{"many", "medium", "few"}``."""
-    shots = shot_of_counts(train_counts, many, few)
-    return {b: int((shots == b).sum()) for b in ("many", "medium", "few")}
 
 
 def per_class_accuracy(preds: Sequence[int], labels: Sequence[int], num_classes: int) -> np.ndarray:

@@ -7,7 +7,7 @@
   ``Sub`` and ``Mul`` nodes (``normalize="inside"``; the nodes are named ``Sub_0``/``Mul_1`` so
   that ``ArcFaceONNX``'s name check sees them and feeds raw pixels).
 * :class:`OnnxEmbedder` runs such a model with onnxruntime (the CUDA provider when present) as a
-  :class:`facelt.embed.ImageEmbedder`: input name and size read from the model, mean/std 127.5
+  :class:`facelt.features.embed.ImageEmbedder`: input name and size read from the model, mean/std 127.5
   unless one of the graph's first 8 nodes is a Sub and one a Mul (then 0 and 1), RGB input.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Literal, Union
 import numpy as np
 import torch
 
-from facelt.embed import FACE_MEAN, FACE_STD
+from facelt.features.embed import FACE_MEAN, FACE_STD
 from facelt.errors import CheckpointError, DataError
 
 Normalize = Literal["outside", "inside"]
@@ -151,7 +151,7 @@ def compare_with_torch(path: Union[str, os.PathLike], net: torch.nn.Module, imag
                        count: int = 8, seed: int = 0) -> float:
     """The smallest per-image cosine between onnxruntime's embeddings of the model at ``path`` and
     ``net``'s own (``(x - 127.5) / 127.5`` input) over ``count`` random uint8 images."""
-    from facelt.embed import TorchEmbedder
+    from facelt.features.embed import TorchEmbedder
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(count, image_size, image_size, 3), dtype=np.uint8)
     a = OnnxEmbedder(path, providers=["CPUExecutionProvider"])(images)
@@ -166,7 +166,7 @@ def extract_onnx_features(model: Union[str, os.PathLike], out: Union[str, os.Pat
                           flip: bool = True) -> tuple[Path, int]:
     """``extract-features --onnx``: embed a rec / list / folder with an ONNX model into ``out``
     (flip-sum + L2, resumable) and write its row manifest ``out``'s ``.rows.txt``."""
-    from facelt.embed import image_source
+    from facelt.features.embed import image_source
     src = image_source(rec, list_file, root, images)
     return extract_onnx_source_features(model, src, out, batch_size, flip), len(src.rows)
 
@@ -174,15 +174,15 @@ def extract_onnx_features(model: Union[str, os.PathLike], out: Union[str, os.Pat
 def extract_onnx_source_features(model: Union[str, os.PathLike, "OnnxEmbedder"], source,
                                  out: Union[str, os.PathLike], batch_size: int = 256,
                                  flip: bool = True) -> Path:
-    """Embed the images of ``source`` (a :class:`facelt.embed.ImageSource`) with an ONNX model
+    """Embed the images of ``source`` (a :class:`facelt.features.embed.ImageSource`) with an ONNX model
     (a path or an :class:`OnnxEmbedder`) into ``out``: flip-sum + L2, resumable, reused when
     made from the same model file and rows; the row manifest ``out``'s ``.rows.txt`` is written
     beside it. Returns the feature file."""
     import hashlib
     import json
 
-    from facelt.embed import embed_to_file
-    from facelt.features import finished_with, write_manifest
+    from facelt.features.embed import embed_to_file
+    from facelt.features.files import finished_with, write_manifest
     embedder = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model)
     st = embedder.path.stat()
     h = hashlib.sha256(json.dumps([str(embedder.path.resolve()), st.st_size, st.st_mtime_ns,
