@@ -13,7 +13,7 @@ import torchvision
 
 from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention, NonLocal, SpatialAttention
-from facelt.models.backbones import build_backbone
+from facelt.models.backbone_table import build_backbone
 from facelt.models.heads import (CosineHead, LinearHead, MarginHead, MetaEmbeddingHead,
                                  nearest_squared, squash)
 from facelt.models.necks import FaceNeck, PoolNeck

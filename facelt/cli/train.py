@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from facelt.train.trainer import train
     from facelt.errors import DataError
+    from facelt.models.components import check_component_names
     from pipelines.getting_data import missing_data_message
-    cfg = config_from_args(args)
+    cfg = check_component_names(config_from_args(args))
     missing = missing_data_message(cfg)
     if missing:
         raise DataError(missing)
