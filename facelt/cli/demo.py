@@ -67,6 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from facelt.features.extract import extract_checkpoint_features
     from facelt.config import load_config
     from facelt.data.rec_dataset import RecordDataset
+    from facelt.models.components import check_component_names
     from facelt.train.trainer import train
     from pipelines.ms1m_lt import prepare_ms1m_lt
     from pipelines.synthetic_faces import (long_tail_counts, synthetic_probes,
@@ -79,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
     seed = args.seed
     if args.device:
         args.overrides = [*args.overrides, f"device={args.device}"]
-    cfg0 = load_config(configs_dir() / "demo_faces.yaml", args.overrides)
+    cfg0 = check_component_names(load_config(configs_dir() / "demo_faces.yaml", args.overrides))
     size = cfg0.data.image_size
 
     # 1. SYNTHETIC source and MS1M-LT-style sampling -------------------------------------------

@@ -30,6 +30,7 @@ from facelt.errors import FaceltError
 from facelt.openset.evaluate import closed_set_report, predict
 from facelt.parallel import process as D
 from facelt.models.checkpoint import load_checkpoint, save_checkpoint
+from facelt.models.components import check_component_names
 from facelt.train.resume_check import check_resume_config
 from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
@@ -257,6 +258,7 @@ def _summary(m: dict) -> str:
 def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
           init_checkpoint: Optional[Path] = None) -> list[StageResult]:
     """Run the requested stages in order, in this process (one rank of torchrun or alone)."""
+    check_component_names(cfg)  # stage 2's head is built after stage 1 trained: check it now
     dist = D.setup(cfg.device)
     results = []
     lock = None
