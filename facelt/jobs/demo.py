@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +31,8 @@ import numpy as np
 from facelt.jobs.demo_report import write_demo_summary
 from facelt.utils.io import atomic_path, write_json
 
-__all__ = ["DemoOptions", "DemoSource", "demo", "run_demo", "verify_and_export",
+__all__ = ["DemoOptions", "DemoSource", "demo", "run_demo", "sample_training_set",
+           "write_eval_sets", "verify_and_export", "write_probes", "megaface_identification",
            "VERIFY_PAIRS", "VERIFY_IDENTITIES"]
 
 #: the demo's verification set: pairs, and SYNTHETIC identities never seen in training
@@ -69,7 +70,7 @@ class DemoSource:
     folder: Path
     source_counts: np.ndarray
     manifest: dict
-    kept_source: np.ndarray = field(repr=False)
+    kept_source: np.ndarray
 
 
 def _step(msg: str) -> None:

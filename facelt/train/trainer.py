@@ -17,8 +17,8 @@ evaluating. :func:`facelt.jobs.train.train` assembles a whole run from a config 
 validation, ``eval.verification``, every stage).
 
 Outputs of a stage in ``OUT/stageN/``: ``checkpoint.pt`` (every epoch and at the end, with everything
-needed to resume), ``best.pt`` (best overall top-1 on val), ``metrics.jsonl`` (a JSON line per
-epoch) and ``config.yaml`` (the resolved config).
+needed to resume), ``best.pt`` (the epoch of the best validation ``overall``, given a validation),
+``metrics.jsonl`` (a JSON line per epoch) and ``config.yaml`` (the resolved config).
 """
 from __future__ import annotations
 
