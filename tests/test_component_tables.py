@@ -48,7 +48,7 @@ def test_train_refuses_an_unknown_name_before_any_work(override, message, demo_d
 
 def test_the_library_entry_points_refuse_it_too(demo_data, tmp_path):
     from facelt.train.stage import build_stage
-    from facelt.train.trainer import train
+    from facelt.jobs.train import train
     # no data at all: the name is checked before the lists are read
     cfg = load_config(RECIPE, ["device=cpu", "data.train=missing.txt", "stage2.head=foo"])
     with pytest.raises(ConfigError, match=r"stage2\.head: unknown head 'foo'"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from facelt.cli.face_model import add_model_args, embedder_from_args, model_fingerprint
+from facelt.cli.face_model import add_model_args, model_spec
 from facelt.errors import FaceltError
 
 
@@ -45,20 +44,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise FaceltError("--out is needed when embedding: the image features are kept there "
                               "(OUT/features.npy) so an interrupted run resumes")
-        from facelt.features.embed import embed_to_file
-        from facelt.faces.ijb import aligned_batches
-        embedder = embedder_from_args(args)
-        size = embedder.input_size
-        if size[0] != size[1] or size[0] % 112:
-            raise FaceltError(f"the model takes {size[0]}x{size[1]} images; IJB faces are aligned "
-                              "to the 112x112 ArcFace template (or a multiple of it)")
-        out = Path(args.out) / "features.npy"
-        fp = model_fingerprint(args, meta.names, {"ijb": args.target})
-        from facelt.features.files import finished_with
-        if not finished_with(out, fp):
-            embed_to_file(embedder, aligned_batches(meta, paths.images, args.batch_size, size[0]),
-                          out, len(meta), normalize=False, flip=not args.no_flip, fingerprint=fp)
-        features = FeatureFile.open(out)
+        from facelt.faces.ijb import ijb_image_features
+        features = ijb_image_features(model_spec(args), meta, paths.images, args.out,
+                                      args.batch_size, args.target)
     report, scores, roc = evaluate_ijb(features, meta, paths.pairs,
                                        detector_score=not args.no_detector_score,
                                        normalize_images=args.normalize_images)

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facelt.train.trainer import train
+    from facelt.jobs.train import train
     from facelt.errors import DataError
     from facelt.models.components import check_component_names
     from pipelines.getting_data import missing_data_message

@@ -251,8 +251,8 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
                 init_checkpoint: Optional[Path] = None, out: Optional[Path] = None) -> StageParts:
     """All parts of ``stage``, ready for :func:`facelt.train.loop.train_one_epoch`.
 
-    ``init_checkpoint`` (or :func:`stage1_init_path`: ``out/stage1/best.pt`` by default) is where
-    ``init_from: stage1`` reads.
+    ``init_checkpoint`` (or :func:`stage1_init_path`: ``out/stage1/best.pt``, ``checkpoint.pt``
+    with ``init_weights: last``) is where ``init_from: stage1`` reads.
     """
     check_component_names(cfg)  # before the data is read
     dist = dist or D.setup(cfg.device)
