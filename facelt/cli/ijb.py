@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not weight image features by the detector score")
     p.add_argument("--normalize-images", action="store_true",
                    help="L2-normalise image features before aggregation (drops their norm)")
+    p.add_argument("--tar-rule", choices=["strict", "insightface"], default="strict",
+                   help="strict: the highest TPR with FPR <= FAR; insightface: the TPR of the ROC "
+                        "point whose FPR is nearest FAR (scikit-learn roc_curve, intermediate "
+                        "points dropped), the rule of insightface's eval_ijbc.py and of published "
+                        "IJB tables")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", help="folder for report.md, roc.png, pair_scores.npy (and the image "
                                  "features when embedding: OUT/features.npy, resumable)")
@@ -49,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                                       args.batch_size, args.target)
     report, scores, roc = evaluate_ijb(features, meta, paths.pairs,
                                        detector_score=not args.no_detector_score,
-                                       normalize_images=args.normalize_images)
+                                       normalize_images=args.normalize_images,
+                                       tar_rule=args.tar_rule)
     if args.out:
         write_ijb_report(report, scores, roc, args.out, args.target)
     if args.json:
@@ -57,4 +63,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.target}: {report['pairs']:,} pairs, {report['templates']:,} templates")
         print("  ".join(f"TAR@FAR={k}: {100 * v:.2f}%" for k, v in report["tar_at_far"].items()))
+        print(f"TAR rule: {report['tar_rule']}")
     return 0
