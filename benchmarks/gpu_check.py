@@ -197,7 +197,7 @@ def bare_loop(cfg, prefix: Path, num_classes: int, sz: Sizes, device: str, dtype
 
 def trainer_img_s(cfg, out: Path, stage: int) -> dict:
     """Run the trainer's stage for two epochs; images/s of the second (warm) epoch."""
-    from facelt.train.trainer import train
+    from facelt.jobs.train import train
     train(cfg, [stage], out)
     lines = [json.loads(x) for x in (out / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()]
     last = lines[-1]
@@ -256,7 +256,7 @@ def section_amp(work: Path, sz: Sizes, device: str) -> dict:
     """The trainer's loss curve under AMP against fp32 on a small problem (same seed and data)."""
     from pipelines.demo_data import DemoSpec, make_demo_dataset
     from facelt.config import load_config
-    from facelt.train.trainer import train
+    from facelt.jobs.train import train
     data = work / "amp_data"
     if not (data / "demo_train.txt").exists():
         make_demo_dataset(data, DemoSpec(num_classes=6, open_classes=2, max_count=120, min_count=4,

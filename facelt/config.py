@@ -3,9 +3,13 @@
 A YAML file under ``configs/`` sets the defaults of a recipe and flags override them (as timm's
 train.py does), but every key is checked against the dataclasses below: an unknown key, a wrong type or
 a value outside its choices is a :class:`~facelt.errors.ConfigError` that names the file and the
-dotted key.  There are no string imports: component names are looked up in explicit tables, and the
-allowed head and loss names come from those tables (``facelt.models.head_table.HEADS``,
-``facelt.losses.classification.LOSSES``, ``facelt.losses.feature.AUX_LOSSES``).
+dotted key.  There are no string imports: component names (``model.backbone``, ``stageN.head``,
+``stageN.loss``, ``stageN.aux_loss``) stay plain strings here and are looked up in explicit tables
+(``facelt.models.backbone_table.BACKBONES``, ``facelt.models.head_table.HEADS``,
+``facelt.losses.classification.LOSSES``, ``facelt.losses.feature.AUX_LOSSES``), which check a name
+when they build (:func:`check_name`); ``facelt.models.components.check_component_names`` checks
+every name of a config at once, before any long work.  So this module imports no table (and no
+torch): ``facelt config`` and the CLI's start stay light.
 """
 from __future__ import annotations
 
@@ -16,14 +20,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, Mapping, Optional, Union, get_args, get_origin
 
 import yaml
 
 from facelt.errors import ConfigError
-from facelt.losses.classification import LOSS_NAMES
-from facelt.losses.feature import AUX_LOSS_NAMES
-from facelt.models.head_table import HEAD_NAMES
 
 
 @dataclass
@@ -64,8 +65,9 @@ class DataConfig:
 class ModelConfig:
     """The network: backbone -> (modulated attention) -> neck -> head."""
 
-    backbone: Literal["resnet10", "resnet18", "resnet50", "resnet152", "small_cnn",
-                      "iresnet18", "iresnet34", "iresnet50", "iresnet100"] = "resnet10"
+    backbone: str = "resnet10"
+    """A name of the backbone table, ``facelt.models.backbone_table.BACKBONES`` (an unknown name
+    is refused with the list of known ones)."""
     face_stem: bool = False
     """insightface-style stem (3x3 stride-1 conv, no max-pool): 112x112 faces give a 7x7 map."""
     neck: Literal["pool", "face"] = "pool"
@@ -161,20 +163,22 @@ class StageConfig:
     sampler: Literal["instance", "class_aware"] = "instance"
     samples_per_class: int = field(default=4, metadata={"ge": 1})
     """Class-aware sampler: consecutive samples drawn from one class."""
-    head: Literal[HEAD_NAMES] = "linear"
-    """``lws``: stage 1's linear classifier frozen, one learnable scale per class (Kang et al. 2020);
-    ``fslwf``: cosine classifier + attention-based few-shot weight generator (Gidaris & Komodakis
-    2018, see facelt/models/fslwf.py)."""
+    head: str = "linear"
+    """A name of the head table, ``facelt.models.head_table.HEADS``. ``meta``: OLTR's
+    meta-embedding head; ``lws``: stage 1's linear classifier frozen, one learnable scale per class
+    (Kang et al. 2020); ``fslwf``: cosine classifier + attention-based few-shot weight generator
+    (Gidaris & Komodakis 2018, see facelt/models/fslwf.py)."""
     cosine: CosineConfig = field(default_factory=CosineConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     margin: MarginConfig = field(default_factory=MarginConfig)
     fslwf: FSLwFConfig = field(default_factory=FSLwFConfig)
-    loss: Literal[LOSS_NAMES] = "ce"
-    """Classification loss on the logits."""
+    loss: str = "ce"
+    """Classification loss on the logits: a name of ``facelt.losses.classification.LOSSES``."""
     focal: FocalConfig = field(default_factory=FocalConfig)
     logit_adjusted: LogitAdjustedConfig = field(default_factory=LogitAdjustedConfig)
-    aux_loss: Literal[AUX_LOSS_NAMES] = "none"
-    """Feature loss added to the classification loss (the paper's Table 3 baselines)."""
+    aux_loss: str = "none"
+    """Feature loss added to the classification loss (the paper's Table 3 baselines): a name of
+    ``facelt.losses.feature.AUX_LOSSES``."""
     aux_loss_weight: float = field(default=0.01, metadata={"ge": 0})
     reinit_classifier: bool = True
     """With ``init_from: stage1``: start the classifier afresh (cRT, OLTR). False keeps stage 1's
@@ -361,6 +365,17 @@ def _convert(value: Any, tp: Any, key: str, where: str, default: Any = None) -> 
             raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
         return str(value)
     raise ConfigError(f"{where}: '{key}' has unsupported type {tp!r}")  # pragma: no cover
+
+
+def check_name(name: str, table: Mapping[str, Any], key: str, kind: str, where: str = "") -> str:
+    """``name`` when it is an entry of the component ``table`` (backbones, heads, losses: each
+    table is the one list of its names); otherwise a :class:`ConfigError` naming the key, the name
+    and the known names: ``stage2.head: unknown head 'foo' (known: linear, cosine, ...)``.
+    ``where`` (a file, an overlay) goes first when given."""
+    if isinstance(name, str) and name in table:
+        return name
+    at = f"{where}: " if where else ""
+    raise ConfigError(f"{at}{key}: unknown {kind} {name!r} (known: {', '.join(table)})")
 
 
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?\Z")

@@ -40,7 +40,7 @@ import numpy as np
 
 from facelt.data.shots import shot_counts
 from facelt.data.recordio import InsightfaceRecWriter, RecordReader, insightface_paths, read_insightface
-from facelt.errors import DataError, FaceltError
+from facelt.errors import ConfigError, DataError, FaceltError
 from facelt.utils.io import write_json
 from facelt.utils.progress import progress
 
@@ -75,8 +75,8 @@ def solve_c(counts: Sequence[int] | np.ndarray, target_images: float) -> float:
     c = c[c > 0].astype(np.float64)
     total = float(c.sum())
     if not (0 < target_images <= total):
-        raise ValueError(f"target_images must be in (0, {int(total)}] (the source size), "
-                         f"got {target_images}")
+        raise ConfigError(f"target_images (--target-images) must be in (0, {int(total)}] (the "
+                          f"source size), got {target_images}")
     u, mult = np.unique(c, return_counts=True)
     s = u * mult                        # sum of counts at each distinct value
     q = u * u * mult                    # sum of squared counts at each distinct value

@@ -40,8 +40,11 @@ def test_overrides_apply_and_keep_stage_defaults():
     ("nokeyvalue", ["key=value"]),
 ])
 def test_override_errors_name_the_key(override, words):
+    # component names (model.backbone ...) are checked against their tables by
+    # check_component_names, which every command that builds calls right after loading
+    from facelt.models.components import check_component_names
     with pytest.raises(ConfigError) as e:
-        load_config(None, [override])
+        check_component_names(load_config(None, [override]))
     for w in words:
         assert w in str(e.value)
 

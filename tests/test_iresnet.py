@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from facelt.errors import CheckpointError, ConfigError
-from facelt.models.iresnet import build_iresnet, load_insightface_backbone
+from facelt.models.backbone_table import build_backbone
+from facelt.models.iresnet import load_insightface_backbone
 
 # Published parameter counts of the full recognition networks (trunk + BN2d-FC-BN1d 512-d head):
 # * iresnet50: ~43.6M, the figure quoted for insightface's R50 (arcface_torch model zoo);
@@ -28,7 +29,7 @@ def n_params(m: nn.Module) -> int:
 
 def test_iresnet50_output_map_shape():
     torch.manual_seed(0)
-    net = build_iresnet("iresnet50").eval()
+    net = build_backbone("iresnet50").eval()
     assert net.out_channels == 512
     with torch.no_grad():
         y = net(torch.randn(2, 3, 112, 112))
@@ -40,9 +41,9 @@ def test_stage_depths_and_strides():
     # [3, 4, 14, 3] for 50 and [3, 13, 30, 3] for 100; 112 -> 56 -> 28 -> 14 -> 7.
     for name, depths in (("iresnet50", [3, 4, 14, 3]), ("iresnet100", [3, 13, 30, 3]),
                          ("iresnet18", [2, 2, 2, 2]), ("iresnet34", [3, 4, 6, 3])):
-        net = build_iresnet(name)
+        net = build_backbone(name)
         assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == depths
-    net = build_iresnet("iresnet18").eval()
+    net = build_backbone("iresnet18").eval()
     sizes = []
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
@@ -55,18 +56,18 @@ def test_stage_depths_and_strides():
 
 
 def test_block_layout_is_bn_conv_bn_prelu_conv_bn():
-    block = build_iresnet("iresnet18").layer2[0]
+    block = build_backbone("iresnet18").layer2[0]
     kinds = [type(m).__name__ for m in block.children()]
     assert kinds[:6] == ["BatchNorm2d", "Conv2d", "BatchNorm2d", "PReLU", "Conv2d", "BatchNorm2d"]
     assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)  # stride in conv2
     assert block.downsample[0].kernel_size == (1, 1) and block.downsample[0].stride == (2, 2)
     assert block.prelu.weight.numel() == 128  # channel-wise PReLU
-    assert build_iresnet("iresnet18").layer2[1].downsample is None
+    assert build_backbone("iresnet18").layer2[1].downsample is None
 
 
 @pytest.mark.parametrize("name", ["iresnet50", "iresnet34", "iresnet100"])
 def test_parameter_count_matches_published(name):
-    total = n_params(build_iresnet(name)) + n_params(embedding_head())
+    total = n_params(build_backbone(name)) + n_params(embedding_head())
     published = PUBLISHED_MPARAMS[name] * 1e6
     tolerance = 0.002 if name == "iresnet50" else 0.001  # 43.6 is given to 3 digits
     assert abs(total - published) / published < tolerance, total
@@ -74,7 +75,7 @@ def test_parameter_count_matches_published(name):
 
 def test_unknown_name_is_a_config_error():
     with pytest.raises(ConfigError, match="iresnet50"):
-        build_iresnet("iresnet51")
+        build_backbone("iresnet51")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -145,7 +146,7 @@ def checkpoint(tmp_path_factory):
 
 def test_load_trunk_and_neck(checkpoint):
     path, state = checkpoint
-    net, neck = build_iresnet("iresnet18"), OtherNeck()
+    net, neck = build_backbone("iresnet18"), OtherNeck()
     report = load_insightface_backbone(net, path, neck=neck)
     assert not report.skipped
     assert report.mapping["fc.weight"] == "neck.proj.weight"
@@ -164,7 +165,7 @@ def test_load_trunk_and_neck(checkpoint):
 
 def test_load_trunk_only_skips_the_embedding_keys(checkpoint):
     path, _state = checkpoint
-    report = load_insightface_backbone(build_iresnet("iresnet18"), path)
+    report = load_insightface_backbone(build_backbone("iresnet18"), path)
     assert sorted({k.split(".")[0] for k in report.skipped}) == ["bn2", "fc", "features"]
     assert len(report.skipped) == 5 + 2 + 5
 
@@ -173,7 +174,7 @@ def test_ddp_prefix_and_wrapped_state_dict(tmp_path, checkpoint):
     _path, state = checkpoint
     f = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, f)
-    net = build_iresnet("iresnet18")
+    net = build_backbone("iresnet18")
     load_insightface_backbone(net, f)
     assert torch.equal(net.state_dict()["conv1.weight"], state["conv1.weight"])
 
@@ -187,25 +188,25 @@ def test_mismatches_list_the_keys(tmp_path, checkpoint):
     f = tmp_path / "broken.pth"
     torch.save(broken, f)
     with pytest.raises(CheckpointError) as err:
-        load_insightface_backbone(build_iresnet("iresnet18"), f, neck=OtherNeck())
+        load_insightface_backbone(build_backbone("iresnet18"), f, neck=OtherNeck())
     msg = str(err.value)
     assert "missing keys (1): ['layer2.1.conv2.weight']" in msg
     assert "unexpected keys (1): ['layer5.0.conv1.weight']" in msg
     assert "neck.proj.weight: file (512, 512) vs model (512, 25088)" in msg
     # A deeper network than the file: the missing blocks are named.
     with pytest.raises(CheckpointError, match=r"layer3\.2\.conv1\.weight"):
-        load_insightface_backbone(build_iresnet("iresnet34"), checkpoint[0])
+        load_insightface_backbone(build_backbone("iresnet34"), checkpoint[0])
 
 
 def test_bad_files_and_necks(tmp_path, checkpoint):
     with pytest.raises(CheckpointError, match="not found"):
-        load_insightface_backbone(build_iresnet("iresnet18"), tmp_path / "none.pth")
+        load_insightface_backbone(build_backbone("iresnet18"), tmp_path / "none.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
-        load_insightface_backbone(build_iresnet("iresnet18"), junk)
+        load_insightface_backbone(build_backbone("iresnet18"), junk)
     with pytest.raises(CheckpointError, match="exactly one Linear"):
-        load_insightface_backbone(build_iresnet("iresnet18"), checkpoint[0],
+        load_insightface_backbone(build_backbone("iresnet18"), checkpoint[0],
                                   neck=nn.Sequential(nn.BatchNorm2d(512), nn.BatchNorm1d(512)))
 
 
@@ -213,7 +214,7 @@ def test_load_into_the_engines_face_neck(checkpoint):
     necks = pytest.importorskip("facelt.models.necks", reason="the engine's necks module is absent")
     path, state = checkpoint
     neck = necks.FaceNeck(512, 7, embedding_dim=512)
-    report = load_insightface_backbone(build_iresnet("iresnet18"), path, neck=neck)
+    report = load_insightface_backbone(build_backbone("iresnet18"), path, neck=neck)
     # bn2 -> the BN2d, fc -> the Linear, features -> the BN1d, whatever the neck calls them.
     targets = {k.split(".")[0]: v.split(".")[1] for k, v in report.mapping.items()
                if k.split(".")[0] in ("bn2", "fc", "features")}

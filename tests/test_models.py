@@ -13,9 +13,9 @@ import torchvision
 
 from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention, NonLocal, SpatialAttention
-from facelt.models.backbones import build_backbone
+from facelt.models.backbone_table import build_backbone
 from facelt.models.heads import (CosineHead, LinearHead, MarginHead, MetaEmbeddingHead,
-                                 nearest_centroid, squash)
+                                 nearest_squared, squash)
 from facelt.models.necks import FaceNeck, PoolNeck
 from facelt.models.net import OLTRNet, param_groups
 
@@ -188,19 +188,21 @@ def test_linear_head_interface():
 CENTROIDS = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0]])
 
 
-def test_nearest_centroid_by_hand():
+def test_nearest_squared_by_hand():
     v = torch.tensor([[1.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
-    dist, idx = nearest_centroid(v, CENTROIDS)
+    d2, idx = nearest_squared(v, CENTROIDS)
+    dist = d2.sqrt()
     # [1,1]: sqrt2 to c0 (sqrt10 to c1, sqrt5 to c2); [3,0]: 1 to c1; [0,5]: 2 to c2.
     assert torch.allclose(dist, torch.tensor([math.sqrt(2), 1.0, 2.0]))
     assert idx.tolist() == [0, 1, 2]
 
 
-def test_nearest_centroid_vs_brute_force():
+def test_nearest_squared_vs_brute_force():
     torch.manual_seed(0)
     v, c = torch.randn(20, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
     brute = torch.stack([torch.stack([(vi - ck).norm() for ck in c]) for vi in v])
-    dist, idx = nearest_centroid(v, c)
+    d2, idx = nearest_squared(v, c)
+    dist = d2.sqrt()
     assert torch.allclose(dist, brute.min(1).values)
     assert torch.equal(idx, brute.argmin(1))
 

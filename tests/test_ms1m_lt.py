@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facelt.data.recordio import RecordReader, read_insightface, unpack
-from facelt.errors import DataError
+from facelt.errors import ConfigError, DataError
 from pipelines.ms1m_lt import (expected_ms1m_lt_size, keep_probabilities, prepare_ms1m_lt,
                                read_source_identities, sample_ms1m_lt, solve_c)
 from pipelines.synthetic_faces import write_synthetic_rec
@@ -40,7 +40,7 @@ def test_c_hand_example_with_clipping() -> None:
 def test_c_keep_everything_and_reject_impossible_target() -> None:
     p, _ = keep_probabilities([2, 4, 10], 16)      # the whole source: p = 1 everywhere
     np.testing.assert_array_equal(p, [1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="source size"):
+    with pytest.raises(ConfigError, match="source size"):
         solve_c([2, 4, 10], 17)
 
 

@@ -164,7 +164,7 @@ def test_not_a_state_dict(tmp_path):
 
 
 def test_loads_into_facelt_backbone(tmp_path, source):
-    backbones = pytest.importorskip("facelt.models.backbones")
+    backbones = pytest.importorskip("facelt.models.backbone_table")
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(source.state_dict(), path)
     backbone = backbones.build_backbone("resnet18")

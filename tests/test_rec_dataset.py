@@ -1,9 +1,8 @@
-"""RecordDataset / RecordStream over the MXNet-written faces.rec (tests/data/recordio)."""
+"""RecordDataset over the MXNet-written faces.rec (tests/data/recordio)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import types
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 import torch.utils.data
 
-from facelt.data.rec_dataset import RecordDataset, RecordStream
+from facelt.data.rec_dataset import RecordDataset
 
 DATA = Path(__file__).resolve().parent / "data" / "recordio"  # MXNet-written, copied into the repo
 
@@ -77,28 +76,3 @@ def test_dataloader_workers_reopen_the_file(expected):
         labels += lab.tolist()
         indices += idx.tolist()
     assert indices == list(range(12)) and labels == ds.labels.tolist()
-
-
-def test_stream_shards_cover_every_record_once(monkeypatch):
-    seen: dict[int, tuple[int, int]] = {}
-    for rank in range(2):
-        for worker in range(2):
-            monkeypatch.setattr(torch.utils.data, "get_worker_info",
-                                lambda w=worker: types.SimpleNamespace(id=w, num_workers=2))
-            stream = RecordStream(DATA / "faces.rec", raw=True, rank=rank, world_size=2)
-            for i, header, payload in stream:
-                assert i not in seen
-                seen[i] = (rank, worker)
-                assert header.id == i  # faces.rec stores id = key = file position
-    assert sorted(seen) == list(range(17))
-    assert all(seen[i] == divmod(i % 4, 2) for i in seen)  # shard i % 4 = rank * 2 + worker
-
-
-def test_stream_decodes_images_and_reads_torchrun_env(monkeypatch):
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    items = list(RecordStream(DATA / "faces.rec"))
-    # odd records 1, 3, ..., 15: images 1, 3, 5, 7, 9, 11 (13 and 15 are identity records)
-    assert [i for _, _, i in items] == [1, 3, 5, 7, 9, 11]
-    assert [label for _, label, _ in items] == [0, 0, 1, 1, 2, 2]
-    assert all(image.shape == (3, 112, 112) for image, _, _ in items)

@@ -119,7 +119,7 @@ def test_reference_spatial_attention_on_a_7x7_map():
     np.testing.assert_allclose(got[:, 0].detach().numpy(), want, rtol=1e-5, atol=1e-7)
     # position-specific: the same input at another position gets another weight row
     assert sa.fc.weight.shape == (49, 2 * 49)
-    with pytest.raises(ValueError, match="conv form"):
+    with pytest.raises(ConfigError, match="conv form"):
         sa(torch.randn(1, 2, 6, 6))
     # in the modulated attention, zero-initialised: the identity at the start
     ma = ModulatedAttention(2, map_size=7)

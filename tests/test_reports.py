@@ -84,7 +84,7 @@ def test_sweep_cmc_bucket_and_compare_plots_keep_legends_off_the_data():
 
 
 def test_report_command_regenerates_every_report_md(tmp_path, capsys):
-    from facelt.cli.demo import SUMMARY_NAME, write_demo_summary
+    from facelt.jobs.demo_report import SUMMARY_NAME, write_demo_summary
     cls_dir, mf_dir, cmp_dir = tmp_path / "cls", tmp_path / "mf", tmp_path / "cmp"
     closed = {"overall": 0.5, "many": 0.6, "medium": 0.5, "few": 0.25}
     opened = dict(closed, f_measure=0.4)

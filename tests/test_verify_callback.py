@@ -151,10 +151,11 @@ def test_a_resumed_stage_keeps_the_highest_up_to_its_checkpoint(tmp_path):
     evaluations after the checkpoint's position (they will be redone)."""
     from types import SimpleNamespace
 
+    from facelt.faces.verify_callback import VerificationCallback
     from facelt.parallel.process import DistInfo
-    from facelt.train.loop import EpochPosition
+    from facelt.train.hooks import StageStart
+    from facelt.train.loop import EpochPosition, steps_in_epoch
     from facelt.train.state import TrainState
-    from facelt.train.verify_callback import VerificationCallback
 
     def entry(epoch, step, g, acc):
         return {"stage": 1, "epoch": epoch, "step": step, "global_step": g, "at": "step",
@@ -165,8 +166,10 @@ def test_a_resumed_stage_keeps_the_highest_up_to_its_checkpoint(tmp_path):
     parts = SimpleNamespace(st=SimpleNamespace(max_steps_per_epoch=0), loader=[0] * 10)
     cb = VerificationCallback([], DistInfo(), every=5, batch_size=8)
     # checkpoint inside epoch 2 (0-based 1) after 7 steps: global step 17
-    cb.start_stage(parts, tmp_path, TrainState(epoch=0, position=EpochPosition(1, 7, [0.0] * 5, 1.0)))
+    steps = steps_in_epoch(parts)
+    cb.start_stage(StageStart(parts, tmp_path, TrainState(
+        epoch=0, position=EpochPosition(1, 7, [0.0] * 5, 1.0)), steps))
     assert [h["global_step"] for h in cb.history] == [5, 10, 15]
     assert cb.highest["lfw"]["accuracy"] == 0.9 and cb.highest["lfw"]["global_step"] == 10
-    cb.start_stage(parts, tmp_path, TrainState())  # a fresh stage starts an empty record
+    cb.start_stage(StageStart(parts, tmp_path, TrainState(), steps))  # a fresh stage: empty record
     assert cb.history == [] and cb.highest == {}

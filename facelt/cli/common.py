@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.splits import packaged_splits_dir
 
-if TYPE_CHECKING:  # facelt.config imports the head and loss tables (torch): loaded when used
+if TYPE_CHECKING:  # loaded when a command needs it (the parser is built without it)
     from facelt.config import Config
 
 DEVICES = ("auto", "cpu", "cuda")

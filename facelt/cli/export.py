@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from facelt.openset.classify import net_from_checkpoint
     from facelt.errors import FaceltError
     from facelt.faces.onnx_io import compare_with_torch, export_onnx
+    from facelt.models.checkpoint import net_from_checkpoint
     net, cfg, _ = net_from_checkpoint(args.checkpoint, torch.device("cpu"))
     if cfg.data.format != "rec":
         raise FaceltError(f"{args.checkpoint} was trained on list data (data.format: list, its own "

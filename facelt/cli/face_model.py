@@ -1,15 +1,11 @@
 """The model flags shared by the face evaluation commands (``verify``, ``ijb``): a facelt
-checkpoint, an ONNX model, or precomputed features."""
+checkpoint, an ONNX model, or precomputed features; :func:`model_spec` turns them into the
+library's :class:`~facelt.faces.face_model.FaceModelSpec`."""
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-from pathlib import Path
-from typing import Optional
 
 from facelt.cli.common import add_device_arg
-from facelt.errors import FaceltError
 
 
 def add_model_args(p: argparse.ArgumentParser, features_help: str) -> None:
@@ -26,40 +22,9 @@ def add_model_args(p: argparse.ArgumentParser, features_help: str) -> None:
     add_device_arg(p)
 
 
-def embedder_from_args(args: argparse.Namespace):
-    """The image embedder the flags name (None with ``--features``)."""
-    if args.onnx:
-        from facelt.faces.onnx_io import OnnxEmbedder
-        return OnnxEmbedder(args.onnx)
-    if args.checkpoint:
-        from facelt.openset.classify import net_from_checkpoint
-        from facelt.features.embed import embedder_for_checkpoint
-        from facelt.parallel.process import pick_device
-        dev = pick_device(args.device)
-        net, cfg, _ = net_from_checkpoint(args.checkpoint, dev)
-        return embedder_for_checkpoint(net, cfg, dev)
-    if args.config:
-        from facelt.config import load_config
-        from facelt.features.embed import embedder_for_checkpoint
-        from facelt.models.build import net_from_config
-        from facelt.parallel.process import pick_device
-        cfg = load_config(args.config)
-        dev = pick_device(args.device)
-        return embedder_for_checkpoint(net_from_config(cfg).to(dev), cfg, dev)
-    return None
-
-
-def model_fingerprint(args: argparse.Namespace, rows: list[str], extra: Optional[dict] = None) -> str:
-    """Names the model file (path, size, mtime), the flags that change features and the rows."""
-    model = Path(args.onnx or args.checkpoint or args.config)
-    if not model.is_file():
-        raise FaceltError(f"model {model}: not found")
-    files = [model]
-    if args.config:  # the recipe and the weights it names
-        from facelt.config import load_config
-        files.append(Path(load_config(args.config).model.pretrained))
-    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    h = hashlib.sha256(json.dumps([stamp, not args.no_flip, extra or {}]).encode())
-    for r in rows:
-        h.update(r.encode() + b"\n")
-    return h.hexdigest()
+def model_spec(args: argparse.Namespace):
+    """The :class:`~facelt.faces.face_model.FaceModelSpec` the flags name (no model with
+    ``--features``)."""
+    from facelt.faces.face_model import FaceModelSpec
+    return FaceModelSpec(checkpoint=args.checkpoint, onnx=args.onnx, config=args.config,
+                         device=args.device, flip=not args.no_flip)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from facelt.cli.face_model import add_model_args, embedder_from_args, model_fingerprint
+from facelt.cli.face_model import add_model_args, model_spec
 from facelt.errors import FaceltError
 
 
@@ -40,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facelt.features.files import FeatureFile
     from facelt.faces.ijb import evaluate_ijb, ijb_paths, read_meta, write_ijb_report
     one_one, one_n = args.protocol in ("11", "both"), args.protocol in ("1n", "both")
     paths = ijb_paths(args.root, args.target, pairs=one_one)
@@ -49,32 +47,7 @@ def run(args: argparse.Namespace) -> int:
         from facelt.faces.ijb_1n import ijb_1n_paths, read_1n_lists
         lists = read_1n_lists(ijb_1n_paths(args.root, args.target))
     meta = read_meta(paths)
-    if args.features:
-        if len(args.features) != 1:
-            raise FaceltError("give one --features file")
-        ff = FeatureFile.open(args.features[0])
-        if ff.rows != len(meta):
-            raise FaceltError(f"features {ff.path}: {ff.rows} rows, but {paths.landmarks} lists "
-                              f"{len(meta)} images")
-        features = ff
-    else:
-        if not args.out:
-            raise FaceltError("--out is needed when embedding: the image features are kept there "
-                              "(OUT/features.npy) so an interrupted run resumes")
-        from facelt.features.embed import embed_to_file
-        from facelt.faces.ijb import aligned_batches
-        embedder = embedder_from_args(args)
-        size = embedder.input_size
-        if size[0] != size[1] or size[0] % 112:
-            raise FaceltError(f"the model takes {size[0]}x{size[1]} images; IJB faces are aligned "
-                              "to the 112x112 ArcFace template (or a multiple of it)")
-        out = Path(args.out) / "features.npy"
-        fp = model_fingerprint(args, meta.names, {"ijb": args.target})
-        from facelt.features.files import finished_with
-        if not finished_with(out, fp):
-            embed_to_file(embedder, aligned_batches(meta, paths.images, args.batch_size, size[0]),
-                          out, len(meta), normalize=False, flip=not args.no_flip, fingerprint=fp)
-        features = FeatureFile.open(out)
+    features = _image_features(args, meta, paths)
     blocks = {}
     if one_one:
         report, scores, roc = evaluate_ijb(features, meta, paths.pairs,
@@ -85,32 +58,54 @@ def run(args: argparse.Namespace) -> int:
         blocks["11"] = report
     if one_n:
         blocks["1n"] = _run_1n(args, features, meta, lists, paths)
+    _print(args, blocks)
+    return 0
+
+
+def _image_features(args: argparse.Namespace, meta, paths):
+    from facelt.features.files import FeatureFile
+    if args.features:
+        if len(args.features) != 1:
+            raise FaceltError("give one --features file")
+        ff = FeatureFile.open(args.features[0])
+        if ff.rows != len(meta):
+            raise FaceltError(f"features {ff.path}: {ff.rows} rows, but {paths.landmarks} lists "
+                              f"{len(meta)} images")
+        return ff
+    if not args.out:
+        raise FaceltError("--out is needed when embedding: the image features are kept there "
+                          "(OUT/features.npy) so an interrupted run resumes")
+    from facelt.faces.ijb import ijb_image_features
+    return ijb_image_features(model_spec(args), meta, paths.images, args.out, args.batch_size,
+                              args.target)
+
+
+def _print(args: argparse.Namespace, blocks: dict) -> None:
     if args.json:
-        if args.protocol == "both":
+        if args.protocol == "both":  # {"target", "11": 1:1 report, "1n": 1:N report}
             print(json.dumps({"target": args.target, **blocks}))
         else:
             print(json.dumps({"target": args.target, **blocks[args.protocol]}))
-        return 0
-    if one_one:
+        return
+    if "11" in blocks:
         report = blocks["11"]
         print(f"{args.target}: {report['pairs']:,} pairs, {report['templates']:,} templates")
         print("  ".join(f"TAR@FAR={k}: {100 * v:.2f}%" for k, v in report["tar_at_far"].items()))
-    if one_n:
+    if "1n" in blocks:
         from facelt.faces.ijb_1n import summary_lines
         print("\n".join(summary_lines(blocks["1n"], args.target)))
-    return 0
 
 
 def _run_1n(args: argparse.Namespace, features, meta, lists, paths) -> dict:
     import sys
 
     from facelt.faces.ijb_1n import evaluate_ijb_1n, published_size_note, write_1n_report
-    name = str(features.path) if hasattr(features, "path") else "the image features"
     report, result = evaluate_ijb_1n(features, meta, lists,
                                      detector_score=not args.no_detector_score,
                                      normalize_images=args.normalize_images,
                                      block_bytes=max(1, args.search_mib) << 20,
-                                     features_name=f"features {name}", faces_file=str(paths.faces))
+                                     features_name=f"features {features.path}",
+                                     faces_file=str(paths.faces))
     note = published_size_note(report, args.target)
     if note:
         print(note, file=sys.stderr)

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def regenerate_reports(folder: Path) -> list[Path]:
     """Rewrite every report.md (and its plots) under ``folder``; returns the report.md paths."""
     from eval_megaface.report import write_report
-    from facelt.cli.demo import SUMMARY_NAME, write_demo_report
+    from facelt.jobs.demo_report import SUMMARY_NAME, write_demo_report
     from facelt.compare.report import CHART_NAME, bar_chart, markdown_table
     from facelt.openset.reporting import write_classification_report
     from facelt.utils.io import write_text

@@ -18,16 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: config 'out' or runs/<name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/stageN/checkpoint.pt where it exists")
-    p.add_argument("--init", help="stage-2 start checkpoint (default OUT/stage1/checkpoint.pt)")
+    p.add_argument("--init", help="stage-2 start checkpoint (default: OUT/stage1/best.pt, or "
+                                  "OUT/stage1/checkpoint.pt with stage2.init_weights=last)")
     add_device_arg(p, from_recipe=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from facelt.train.trainer import train
+    from facelt.jobs.train import train
     from facelt.errors import DataError
+    from facelt.models.components import check_component_names
     from pipelines.getting_data import missing_data_message
-    cfg = config_from_args(args)
+    cfg = check_component_names(config_from_args(args))
     missing = missing_data_message(cfg)
     if missing:
         raise DataError(missing)

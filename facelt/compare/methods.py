@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from facelt.config import Config, config_from_dict, deep_merge, load_config, load_yaml
 from facelt.errors import ConfigError
+from facelt.models.components import check_component_names
 
 TRAIN_KINDS = ("stage1", "stage2", "reuse")
 POSTHOCS = ("none", "tau_norm", "logit_adjust", "openmax")
@@ -81,10 +82,13 @@ def load_method(name: str, methods_dir: Path) -> MethodSpec:
 
 def method_config(recipe: Path, spec: MethodSpec, base: Optional[MethodSpec],
                   overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """``recipe + base overlay + spec overlay + overrides``, every key checked."""
+    """``recipe + base overlay + spec overlay + overrides``, every key checked, component names
+    too (an unknown head or loss fails here, before any method trains; the error names the file
+    that brought it in)."""
     tree = load_yaml(recipe)
-    config_from_dict(tree, str(recipe))
+    check_component_names(config_from_dict(tree, str(recipe)), str(recipe))
     for s in ([base] if base is not None and base is not spec else []) + [spec]:
         tree = deep_merge(tree, s.config)
-        config_from_dict(tree, f"{s.source} (config overlay on {recipe})")
-    return load_config(None, list(overrides), base=tree)
+        where = f"{s.source} (config overlay on {recipe})"
+        check_component_names(config_from_dict(tree, where), where)
+    return check_component_names(load_config(None, list(overrides), base=tree))

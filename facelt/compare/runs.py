@@ -69,7 +69,7 @@ def is_complete(ckpt: Path, cfg: Config, stage: int) -> bool:
 def ensure_trained(spec: MethodSpec, cfg: Config, out: Path, resume: bool,
                    log: Callable[[str], None] = print) -> Path:
     """Train ``spec`` unless its complete checkpoint is there; return the checkpoint path."""
-    from facelt.train.trainer import train
+    from facelt.jobs.train import train
     ckpt = checkpoint_of(out, spec)
     stage = 2 if spec.train == "stage2" else 1
     if is_complete(ckpt, cfg, stage):

@@ -46,7 +46,7 @@ import numpy as np
 
 from facelt.data.lists import OPEN_LABEL, ImageList, labels_outside, read_list, resolve_list_file, write_list
 from facelt.data.shots import shot_counts
-from facelt.errors import DataError
+from facelt.errors import ConfigError, DataError
 from facelt.utils.io import write_json
 
 if TYPE_CHECKING:
@@ -103,8 +103,8 @@ def spec_from_config(data: "DataConfig", name: str, open_dir_name: str, **detail
     files = {split: getattr(data, split) for split in SPLITS}
     absent = [f"data.{split}" for split, f in files.items() if not f]
     if absent or data.num_classes <= 0:
-        raise ValueError(f"{name}: the recipe must name every list file and data.num_classes "
-                         f"(missing: {', '.join(absent) or 'data.num_classes'})")
+        raise ConfigError(f"{name}: the recipe must name every list file and data.num_classes "
+                          f"(missing: {', '.join(absent) or 'data.num_classes'})")
     return BenchmarkSpec(name=name, num_classes=data.num_classes,
                          list_files={split: Path(f).name for split, f in files.items()},
                          open_dir_name=open_dir_name, image_size=data.image_size,

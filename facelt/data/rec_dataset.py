@@ -1,4 +1,4 @@
-"""PyTorch datasets over MXNet RecordIO image files (insightface layout or plain im2rec).
+"""A PyTorch dataset over MXNet RecordIO image files (insightface layout or plain im2rec).
 
 Images are decoded with OpenCV.  ``cv2.imdecode`` returns BGR; with ``rgb=True`` (the default)
 the channels are converted to RGB, with ``rgb=False`` they stay BGR (as insightface's MXNet
@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.utils.data
 
-from facelt.data.recordio import (IRHeader, RecordReader, insightface_paths, read_insightface,
-                                  unpack)
+from facelt.data.recordio import RecordReader, read_insightface
 from facelt.errors import DataError
 
 PathLike = Union[str, os.PathLike]
@@ -53,11 +51,6 @@ def _flip_now(train: bool, flip: bool) -> bool:
     return train and flip and bool(torch.rand(()) < 0.5)
 
 
-def _label_of(header: IRHeader) -> int:
-    value = header.label if isinstance(header.label, float) else header.label[0]
-    return int(value)
-
-
 class RecordDataset(torch.utils.data.Dataset):
     """Map-style dataset over ``PREFIX.rec``/``PREFIX.idx`` (insightface layout or plain).
 
@@ -87,52 +80,3 @@ class RecordDataset(torch.utils.data.Dataset):
         where = self.reader.where(key, self.reader.offset_of(key))
         image = decode_image(payload, self.rgb, where, self.channels)
         return to_tensor(image, _flip_now(self.train, self.flip)), int(self.labels[index]), int(index)
-
-
-def _rank_world(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-class RecordStream(torch.utils.data.IterableDataset):
-    """Sequential pass over a ``.rec`` file (no .idx needed), sharded over ranks and workers.
-
-    Record ``i`` (file order, counting every record) goes to shard ``i % (world * workers)``,
-    shard ``rank * workers + worker_id``; rank/world come from the arguments, else from
-    ``torch.distributed``, else from the ``RANK``/``WORLD_SIZE`` variables torchrun sets.
-    Decoded items are ``(image, label, i)``; records with an empty payload (insightface's record 0
-    and identity records) are skipped.  With ``raw=True`` every record of the shard is yielded as
-    ``(i, IRHeader, payload)``.
-    """
-
-    def __init__(self, rec_path: PathLike, train: bool = False, flip: bool = True, rgb: bool = True,
-                 raw: bool = False, rank: Optional[int] = None,
-                 world_size: Optional[int] = None) -> None:
-        super().__init__()
-        path = Path(rec_path)
-        self.rec_path = path if path.suffix == ".rec" else insightface_paths(path)[0]
-        self.reader = RecordReader(self.rec_path, idx_path=None)
-        self.train, self.flip, self.rgb, self.raw = bool(train), bool(flip), bool(rgb), bool(raw)
-        self.rank, self.world_size = rank, world_size
-
-    def shard(self) -> tuple[int, int]:
-        """(this shard, number of shards) for the calling process and DataLoader worker."""
-        rank, world = _rank_world(self.rank, self.world_size)
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * workers + worker, world * workers
-
-    def __iter__(self) -> Iterator[tuple]:
-        shard, num = self.shard()
-        for j, (offset, record) in enumerate(self.reader.scan(shard, num)):
-            i = shard + j * num
-            where = f"{self.rec_path} (record #{i}, offset {offset})"
-            header, payload = unpack(record, where)
-            if self.raw:
-                yield i, header, payload
-            elif payload:
-                image = decode_image(payload, self.rgb, where)
-                yield to_tensor(image, _flip_now(self.train, self.flip)), _label_of(header), i

@@ -316,7 +316,7 @@ class RecordReader:
         if self.idx_path is not None:
             return int(self._keys.size)
         if self._count is None:
-            self._count = sum(1 for _ in self._walk_all(0, 1, keep=False))
+            self._count = sum(1 for _ in self._walk_all(keep=False))
         return self._count
 
     def __contains__(self, key: int) -> bool:
@@ -398,19 +398,19 @@ class RecordReader:
                 head = self._read(offset, key, None, limit=IR_SIZE + 4 * flag)
         return unpack(head, where)[0]
 
-    def _walk_all(self, shard: int, num_shards: int, keep: bool = True) -> Iterator[tuple[int, Optional[bytes]]]:
+    def _walk_all(self, keep: bool = True) -> Iterator[tuple[int, Optional[bytes]]]:
+        """(start offset, record) of every record in file order; ``keep=False`` skips the
+        payloads (the record is None) and only checks the framing."""
         with open(self.rec_path, "rb", buffering=1 << 20) as fh:
             size = os.fstat(fh.fileno()).st_size
             src, pos, i = _StreamSource(fh), 0, 0
             while pos < size:
-                mine = keep and i % num_shards == shard
                 start = pos
                 record, pos = _walk(src, start, size,
                                     lambda: f"{self.rec_path} (record #{i}, key "
                                             f"{self.key_at(start) if self._keys.size else '?'}, "
-                                            f"offset {start})", keep=mine)
-                if mine or not keep:
-                    yield start, record
+                                            f"offset {start})", keep=keep)
+                yield start, record
                 i += 1
 
     @property
@@ -421,17 +421,11 @@ class RecordReader:
     def record_offsets(self) -> np.ndarray:
         """Start offsets of every record in file order, walking the part headers only (payloads are
         skipped): checks the framing of the whole file; a damaged part is a :class:`DataError`."""
-        return np.fromiter((start for start, _ in self._walk_all(0, 1, keep=False)), dtype=np.int64)
+        return np.fromiter((start for start, _ in self._walk_all(keep=False)), dtype=np.int64)
 
-    def scan(self, shard: int = 0, num_shards: int = 1) -> Iterator[tuple[int, bytes]]:
-        """Yield (offset, record) for every record in file order, without the .idx.
-
-        With ``num_shards > 1`` only records ``i`` with ``i % num_shards == shard`` are read (the
-        others are skipped by seeking past them).
-        """
-        if num_shards < 1 or not 0 <= shard < num_shards:
-            raise ValueError(f"shard {shard} of {num_shards}: need 0 <= shard < num_shards")
-        for offset, record in self._walk_all(shard, num_shards):
+    def scan(self) -> Iterator[tuple[int, bytes]]:
+        """Yield (offset, record) for every record in file order, without the .idx."""
+        for offset, record in self._walk_all():
             yield offset, record  # type: ignore[misc]
 
 

@@ -121,10 +121,3 @@ def norm_crop(img: np.ndarray, landmarks5: np.ndarray, image_size: int = 112) ->
     matrix = estimate_norm(landmarks5, size)
     return cv2.warpAffine(img, matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-
-
-def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply a 2x3 affine ``matrix`` to (N, 2) points."""
-    pts = np.asarray(points, dtype=np.float64)
-    m = np.asarray(matrix, dtype=np.float64)
-    return pts @ m[:, :2].T + m[:, 2]

@@ -31,7 +31,7 @@ from typing import Iterator, Optional, Union
 
 import numpy as np
 
-from facelt.errors import DataError
+from facelt.errors import DataError, FaceltError
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TARGETS = ("IJBB", "IJBC")
@@ -397,6 +397,27 @@ def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_siz
                 bar.update(len(batch))
 
     return from_row
+
+
+def ijb_image_features(spec, meta: IJBMeta, image_dir: Union[str, os.PathLike],
+                       out_dir: Union[str, os.PathLike], batch_size: int, target: str):
+    """Raw (flip-summed, unnormalised) features of every IJB image embedded by the model of
+    ``spec`` (:class:`~facelt.faces.face_model.FaceModelSpec`) into ``out_dir/features.npy``
+    (resumable: kept when complete for this model and these rows); returns the open file."""
+    from facelt.faces.face_model import face_embedder, model_fingerprint
+    from facelt.features.embed import embed_to_file
+    from facelt.features.files import FeatureFile, finished_with
+    embedder = face_embedder(spec)
+    size = embedder.input_size
+    if size[0] != size[1] or size[0] % 112:
+        raise FaceltError(f"the model takes {size[0]}x{size[1]} images; IJB faces are aligned "
+                          "to the 112x112 ArcFace template (or a multiple of it)")
+    out = Path(out_dir) / "features.npy"
+    fp = model_fingerprint(spec, meta.names, {"ijb": target})
+    if not finished_with(out, fp):
+        embed_to_file(embedder, aligned_batches(meta, image_dir, batch_size, size[0]), out,
+                      len(meta), normalize=False, flip=spec.flip, fingerprint=fp)
+    return FeatureFile.open(out)
 
 
 # ------------------------------------------------------------------------------------ report

@@ -12,17 +12,15 @@ which is exact (its prior is 0).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facelt.config import StageConfig, check_name
 from facelt.errors import ConfigError
-
-if TYPE_CHECKING:  # the config imports this table for its names
-    from facelt.config import StageConfig
 
 Counts = Union[Sequence[int], np.ndarray, torch.Tensor]
 
@@ -111,23 +109,24 @@ def logit_adjusted_loss(class_counts: Counts, tau: float = 1.0) -> ShiftedCrossE
     return ShiftedCrossEntropy(shift)
 
 
-LossFactory = Callable[["StageConfig", Counts], nn.Module]
+LossFactory = Callable[[StageConfig, Counts], nn.Module]
 
-#: the one table of classification losses; ``StageConfig.loss`` takes its names from it
+#: the one table of classification losses: ``StageConfig.loss`` names an entry (adding a loss =
+#: its module or class + one entry here)
 LOSSES: dict[str, LossFactory] = {
     "ce": lambda st, counts: CrossEntropy(),
     "focal": lambda st, counts: FocalLoss(gamma=st.focal.gamma),
     "balanced_softmax": lambda st, counts: balanced_softmax_loss(counts),
     "logit_adjusted": lambda st, counts: logit_adjusted_loss(counts, st.logit_adjusted.tau),
 }
-LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 
 
-def build_loss(stage_cfg: "StageConfig", class_counts: Counts) -> nn.Module:
-    """The classification loss named by ``stage_cfg.loss``."""
-    try:
-        factory = LOSSES[stage_cfg.loss]
-    except KeyError:
-        raise ConfigError(f"stage loss must be one of {', '.join(LOSS_NAMES)}, "
-                          f"got {stage_cfg.loss!r}") from None
-    return factory(stage_cfg, class_counts)
+def check_loss_name(name: str, key: str = "stage.loss", where: str = "") -> str:
+    """``name`` when :data:`LOSSES` has it, else a ConfigError naming ``key`` and the known losses."""
+    return check_name(name, LOSSES, key, "loss", where)
+
+
+def build_loss(stage_cfg: StageConfig, class_counts: Counts, key: str = "stage.loss") -> nn.Module:
+    """The classification loss named by ``stage_cfg.loss`` (``key``: how an unknown name's error
+    calls the setting, e.g. ``stage1.loss``)."""
+    return LOSSES[check_loss_name(stage_cfg.loss, key)](stage_cfg, class_counts)

@@ -12,15 +12,13 @@ Everything is at most ``B x B`` (batch distances).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from facelt.config import StageConfig, check_name
 from facelt.errors import ConfigError
-
-if TYPE_CHECKING:  # the config imports this table for its names
-    from facelt.config import StageConfig
 
 
 def pairwise_squared(x: torch.Tensor) -> torch.Tensor:
@@ -94,21 +92,21 @@ class LiftedStructuredLoss(nn.Module):
         return j_ij.clamp_min(0.0).pow(2).sum() / (2.0 * i.numel())
 
 
-#: the one table of feature losses; ``StageConfig.aux_loss`` takes its names from it
-AUX_LOSSES: dict[str, Callable[["StageConfig"], Optional[nn.Module]]] = {
+#: the one table of feature losses: ``StageConfig.aux_loss`` names an entry
+AUX_LOSSES: dict[str, Callable[[StageConfig], Optional[nn.Module]]] = {
     "none": lambda st: None,
     "range": lambda st: RangeLoss(),
     "lifted": lambda st: LiftedStructuredLoss(),
 }
-AUX_LOSS_NAMES: tuple[str, ...] = tuple(AUX_LOSSES)
 
 
-def build_aux_loss(stage_cfg: "StageConfig") -> Optional[nn.Module]:
+def check_aux_loss_name(name: str, key: str = "stage.aux_loss", where: str = "") -> str:
+    """``name`` when :data:`AUX_LOSSES` has it, else a ConfigError naming ``key`` and the known
+    feature losses."""
+    return check_name(name, AUX_LOSSES, key, "feature loss", where)
+
+
+def build_aux_loss(stage_cfg: StageConfig, key: str = "stage.aux_loss") -> Optional[nn.Module]:
     """The feature loss named by ``stage_cfg.aux_loss`` (None for ``none``); the stage adds it
     with weight ``stage_cfg.aux_loss_weight``."""
-    try:
-        factory = AUX_LOSSES[stage_cfg.aux_loss]
-    except KeyError:
-        raise ConfigError(f"stage aux_loss must be one of {', '.join(AUX_LOSS_NAMES)}, "
-                          f"got {stage_cfg.aux_loss!r}") from None
-    return factory(stage_cfg)
+    return AUX_LOSSES[check_aux_loss_name(stage_cfg.aux_loss, key)](stage_cfg)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facelt.errors import ConfigError
+
 
 class NonLocal(nn.Module):
     """Embedded-Gaussian non-local response ``W_z(softmax(theta^T phi) g)``, zero at init."""
@@ -71,9 +73,10 @@ class ReferenceSpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         if (c, h, w) != (self.channels, self.size, self.size):
-            raise ValueError(f"reference spatial attention was built for ({self.channels}, "
-                             f"{self.size}, {self.size}) maps, got {(c, h, w)}; use the conv form "
-                             "(stageN.spatial_attention: conv) for other map sizes")
+            raise ConfigError(f"reference spatial attention was built for ({self.channels}, "
+                              f"{self.size}, {self.size}) maps, got {(c, h, w)}: feed images of "
+                              "the data.image_size it was trained at, or use the conv form "
+                              "(stageN.spatial_attention: conv) for other map sizes")
         scores = self.fc(x.reshape(b, -1))                    # (B, hw)
         return torch.softmax(scores, dim=1).view(b, 1, h, w)
 

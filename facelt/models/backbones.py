@@ -1,4 +1,6 @@
-"""Convolutional backbones that return the last feature map.
+"""Convolutional backbones that return the last feature map: torchvision-layout ResNet trunks
+and a small CNN (insightface's IResNet is in ``iresnet.py``; the names are in
+``backbone_table.py``).
 
 Every backbone's ``forward`` returns a ``(B, C, h, w)`` map (no pooling, no fc) and the module has
 an ``out_channels`` attribute.  The ResNets keep torchvision's module names (``conv1``, ``bn1``,
@@ -7,23 +9,16 @@ an ``out_channels`` attribute.  The ResNets keep torchvision's module names (``c
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from facelt.errors import ConfigError
 
-_RESNETS: dict[str, Callable[[], tv_resnet.ResNet]] = {
-    # ResNet-10: BasicBlock [1, 1, 1, 1], the OLTR reference backbone for ImageNet-LT.
-    "resnet10": lambda: tv_resnet.ResNet(tv_resnet.BasicBlock, [1, 1, 1, 1]),
-    "resnet18": lambda: tv_resnet.resnet18(weights=None),
-    "resnet50": lambda: tv_resnet.resnet50(weights=None),
-    "resnet152": lambda: tv_resnet.resnet152(weights=None),
-}
 
-BACKBONES: tuple[str, ...] = (*_RESNETS, "small_cnn")
+def resnet10() -> tv_resnet.ResNet:
+    """ResNet-10: BasicBlock [1, 1, 1, 1], the OLTR reference backbone for ImageNet-LT."""
+    return tv_resnet.ResNet(tv_resnet.BasicBlock, [1, 1, 1, 1])
 
 
 def _init_like_torchvision(module: nn.Module) -> None:
@@ -94,19 +89,9 @@ class SmallCNN(nn.Module):
         return self.features(x)
 
 
-def build_backbone(name: str, in_channels: int = 3, face_stem: bool = False) -> nn.Module:
-    """Build backbone ``name`` (one of :data:`BACKBONES`) with random weights.
-
-    ``in_channels`` replaces the first convolution when it is not 3; ``face_stem`` swaps in the
-    insightface stem so a 112x112 face gives a 7x7 map (ResNets only).
-    """
-    if in_channels < 1:
-        raise ConfigError(f"backbone in_channels must be >= 1, got {in_channels}")
-    if name == "small_cnn":
-        if face_stem:
-            raise ConfigError("backbone 'small_cnn' has no face stem; face_stem needs a ResNet "
-                              f"({', '.join(_RESNETS)})")
-        return SmallCNN(in_channels)
-    if name not in _RESNETS:
-        raise ConfigError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
-    return ResNetTrunk(_RESNETS[name](), in_channels=in_channels, face_stem=face_stem)
+def small_cnn(in_channels: int, face_stem: bool = False) -> SmallCNN:
+    """:class:`SmallCNN` (it has no face stem: ``model.face_stem`` is refused)."""
+    if face_stem:
+        raise ConfigError("model.face_stem: backbone 'small_cnn' has no face stem; face_stem "
+                          "needs a ResNet backbone")
+    return SmallCNN(in_channels)

@@ -6,20 +6,16 @@ import torch.nn as nn
 from facelt.config import Config
 from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention
-from facelt.models.backbones import build_backbone
+from facelt.models.backbone_table import backbone_entry, build_backbone, insightface_backbones
 from facelt.models.head_table import build_head
 from facelt.models.necks import FaceNeck, FCAdd, PoolNeck
 from facelt.models.net import OLTRNet
 
 
 def _backbone(cfg: Config) -> nn.Module:
-    name = cfg.model.backbone
-    if name.startswith("iresnet"):
-        from facelt.models.iresnet import build_iresnet
-        if cfg.data.channels != 3:
-            raise ConfigError(f"model.backbone {name} expects 3-channel images (data.channels = 3)")
-        return build_iresnet(name)
-    return build_backbone(name, in_channels=cfg.data.channels, face_stem=cfg.model.face_stem)
+    """``model.backbone`` from the backbone table (facelt/models/backbone_table.py)."""
+    return build_backbone(cfg.model.backbone, in_channels=cfg.data.channels,
+                          face_stem=cfg.model.face_stem)
 
 
 def feature_map_size(backbone: nn.Module, channels: int, image_size: int) -> int:
@@ -69,9 +65,11 @@ def load_pretrained_weights(net: OLTRNet, cfg: Config) -> None:
     if not m.pretrained:
         raise ConfigError("model.pretrained is empty: no weights file to load")
     if m.pretrained_format == "insightface":
-        if not m.backbone.startswith("iresnet"):
-            raise ConfigError(f"model.pretrained_format insightface needs an iresnet backbone, "
-                              f"got model.backbone {m.backbone}")
+        if not backbone_entry(m.backbone).insightface_weights:
+            raise ConfigError(f"model.pretrained_format insightface needs a backbone that an "
+                              f"arcface_torch backbone.pth loads into "
+                              f"({', '.join(insightface_backbones())}), got model.backbone "
+                              f"{m.backbone}")
         from facelt.models.iresnet import load_insightface_backbone
         load_insightface_backbone(net.backbone, m.pretrained,
                                   neck=net.neck if m.neck == "face" else None)

@@ -16,6 +16,7 @@ import torch
 from facelt.errors import CheckpointError
 from facelt.config import Config, config_from_dict, upgrade_saved_config
 from facelt.models.build import build_net
+from facelt.models.components import check_component_names
 from facelt.models.net import OLTRNet
 from facelt.models.state import load_model_state
 from facelt.utils.io import atomic_path
@@ -80,7 +81,8 @@ def net_from_checkpoint(path: str | Path, device: torch.device) -> tuple[OLTRNet
     """Rebuild the network a checkpoint was trained with and load its weights (strictly);
     returns ``(net on device, in eval mode; its config; the checkpoint dict)``."""
     state = load_checkpoint(path)
-    cfg = config_from_dict(upgrade_saved_config(state["config"]), where=f"{path} (embedded config)")
+    where = f"{path} (embedded config)"
+    cfg = check_component_names(config_from_dict(upgrade_saved_config(state["config"]), where), where)
     net = build_net(cfg, int(state["stage"]), int(state["num_classes"]))
     load_model_state(net, state["model"], str(path))
     return net.to(device).eval(), cfg, state

@@ -1,22 +1,24 @@
 """The one table of classifier heads: name -> factory ``(in_dim, num_classes, stage_cfg) -> Head``.
 
-``StageConfig.head`` takes its allowed names from :data:`HEAD_NAMES`; :func:`build_head` is the only
-place a head name is interpreted. What a head needs from the trainer (centroids, class counts, the
-centroid loss, unused-parameter search under DDP) is declared on the head class itself
+``StageConfig.head`` is a plain name; :func:`build_head` is the only place a head name is
+interpreted, and it refuses a name that is not in :data:`HEADS` with the config key and the known
+names (``facelt.models.components.check_component_names`` does the same for a whole config before
+any long work).  What a head needs from the trainer (centroids, class counts, the centroid loss,
+unused-parameter search under DDP) is declared on the head class itself
 (:class:`facelt.models.heads.Head`), never looked up by name.
+
+Adding a head: write its class (a :class:`~facelt.models.heads.Head`) in its own module, give it a
+config section in ``StageConfig`` if it has settings, and add one entry here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from facelt.errors import ConfigError
+from facelt.config import StageConfig, check_name
 from facelt.models.fslwf import FSLwFHead
 from facelt.models.heads import CosineHead, Head, LinearHead, LWSHead, MarginHead, MetaEmbeddingHead
 
-if TYPE_CHECKING:  # the config imports this table for its names
-    from facelt.config import StageConfig
-
-HeadFactory = Callable[[int, int, "StageConfig"], Head]
+HeadFactory = Callable[[int, int, StageConfig], Head]
 
 HEADS: dict[str, HeadFactory] = {
     "linear": lambda dim, k, st: LinearHead(dim, k),
@@ -30,13 +32,13 @@ HEADS: dict[str, HeadFactory] = {
                                           fake_novel_prob=st.fslwf.fake_novel_prob),
 }
 
-HEAD_NAMES: tuple[str, ...] = tuple(HEADS)
+
+def check_head_name(name: str, key: str = "stage.head", where: str = "") -> str:
+    """``name`` when :data:`HEADS` has it, else a ConfigError naming ``key`` and the known heads."""
+    return check_name(name, HEADS, key, "head", where)
 
 
-def build_head(st: "StageConfig", in_dim: int, num_classes: int) -> Head:
-    """The head named by ``st.head``."""
-    try:
-        factory = HEADS[st.head]
-    except KeyError:
-        raise ConfigError(f"unknown head {st.head!r} (known: {', '.join(HEAD_NAMES)})") from None
-    return factory(in_dim, num_classes, st)
+def build_head(st: StageConfig, in_dim: int, num_classes: int, key: str = "stage.head") -> Head:
+    """The head named by ``st.head`` (``key``: how an unknown name's error calls the setting,
+    e.g. ``stage2.head``)."""
+    return HEADS[check_head_name(st.head, key)](in_dim, num_classes, st)

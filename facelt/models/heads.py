@@ -34,12 +34,6 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def nearest_centroid(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance to the nearest centroid and its index: ``((B,), (B,))``."""
-    d2, idx = nearest_squared(v, centroids)
-    return d2.sqrt(), idx
-
-
 def squash(x: torch.Tensor) -> torch.Tensor:
     """Row-wise ``(||x|| / (1 + ||x||)) * x / ||x||``, written as ``x / (1 + ||x||)`` (0 at 0)."""
     return x / (1.0 + x.norm(dim=1, keepdim=True))

@@ -24,13 +24,6 @@ from torch import nn
 from facelt.errors import CheckpointError, ConfigError
 from facelt.models.state import diff_state
 
-IRESNET_LAYERS: dict[str, list[int]] = {
-    "iresnet18": [2, 2, 2, 2],
-    "iresnet34": [3, 4, 6, 3],
-    "iresnet50": [3, 4, 14, 3],
-    "iresnet100": [3, 13, 30, 3],
-}
-
 BN_EPS = 1e-5
 
 
@@ -104,12 +97,15 @@ class IResNet(nn.Module):
         return self.layer4(x)
 
 
-def build_iresnet(name: str) -> IResNet:
-    """``iresnet18`` / ``iresnet34`` / ``iresnet50`` / ``iresnet100`` trunk (no embedding head)."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in IRESNET_LAYERS:
-        raise ConfigError(f"unknown IResNet {name!r}; choose one of {sorted(IRESNET_LAYERS)}")
-    return IResNet(IRESNET_LAYERS[key])
+def iresnet_trunk(layers: list[int], in_channels: int = 3) -> IResNet:
+    """An IResNet trunk with the given stage depths (no embedding head) for ``in_channels``-channel
+    images; the named depths (``iresnet50``: [3, 4, 14, 3] ...) are entries of the backbone table
+    (``facelt/models/backbone_table.py``).  It always has its face stem (3x3 stride-1 conv, no
+    max-pool) and takes RGB only."""
+    if in_channels != 3:
+        raise ConfigError(f"data.channels: an IResNet backbone takes 3-channel (RGB) images, got "
+                          f"data.channels = {in_channels}")
+    return IResNet(layers)
 
 
 # --------------------------------------------------------------------------- checkpoints

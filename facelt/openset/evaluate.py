@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from facelt.config import Config
 from facelt.data.build import make_loader
 from facelt.openset.metrics import (auroc, open_set_accuracy, open_set_f_measure, reject, shot_accuracy,
                             threshold_sweep)
@@ -58,6 +59,30 @@ def predict(net: torch.nn.Module, dataset: Dataset, device: torch.device, batch_
 
 def closed_set_report(p: Predictions, train_counts: np.ndarray, many: int, few: int) -> dict:
     return shot_accuracy(p.pred, p.labels, train_counts, many=many, few=few)
+
+
+class ClosedSetValidation:
+    """The trainer's validation (``facelt.train.hooks.Validation``): the closed-set report of a
+    network on a stage's validation split (``data.val``), shot buckets from the training counts
+    (``data.counts``); the trainer chooses ``best.pt`` on its ``overall``."""
+
+    def __init__(self, device: torch.device, batch_size: int, num_workers: int, many: int,
+                 few: int) -> None:
+        self.device = device
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.many = many
+        self.few = few
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> "ClosedSetValidation":
+        """``eval.{batch_size,many,few}`` and ``data.num_workers`` of a recipe."""
+        return cls(device, cfg.eval.batch_size, cfg.data.num_workers, cfg.eval.many, cfg.eval.few)
+
+    def __call__(self, net: torch.nn.Module, data) -> dict:
+        p = predict(net, data.val.dataset, self.device, self.batch_size, self.num_workers,
+                    desc="val")
+        return closed_set_report(p, data.counts, self.many, self.few)
 
 
 def open_set_scores_report(pred: np.ndarray, score: np.ndarray, labels: np.ndarray,

@@ -33,6 +33,7 @@ from facelt.models.net import OLTRNet, param_groups
 from facelt.parallel import process as D
 from facelt.parallel.centroids import class_means
 from facelt.models.checkpoint import load_checkpoint
+from facelt.models.components import check_component_names
 from facelt.models.state import load_model_state
 from facelt.parallel import sharding
 
@@ -250,8 +251,10 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
                 init_checkpoint: Optional[Path] = None, out: Optional[Path] = None) -> StageParts:
     """All parts of ``stage``, ready for :func:`facelt.train.loop.train_one_epoch`.
 
-    ``init_checkpoint`` (or ``out/stage1/checkpoint.pt``) is where ``init_from: stage1`` reads.
+    ``init_checkpoint`` (or :func:`stage1_init_path`: ``out/stage1/best.pt``, ``checkpoint.pt``
+    with ``init_weights: last``) is where ``init_from: stage1`` reads.
     """
+    check_component_names(cfg)  # before the data is read
     dist = dist or D.setup(cfg.device)
     st = cfg.stage(stage)
     sharding.check_shard_config(st, stage)

@@ -10,16 +10,19 @@ class-aware sampling; per-module learning rates; optionally a frozen backbone.
 :func:`~facelt.train.state.restore_checkpoint`, :func:`~facelt.train.loop.train_one_epoch` and
 :func:`~facelt.train.state.checkpoint_state`. Step callbacks (``step_callbacks``) and epoch
 callbacks (``epoch_callbacks``, called with an :class:`EpochContext` after the epoch's checkpoint
-is written) let features plug in without editing the loop.
+is written) let features plug in without editing the loop. Evaluations are given, never imported
+(:mod:`facelt.train.hooks`): a ``validation`` (``best.pt`` is chosen on its ``overall``) and
+``evaluations`` that also write into each epoch's metrics; without them a stage trains without
+evaluating. :func:`facelt.jobs.train.train` assembles a whole run from a config (run lock,
+validation, ``eval.verification``, every stage).
 
 Outputs of a stage in ``OUT/stageN/``: ``checkpoint.pt`` (every epoch and at the end, with everything
-needed to resume), ``best.pt`` (best overall top-1 on val), ``metrics.jsonl`` (a JSON line per
-epoch) and ``config.yaml`` (the resolved config).
+needed to resume), ``best.pt`` (the epoch of the best validation ``overall``, given a validation),
+``metrics.jsonl`` (a JSON line per epoch) and ``config.yaml`` (the resolved config).
 """
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +30,21 @@ from typing import Callable, Optional, Sequence
 
 from facelt.config import Config, config_yaml
 from facelt.errors import FaceltError
-from facelt.openset.evaluate import closed_set_report, predict
 from facelt.parallel import process as D
 from facelt.models.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
+from facelt.train.hooks import EpochEvaluation, StageStart, Validation
 from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
-                               train_one_epoch)
+                               steps_in_epoch, train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
 from facelt.parallel.sharding import evaluation_net
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
-from facelt.train.verify_callback import VerificationCallback, verification_summary
 from facelt.utils.io import append_jsonl, write_text
-from facelt.utils.run_lock import RunLock, lock_run_folder
 
 __all__ = ["StageTrainer", "StageResult", "EpochContext", "MidEpochCheckpoint", "NonFiniteLoss",
-           "stage_dir", "train", "validate", "lock_output"]
+           "stage_dir", "validate"]
 
 
 @dataclass
@@ -67,18 +68,15 @@ class EpochContext:
 EpochCallback = Callable[[EpochContext], None]
 
 
-def validate(parts: StageParts) -> dict:
-    """Closed-set report on the validation split (rank 0; ``{}`` elsewhere or without one)."""
-    val = parts.data.val
-    if val is None:
+def validate(parts: StageParts, validation: Optional[Validation]) -> dict:
+    """``validation`` of the evaluation network on the validation split (rank 0; ``{}`` elsewhere,
+    without a validation split or without ``validation``); NaN values become None."""
+    if parts.data.val is None or validation is None:
         return {}
     net = evaluation_net(parts.net, parts.dist.is_primary)  # collective with a sharded head
     if net is None or not parts.dist.is_primary:
         return {}
-    cfg = parts.cfg
-    p = predict(net, val.dataset, parts.device, cfg.eval.batch_size, cfg.data.num_workers,
-                desc="val")
-    rep = closed_set_report(p, parts.data.counts, cfg.eval.many, cfg.eval.few)
+    rep = validation(net, parts.data)
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             for k, v in rep.items()}
 
@@ -110,13 +108,15 @@ class MidEpochCheckpoint:
 
 class StageTrainer:
     """Runs one stage; construct, then :meth:`run`. :meth:`build` returns the stage's parts (a
-    subclass may wrap them, e.g. ``parts.loss``); ``state`` is the stage's progress."""
+    subclass may wrap them, e.g. ``parts.loss``); ``state`` is the stage's progress.
+    ``validation`` and ``evaluations``: see :mod:`facelt.train.hooks` (none: no evaluation)."""
 
     def __init__(self, cfg: Config, stage: int, out: Path, resume: bool = False,
                  init_checkpoint: Optional[Path] = None, dist: Optional[D.DistInfo] = None,
                  step_callbacks: Sequence[StepCallback] = (),
                  epoch_callbacks: Sequence[EpochCallback] = (), later_epochs: int = 0,
-                 verification: Optional[VerificationCallback] = None) -> None:
+                 validation: Optional[Validation] = None,
+                 evaluations: Sequence[EpochEvaluation] = ()) -> None:
         self.cfg = cfg
         self.stage = stage
         self.st = cfg.stage(stage)
@@ -128,7 +128,8 @@ class StageTrainer:
         self.dist = dist or D.setup(cfg.device)
         self.step_callbacks = list(step_callbacks)
         self.epoch_callbacks = list(epoch_callbacks)
-        self.verification = verification  # else built from cfg.eval.verification in run()
+        self.validation = validation
+        self.evaluations = list(evaluations)
         self.state = TrainState()
         self.later_epochs = later_epochs  # epochs of the stages this run trains after this one
         self.tensorboard = tensorboard_logger(cfg, self.dir, self.dist.is_primary)  # before work
@@ -167,7 +168,6 @@ class StageTrainer:
         return restore_checkpoint(parts, self.checkpoint_path)
 
     def run(self) -> StageResult:
-        verify = self.verification or VerificationCallback.from_config(self.cfg, self.dist)
         parts = self.build()  # first: bad lists / images are reported as such
         self.check_resume()
         self.state = state = self._resume_or_start(parts)
@@ -188,21 +188,22 @@ class StageTrainer:
             print("\n".join(config_key_lines(parts)), flush=True)
         callbacks = [MidEpochCheckpoint(ckpt_path, state, self.st.checkpoint_every),
                      *self.step_callbacks]
-        if verify is not None:  # eval.verification: every eval.verify_every steps, epoch ends
-            verify.start_stage(parts, self.dir, state)
-            callbacks.append(verify)
+        start_info = StageStart(parts, self.dir, state, steps_in_epoch(parts))
+        for evaluation in self.evaluations:  # step callbacks that also evaluate at epoch ends
+            evaluation.start_stage(start_info)
+            callbacks.append(evaluation)
         epoch_callbacks = list(self.epoch_callbacks)
         if self.tensorboard is not None:
             callbacks.append(self.tensorboard.on_step)
             epoch_callbacks.append(self.tensorboard.on_epoch)
         try:
-            return self._run_epochs(parts, state, start, callbacks, epoch_callbacks, verify)
+            return self._run_epochs(parts, state, start, callbacks, epoch_callbacks)
         finally:
             if self.tensorboard is not None:
                 self.tensorboard.close()
 
     def _run_epochs(self, parts: StageParts, state: TrainState, start: int, callbacks: list,
-                    epoch_callbacks: list, verify: Optional[VerificationCallback]) -> StageResult:
+                    epoch_callbacks: list) -> StageResult:
         ckpt_path = self.checkpoint_path
         epoch_seconds: list[float] = []
         run_epochs = 0
@@ -211,12 +212,12 @@ class StageTrainer:
             position, state.position = state.position, None
             train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path)
             parts.scheduler.step()
-            val_m = validate(parts)
+            val_m = validate(parts, self.validation)
             metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m,
                        "lr": {g["name"]: g["lr"] for g in parts.optimizer.param_groups},
                        "val": val_m}
-            if verify is not None:
-                metrics["verification"] = verify.at_epoch_end(epoch)
+            for evaluation in self.evaluations:
+                metrics[evaluation.key] = evaluation.at_epoch_end(epoch)
             state.epoch, state.complete = epoch, epoch + 1 == self.st.epochs
             improved = False
             if self.dist.is_primary:
@@ -231,7 +232,7 @@ class StageTrainer:
                     save_checkpoint(self.dir / "best.pt", without_training_state(ckpt))
                 save_checkpoint(ckpt_path, ckpt)
                 append_jsonl(self.dir / "metrics.jsonl", metrics)
-                print(_summary(metrics), flush=True)
+                print(_summary(metrics, self.evaluations), flush=True)
                 epoch_seconds.append(time.monotonic() - began)  # training + validation + saving
                 print(eta_line(self.stage, epoch + 1, self.st.epochs, epoch_seconds,
                                self.later_epochs), flush=True)
@@ -242,54 +243,14 @@ class StageTrainer:
         return StageResult(self.stage, self.dir, ckpt_path, run_epochs, state.metrics)
 
 
-def _summary(m: dict) -> str:
+def _summary(m: dict, evaluations: Sequence[EpochEvaluation] = ()) -> str:
     val = m.get("val") or {}
     parts = [f"stage {m['stage']} epoch {m['epoch']}", f"loss {m['loss']:.4f}",
              f"train acc {m['train_acc']:.3f}", f"{m['images_per_s']:.0f} img/s"]
     if val.get("overall") is not None:
         parts.append("val " + " ".join(f"{k} {val[k]:.3f}" for k in ("overall", "many", "medium", "few")
                                         if val.get(k) is not None))
-    if m.get("verification"):
-        parts.append(verification_summary(m["verification"]))
+    for evaluation in evaluations:
+        if m.get(evaluation.key):
+            parts.append(evaluation.summary(m[evaluation.key]))
     return " | ".join(parts)
-
-
-def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
-          init_checkpoint: Optional[Path] = None) -> list[StageResult]:
-    """Run the requested stages in order, in this process (one rank of torchrun or alone)."""
-    dist = D.setup(cfg.device)
-    results = []
-    lock = None
-    try:
-        lock = lock_output(out, dist)
-        verification = VerificationCallback.from_config(cfg, dist)  # read once for all stages
-        for i, s in enumerate(stages):
-            later = sum(cfg.stage(t).epochs for t in stages[i + 1:])
-            trainer = StageTrainer(cfg, s, out, resume=resume, dist=dist,
-                                   init_checkpoint=init_checkpoint if s == 2 else None,
-                                   later_epochs=later, verification=verification)
-            results.append(trainer.run())
-    finally:
-        if lock is not None:
-            lock.release()
-        D.teardown(after_error=sys.exc_info()[0] is not None)
-    return results
-
-
-def lock_output(out: Path, dist: D.DistInfo) -> RunLock:
-    """Rank 0 takes ``OUT/.facelt.lock`` (:func:`~facelt.utils.run_lock.lock_run_folder`); every
-    rank learns whether it did (a collective under torchrun), so a refused run stops on all ranks."""
-    import torch
-    lock, error = None, None
-    if dist.is_primary:
-        try:
-            lock = lock_run_folder(out)
-        except FaceltError as exc:
-            error = exc
-    flag = torch.tensor([0.0 if error is None else 1.0], device=dist.device)
-    D.all_reduce_sum(flag)
-    if error is not None:
-        raise error
-    if flag.item() > 0:
-        raise FaceltError(f"{out}: rank 0 could not take the run lock (see its error)")
-    return lock if lock is not None else lock_run_folder(out, primary=False)

@@ -10,6 +10,11 @@ every ``eval.verify_every`` optimizer steps (a step callback) and at each epoch 
 written), embeds them with the bare network in eval mode (flip-sum, batches of
 ``eval.batch_size``) and runs insightface's 10-fold protocol.
 
+It is one of the trainer's epoch evaluations (``facelt.train.hooks.EpochEvaluation``, duck-typed:
+nothing here imports the training package): ``start_stage`` gets the stage's start (parts, output
+folder, restored progress, steps per epoch), the step callback a step context (parts, epoch, step,
+steps). ``facelt.jobs.train`` builds it from the config and hands it to every stage.
+
 Only rank 0 evaluates; the other ranks wait in one all-reduce of a failure flag, so they leave
 together with rank 0 and, if its evaluation fails, every rank raises instead of hanging.
 Results (accuracy +- std, threshold, VAL at FAR 1e-3, XNorm, and the highest accuracy so far per
@@ -109,6 +114,9 @@ class VerificationCallback:
     then :meth:`start_stage` at the beginning of each stage.
     """
 
+    #: its entry in each epoch's metrics
+    key = "verification"
+
     def __init__(self, sets: list, dist: D.DistInfo, every: int, batch_size: int) -> None:
         self.sets = sets          # VerificationSet objects on rank 0, [] elsewhere
         self.dist = dist
@@ -137,13 +145,14 @@ class VerificationCallback:
 
     # ------------------------------------------------------------------------------ per stage
 
-    def start_stage(self, parts, out_dir: Path, state) -> None:
-        """Attach to a stage's parts; on a resumed stage keep the highest accuracies reached up to
-        the checkpoint (from ``out_dir/verification.json``)."""
-        from facelt.train.loop import steps_in_epoch
-        self.parts = parts
-        self.out_dir = Path(out_dir)
-        self.steps = max(1, steps_in_epoch(parts))
+    def start_stage(self, start) -> None:
+        """Attach to a stage (``start``: its ``parts``, ``out_dir``, restored ``state`` and
+        ``steps_per_epoch``); on a resumed stage keep the highest accuracies reached up to the
+        checkpoint (from ``out_dir/verification.json``)."""
+        self.parts = start.parts
+        self.out_dir = Path(start.out_dir)
+        self.steps = max(1, start.steps_per_epoch)
+        state = start.state
         self.highest, self.history = {}, []
         resumed = state.epoch >= 0 or state.position is not None
         saved = self.out_dir / "verification.json"
@@ -184,6 +193,10 @@ class VerificationCallback:
         if self.dist.is_primary:
             print(f"stage {ctx.parts.stage} epoch {ctx.epoch + 1} step {ctx.step} | "
                   f"{verification_summary(results)}", flush=True)
+
+    def summary(self, result: dict) -> str:
+        """The epoch's progress-line part (:func:`verification_summary`)."""
+        return verification_summary(result)
 
     def at_epoch_end(self, epoch: int) -> dict:
         """Evaluate after epoch ``epoch`` (0-based; collective); rank 0 gets ``{set: metrics}``,

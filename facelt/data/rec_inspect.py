@@ -1,0 +1,28 @@
+"""A look inside a RecordIO file: one dict per record (key, offset, header, payload length and
+sha256), what ``facelt rec inspect`` prints."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+from facelt.data.recordio import RecordReader, insightface_paths, unpack
+
+__all__ = ["inspect_records"]
+
+
+def inspect_records(prefix: str | Path) -> Iterator[dict]:
+    """One dict per record of ``PREFIX.rec`` in file order (key None when it has no .idx)."""
+    rec_path, idx_path, _ = insightface_paths(prefix)
+    reader = RecordReader(rec_path, idx_path if idx_path.is_file() else None)
+    return _rows(reader)
+
+
+def _rows(reader: RecordReader) -> Iterator[dict]:
+    for offset, record in reader.scan():
+        key = reader.key_at(offset)
+        header, payload = unpack(record, reader.where(key, offset))
+        label = list(header.label) if isinstance(header.label, tuple) else header.label
+        yield {"key": key, "offset": offset, "flag": header.flag, "label": label, "id": header.id,
+               "id2": header.id2, "payload_len": len(payload),
+               "payload_sha256": hashlib.sha256(payload).hexdigest()}

@@ -1,0 +1,76 @@
+"""The model a face evaluation embeds with (``facelt verify``, ``facelt ijb``): a facelt
+checkpoint, an ONNX recognition model, or a recipe whose ``model.pretrained`` names the weights
+(:class:`FaceModelSpec`), and a fingerprint of it for resumable feature files."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from facelt.errors import FaceltError
+
+__all__ = ["FaceModelSpec", "face_embedder", "model_fingerprint"]
+
+
+@dataclass(frozen=True)
+class FaceModelSpec:
+    """One of ``checkpoint`` / ``onnx`` / ``config`` (a recipe: its ``model.pretrained`` weights,
+    evaluated without training); ``device`` (auto / cpu / cuda) for the torch models; ``flip``:
+    embed each image and its mirror."""
+
+    checkpoint: Optional[str] = None
+    onnx: Optional[str] = None
+    config: Optional[str] = None
+    device: str = "auto"
+    flip: bool = True
+
+    @property
+    def path(self) -> Path:
+        """The model file: the ONNX file, the checkpoint or the recipe."""
+        named = self.onnx or self.checkpoint or self.config
+        if named is None:
+            raise FaceltError("no model given: name a checkpoint, an ONNX file or a recipe")
+        return Path(named)
+
+
+def face_embedder(spec: FaceModelSpec):
+    """The image embedder of ``spec`` (an ONNX or a torch embedder), or None when it names no
+    model (the caller evaluates precomputed features)."""
+    if spec.onnx:
+        from facelt.faces.onnx_io import OnnxEmbedder
+        return OnnxEmbedder(spec.onnx)
+    if spec.checkpoint:
+        from facelt.features.embed import embedder_for_checkpoint
+        from facelt.models.checkpoint import net_from_checkpoint
+        from facelt.parallel.process import pick_device
+        dev = pick_device(spec.device)
+        net, cfg, _ = net_from_checkpoint(spec.checkpoint, dev)
+        return embedder_for_checkpoint(net, cfg, dev)
+    if spec.config:
+        from facelt.config import load_config
+        from facelt.features.embed import embedder_for_checkpoint
+        from facelt.models.build import net_from_config
+        from facelt.parallel.process import pick_device
+        cfg = load_config(spec.config)
+        dev = pick_device(spec.device)
+        return embedder_for_checkpoint(net_from_config(cfg).to(dev), cfg, dev)
+    return None
+
+
+def model_fingerprint(spec: FaceModelSpec, rows: list[str], extra: Optional[dict] = None) -> str:
+    """Names the model file (path, size, mtime; a recipe's weights file too), the settings that
+    change features (``flip``, ``extra``) and the rows."""
+    model = spec.path
+    if not model.is_file():
+        raise FaceltError(f"model {model}: not found")
+    files = [model]
+    if spec.config:  # the recipe and the weights it names
+        from facelt.config import load_config
+        files.append(Path(load_config(spec.config).model.pretrained))
+    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    h = hashlib.sha256(json.dumps([stamp, spec.flip, extra or {}]).encode())
+    for r in rows:
+        h.update(r.encode() + b"\n")
+    return h.hexdigest()

@@ -1,0 +1,242 @@
+"""The whole pipeline on built-in SYNTHETIC identities, no downloads, on the CPU:
+
+1. render a long-tailed SYNTHETIC face source in the insightface RecordIO layout (a stand-in for
+   MS1M-ArcFace) and sample an MS1M-LT-style training set from it with the paper's rule;
+2. train stage 1 (plain) and stage 2 (OLTR) on it;
+3. open-set classification of new images of the known identities plus unseen identities, for both
+   stages (many / medium / few, F-measure);
+4. face verification (insightface's 10-fold protocol) of both stages on a verification .bin of
+   SYNTHETIC identities never seen in training, and the stage-2 model exported to ONNX
+   (OUT/model.onnx, checked against facelt and verified too);
+5. extract flip-summed, L2-normalised features of probes, SYNTHETIC distractors and the training
+   set, and run the MegaFace challenge-1 protocol at several gallery sizes with pseudo-shot buckets
+   and a breakdown by whether the probe identity was seen in training;
+6. write OUT/report.md linking everything.
+
+Every step skips work that is already complete, so re-running after an interruption continues.
+"""
+# facelt demo's job: DemoOptions -> demo (holds the lock of OUT) -> run_demo, one function a step;
+# the top-level report is facelt.jobs.demo_report's.
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from facelt.jobs.demo_report import write_demo_summary
+from facelt.utils.io import atomic_path, write_json
+
+__all__ = ["DemoOptions", "DemoSource", "demo", "run_demo", "sample_training_set",
+           "write_eval_sets", "verify_and_export", "write_probes", "megaface_identification",
+           "VERIFY_PAIRS", "VERIFY_IDENTITIES"]
+
+#: the demo's verification set: pairs, and SYNTHETIC identities never seen in training
+VERIFY_PAIRS = 200
+VERIFY_IDENTITIES = 20
+#: new images per identity in the test and open sets, and per probe identity
+TEST_IMAGES, PROBE_IMAGES = 6, 5
+#: unseen (open-set) identities, and how many of them are MegaFace probes
+UNSEEN_IDENTITIES, UNSEEN_PROBES = 12, 6
+#: seen identities among the MegaFace probes (spread over the training order)
+SEEN_PROBES = 14
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``facelt demo`` was asked for. ``recipe``: the demo's config (``configs/
+    demo_faces.yaml``); ``overrides``: ``KEY=VALUE`` on it; ``device``: sets its ``device`` key."""
+
+    out: Path
+    recipe: Path
+    seed: int = 0
+    identities: int = 80
+    distractors: int = 2000
+    overrides: tuple[str, ...] = ()
+    device: Optional[str] = None
+
+    def recipe_overrides(self) -> list[str]:
+        return [*self.overrides, *([f"device={self.device}"] if self.device else [])]
+
+
+@dataclass
+class DemoSource:
+    """The sampled training set: source counts, the manifest, the kept source identities."""
+
+    folder: Path
+    source_counts: np.ndarray
+    manifest: dict
+    kept_source: np.ndarray
+
+
+def _step(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def demo(opts: DemoOptions) -> Path:
+    """:func:`run_demo` holding the lock of ``opts.out`` (one demo per folder; its training locks
+    ``OUT/train`` too). Returns ``OUT/report.md``."""
+    from facelt.utils.run_lock import lock_run_folder
+    with lock_run_folder(opts.out):
+        return run_demo(opts)
+
+
+def run_demo(opts: DemoOptions) -> Path:
+    """The demo's steps (the caller holds the lock of ``opts.out``); returns ``OUT/report.md``."""
+    from facelt.config import load_config
+    from facelt.jobs.train import train
+    from facelt.models.components import check_component_names
+    from facelt.openset.classify import evaluate_checkpoint
+    t0 = time.time()
+    out = Path(opts.out)
+    # every component name of the recipe checked before any data is rendered
+    size = check_component_names(load_config(opts.recipe, opts.recipe_overrides())).data.image_size
+    src = sample_training_set(out, opts.identities, opts.seed, size)                     # 1.
+    evd, unseen = write_eval_sets(out, src, opts.seed, size)                             # 2.
+    cfg = load_config(opts.recipe, [f"data.root={src.folder}",
+                                    f"data.test={(evd / 'test').resolve()}",
+                                    f"data.open={(evd / 'open').resolve()}",
+                                    *opts.recipe_overrides()])
+    _step("training stage 1 (plain) and stage 2 (OLTR)")                                 # 3.
+    train(cfg, [1, 2], out / "train", resume=True)
+    cls = {s: evaluate_checkpoint(out / "train" / f"stage{s}" / "checkpoint.pt",
+                                  out / f"classify_stage{s}", data=cfg.data) for s in (1, 2)}
+    _step("face verification on unseen SYNTHETIC identities; ONNX export of stage 2")    # 4.
+    ver = verify_and_export(out, evd / "verification.bin", cfg.data.image_size)
+    mf = megaface_identification(out, src, evd, unseen, opts, size)                      # 5.
+    report = write_demo_summary(out, src.manifest, cls, mf, time.time() - t0, ver)       # 6.
+    _step(f"done in {time.time() - t0:.0f} s. Report: {report}")
+    return report
+
+
+def sample_training_set(out: Path, identities: int, seed: int, size: int) -> DemoSource:
+    """Step 1: ``OUT/source/train`` (a long-tailed SYNTHETIC source of ``identities``) and
+    ``OUT/ms1m_lt`` (the MS1M-LT rule applied to it, half its images expected)."""
+    from pipelines.ms1m_lt import prepare_ms1m_lt
+    from pipelines.synthetic_faces import long_tail_counts, write_synthetic_rec
+    src = out / "source" / "train"
+    manifest_path = Path(f"{src}.manifest.json")
+    if not manifest_path.exists():
+        _step(f"rendering {identities} SYNTHETIC identities (long-tailed source)")
+        counts = long_tail_counts(identities, max_count=160, min_count=4, alpha=1.1, seed=seed)
+        write_synthetic_rec(src, counts, seed=seed, size=size)
+    source_counts = np.asarray(json.loads(manifest_path.read_text())["counts"])
+    lt_dir = out / "ms1m_lt"
+    if not (lt_dir / "manifest.json").exists():
+        _step("sampling the long-tailed training set with the MS1M-LT rule")
+        prepare_ms1m_lt(src, lt_dir, seed=seed, target_images=0.5 * source_counts.sum())
+    manifest = json.loads((lt_dir / "manifest.json").read_text())
+    _step(f"MS1M-LT-style set: {manifest['totals']['images']} images, "
+          f"{manifest['totals']['identities']} identities (from {int(source_counts.sum())} / "
+          f"{len(source_counts)})")
+    return DemoSource(lt_dir, source_counts, manifest,
+                      np.asarray(manifest["identities"]["source_label"]))
+
+
+def write_eval_sets(out: Path, src: DemoSource, seed: int, size: int) -> tuple[Path, np.ndarray]:
+    """Step 2: ``OUT/eval_sets/{test,open}`` (new images of the known identities; unseen
+    identities, label -1) and ``verification.bin`` (identities in neither the source nor the
+    open set). Returns the folder and the unseen identities."""
+    from pipelines.synthetic_faces import synthetic_probes, write_plain_rec
+    from pipelines.synthetic_verification import write_synthetic_verification_bin
+    evd = out / "eval_sets"
+    n_source = len(src.source_counts)
+    unseen = np.arange(n_source, n_source + UNSEEN_IDENTITIES)
+    if not (evd / "open.idx").exists():
+        imgs, ids = synthetic_probes(src.kept_source, TEST_IMAGES, seed=seed, size=size)
+        write_plain_rec(evd / "test", imgs, np.searchsorted(src.kept_source, ids))
+        imgs, _ = synthetic_probes(unseen, TEST_IMAGES, seed=seed, size=size)
+        write_plain_rec(evd / "open", imgs, np.full(len(imgs), -1))
+    vbin = evd / "verification.bin"
+    if not vbin.exists():
+        first = n_source + len(unseen)
+        write_synthetic_verification_bin(vbin, np.arange(first, first + VERIFY_IDENTITIES),
+                                         VERIFY_PAIRS, seed=seed, size=size)
+    return evd, unseen
+
+
+def verify_and_export(out: Path, vbin: Path, image_size: int) -> dict:
+    """Step 4: verification of the stage-1 and stage-2 checkpoints and of the stage-2 ONNX
+    export (written to ``out/model.onnx`` unless newer than the checkpoint) on ``vbin``; the
+    results also go to ``out/verification/report.json``."""
+    from facelt.faces.onnx_io import OnnxEmbedder, compare_with_torch, export_onnx
+    from facelt.faces.verification import VerificationSet
+    from facelt.features.embed import embedder_for_checkpoint
+    from facelt.models.checkpoint import net_from_checkpoint
+    from facelt.parallel.process import pick_device
+    vs = VerificationSet.load(vbin, image_size)  # decoded once for the three models
+    dev = pick_device("auto")
+    results = {}
+    for s in (1, 2):
+        ck = out / "train" / f"stage{s}" / "checkpoint.pt"
+        net, ncfg, _ = net_from_checkpoint(ck, dev)
+        results[f"stage{s}"] = vs.evaluate_model(embedder_for_checkpoint(net, ncfg, dev), dev, 256)
+    model = out / "model.onnx"
+    if not model.exists() or model.stat().st_mtime_ns < ck.stat().st_mtime_ns:
+        export_onnx(net, model, image_size=image_size, channels=ncfg.data.channels)
+    min_cos = compare_with_torch(model, net, image_size)
+    results["onnx"] = vs.evaluate_model(OnnxEmbedder(model), batch_size=256)
+    report = {"set": str(vbin), "pairs": vs.pairs, "positive": int(vs.issame.sum()),
+              "identities": VERIFY_IDENTITIES, "onnx_model": str(model),
+              "onnx_min_cosine": min_cos, "results": results}
+    write_json(out / "verification" / "report.json", report)
+    return report
+
+
+def write_probes(evd: Path, src: DemoSource, unseen: np.ndarray, seed: int, size: int) -> Path:
+    """``OUT/eval_sets/probes.{rec,idx}`` + ``probes.csv``: seen identities spread over the
+    training order and unseen ones, from another image stream than the test set's (the training
+    set's seed: the same identities). Returns the rec prefix."""
+    from pipelines.synthetic_faces import synthetic_probes, write_plain_rec
+    prefix = evd / "probes"
+    if Path(f"{prefix}.idx").exists():
+        return prefix
+    n_known = len(src.kept_source)
+    seen = src.kept_source[np.unique(np.linspace(0, n_known - 1, SEEN_PROBES).round().astype(int))]
+    probe_ids = np.concatenate([seen, unseen[:UNSEEN_PROBES]])
+    imgs, ids = synthetic_probes(probe_ids, PROBE_IMAGES, seed=seed, size=size, stream=2)
+    write_plain_rec(prefix, imgs, ids)
+    known = set(src.kept_source.tolist())
+    with atomic_path(evd / "probes.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "identity", "seen_in_training"])
+        for i, ident in enumerate(ids):
+            w.writerow([f"probe/{ident}/{i}.jpg", int(ident), "yes" if ident in known else "no"])
+    return prefix
+
+
+def megaface_identification(out: Path, src: DemoSource, evd: Path, unseen: np.ndarray,
+                            opts: DemoOptions, size: int) -> dict:
+    """Step 5: probes, SYNTHETIC distractors, stage-2 features of them and of the training set
+    (``OUT/features``), and the MegaFace protocol at 10 / 100 / 1,000 distractors
+    (``OUT/megaface``). Returns the evaluation's report."""
+    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
+    from eval_megaface.report import write_report
+    from facelt.data.rec_dataset import RecordDataset
+    from facelt.features.extract import extract_checkpoint_features
+    from pipelines.synthetic_faces import write_synthetic_distractors
+    feats = out / "features"
+    probes_prefix = write_probes(evd, src, unseen, opts.seed, size)
+    dist_prefix = out / "distractors" / "train"
+    if not Path(f"{dist_prefix}.manifest.json").exists():
+        _step(f"rendering {opts.distractors} SYNTHETIC distractors")
+        write_synthetic_distractors(dist_prefix, opts.distractors, seed=opts.seed, size=size)
+    ck2 = out / "train" / "stage2" / "checkpoint.pt"
+    for name, prefix in (("probes", probes_prefix), ("distractors", dist_prefix),
+                         ("train", src.folder / "train")):
+        ds = RecordDataset(prefix, train=False)  # reused when made from this checkpoint
+        extract_checkpoint_features(ck2, ds, [f"{prefix}#{int(k)}" for k in ds.keys],
+                                    feats / f"{name}.npy", batch_size=256)
+    _step("MegaFace protocol: galleries of 10, 100 and 1,000 distractors")
+    sizes = [s for s in (10, 100, 1000) if s <= opts.distractors]
+    mf = run_evaluation(MegaFaceEvalConfig(
+        gallery_sizes=sizes, probe_features=feats / "probes.npy", probe_list=evd / "probes.csv",
+        distractor_features=feats / "distractors.npy", train_features=feats / "train.npy",
+        seed=opts.seed))
+    mf.setdefault("meta", {})["stage"] = 2  # features of the stage-2 model
+    write_report(mf, out / "megaface")
+    return mf
