@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
@@ -57,29 +57,40 @@ def far_key(far: float) -> str:
 @dataclass(frozen=True)
 class IJBPaths:
     faces: Path       # <t>_face_tid_mid.txt
-    pairs: Path       # <t>_template_pair_label.txt
+    pairs: Optional[Path]  # <t>_template_pair_label.txt (None when not asked for: 1:N only)
     landmarks: Path   # <t>_name_5pts_score.txt
     images: Path      # loose_crop/
 
 
-def ijb_paths(root: Union[str, os.PathLike], target: str) -> IJBPaths:
-    """The meta files and image folder of ``target`` under ``root``; :class:`DataError` naming the
-    first missing file."""
+def check_target(target: str) -> str:
+    """``target`` upper-cased; :class:`DataError` unless it is IJBB or IJBC."""
     t = target.upper()
     if t not in TARGETS:
         raise DataError(f"IJB target {target!r}: expected one of {TARGETS}")
+    return t
+
+
+def find_meta_file(root: Union[str, os.PathLike], target: str, suffix: str) -> Path:
+    """``root/meta/<t>_<suffix>`` (``<t>`` lower case as insightface ships it, upper case accepted);
+    :class:`DataError` naming the expected path when neither is there."""
+    t = check_target(target)
+    meta = Path(root) / "meta"
+    options = [meta / f"{t.lower()}_{suffix}", meta / f"{t}_{suffix}"]
+    hit = next((p for p in options if p.is_file()), None)
+    if hit is None:
+        raise DataError(f"IJB root {root}: {options[0]} not found (insightface layout: "
+                        f"meta/{t.lower()}_{suffix})")
+    return hit
+
+
+def ijb_paths(root: Union[str, os.PathLike], target: str, pairs: bool = True) -> IJBPaths:
+    """The meta files and image folder of ``target`` under ``root``; :class:`DataError` naming the
+    first missing file.  ``pairs=False``: the 1:1 pair file is not looked for (``paths.pairs`` None)."""
     root = Path(root)
-    meta = root / "meta"
-    found = {}
-    for key, suffix in (("faces", "face_tid_mid.txt"), ("pairs", "template_pair_label.txt"),
-                        ("landmarks", "name_5pts_score.txt")):
-        options = [meta / f"{t.lower()}_{suffix}", meta / f"{t}_{suffix}"]
-        hit = next((p for p in options if p.is_file()), None)
-        if hit is None:
-            raise DataError(f"IJB root {root}: {options[0]} not found (insightface layout: "
-                            f"meta/{t.lower()}_{suffix})")
-        found[key] = hit
-    return IJBPaths(found["faces"], found["pairs"], found["landmarks"], root / "loose_crop")
+    faces = find_meta_file(root, target, "face_tid_mid.txt")
+    pair_file = find_meta_file(root, target, "template_pair_label.txt") if pairs else None
+    landmarks = find_meta_file(root, target, "name_5pts_score.txt")
+    return IJBPaths(faces, pair_file, landmarks, root / "loose_crop")
 
 
 @dataclass
