@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or str(Path(ckpt).parent / "eval")
     ensure_writable_dir(out, "--out")
     report = evaluate_checkpoint(ckpt, out, data=cfg.data if cfg else None,
-                                 threshold=args.threshold, device=args.device)
+                                 threshold=args.threshold, device=args.device,
+                                 shot_rule=cfg.eval.shot_rule if cfg else None)
     show = {k: report[k] for k in ("closed_set", "open_set", "threshold", "weights")}
     print(json.dumps(show, indent=2))
     print(f"report: {Path(out) / 'report.json'}")

@@ -2,12 +2,14 @@
 
 A *method* is a YAML file ``METHODS_DIR/<name>.yaml`` (see ``configs/methods``)::
 
-    train: stage1 | stage2 | reuse     # own stage-1 run | stage 2 on plain's stage 1 | plain's model
+    train: stage1 | stage2 | reuse     # own stage-1 run | stage 2 on plain's stage 1 (on a stage 1
+                                       # of its own when its config changes stage 1) | plain's model
     posthoc: none | tau_norm | logit_adjust | openmax
     posthoc_args: {...}                # taus / tau / tailsize, alpha_rank, distance
     score: msp | energy | max_logit | openmax
     score_args: {T: 1.0}               # energy temperature
     config: {stage1: {...}}            # overlay on the base recipe (checked like any config)
+    by_recipe: {places_lt: {...}}      # an overlay for the recipe of that name only
 
 Every method's config is ``recipe + plain's overlay + its overlay + --set``; all of them share the
 data, backbone and sampler of the recipe.  Training goes to ``OUT/runs/<method>/stageN``; a

@@ -30,10 +30,11 @@ def _clean(d: dict) -> dict:
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
                         data: Optional[DataConfig] = None, threshold: Optional[float] = None,
-                        device: str = "auto") -> dict:
+                        device: str = "auto", shot_rule: Optional[str] = None) -> dict:
     """Closed- and open-set evaluation of the weights file ``checkpoint`` (pick it with
     :func:`facelt.models.eval_weights.evaluation_weights`); writes ``report.json`` (which weights:
-    ``weights``, ``weights_file``) and ``predictions.csv``."""
+    ``weights``, ``weights_file``) and ``predictions.csv``. ``shot_rule`` (None: the
+    checkpoint's ``eval.shot_rule``) names the bucket rule."""
     dev = pick_device(device)
     net, cfg, state = net_from_checkpoint(checkpoint, dev)
     data = data or cfg.data
@@ -49,6 +50,9 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
         raise FaceltError(f"test split has labels >= {len(counts)} (the checkpoint's classes)")
     p_open = predict(net, open_split.dataset, dev, bs, nw, desc="open") if open_split else None
     ev = cfg.eval
+    if shot_rule is not None:
+        from dataclasses import replace
+        ev = replace(ev, shot_rule=shot_rule)
     closed = closed_set_report(p_test, counts, ev.many, ev.few, ev.shot_rule)
     opened = open_set_report(p_test, p_open, counts, thr, ev.many, ev.few, ev.sweep, ev.shot_rule)
     report = {
