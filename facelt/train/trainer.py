@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 from facelt.config import Config, config_yaml
 from facelt.errors import FaceltError
 from facelt.openset.evaluate import closed_set_report, predict
+from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.models.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
@@ -35,7 +36,6 @@ from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
-from facelt.parallel.sharding import evaluation_net
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.train.verify_callback import VerificationCallback, verification_summary
@@ -72,7 +72,7 @@ def validate(parts: StageParts) -> dict:
     val = parts.data.val
     if val is None:
         return {}
-    net = evaluation_net(parts.net, parts.dist.is_primary)  # collective with a sharded head
+    net = parts.strategy.evaluation_net(parts.net)  # collective
     if net is None or not parts.dist.is_primary:
         return {}
     cfg = parts.cfg
@@ -97,7 +97,7 @@ class MidEpochCheckpoint:
             return
         parts = ctx.parts
         totals = ctx.sums.to(parts.device, copy=True)  # reduced in place: never the local sums
-        D.all_reduce_sum(totals)  # the epoch's running sums over all ranks
+        col.all_reduce_sum(totals)  # the epoch's running sums over all ranks
         sums = (totals.cpu() / parts.dist.world_size).tolist()
         state = TrainState(epoch=ctx.epoch - 1, complete=False, best=self.state.best,
                            metrics=self.state.metrics,
@@ -105,7 +105,7 @@ class MidEpochCheckpoint:
         ckpt = checkpoint_state(parts, state)  # collective
         if parts.dist.is_primary:
             save_checkpoint(self.path, ckpt)
-        D.barrier()
+        col.barrier()
 
 
 class StageTrainer:
@@ -235,7 +235,7 @@ class StageTrainer:
                 epoch_seconds.append(time.monotonic() - began)  # training + validation + saving
                 print(eta_line(self.stage, epoch + 1, self.st.epochs, epoch_seconds,
                                self.later_epochs), flush=True)
-            D.barrier()
+            col.barrier()
             for cb in epoch_callbacks:
                 cb(EpochContext(parts, state, metrics))
             run_epochs += 1
@@ -287,7 +287,7 @@ def lock_output(out: Path, dist: D.DistInfo) -> RunLock:
         except FaceltError as exc:
             error = exc
     flag = torch.tensor([0.0 if error is None else 1.0], device=dist.device)
-    D.all_reduce_sum(flag)
+    col.all_reduce_sum(flag)
     if error is not None:
         raise error
     if flag.item() > 0:
