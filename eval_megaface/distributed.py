@@ -104,12 +104,11 @@ def distributed_stream_topk(queries: np.ndarray, ff: FeatureFile, order: np.ndar
     """:func:`~eval_megaface.search.stream_topk` over the ranks of ``dist`` (a
     :class:`facelt.parallel.process.DistInfo`; collective): the merged lists on rank 0, ``None``
     on the other ranks."""
-    import torch.distributed as tdist
+    from facelt.parallel.collectives import all_gather_objects
     mine = stream_topk_share(queries, ff, order, sizes, dist.rank, dist.world_size, k=k,
                              chunk_rows=chunk_rows, normalize=normalize, backend=backend)
     payload = [(t.scores, t.ids) for t in mine]
-    gathered = [None] * dist.world_size
-    tdist.all_gather_object(gathered, payload)
+    gathered = all_gather_objects(payload)
     if not dist.is_primary:
         return None
     per_rank = [[TopK(s, i) for s, i in rank_lists] for rank_lists in gathered]

@@ -234,7 +234,7 @@ class StageConfig:
     shard_head: bool = False
     """Class-sharded head under torchrun (Partial-FC style, heads ``meta``, ``arcface``,
     ``cosface``, ``linear``): each process owns a contiguous slice of the classes and their
-    classifier / centroid / hallucinator rows; checkpoints stay unsharded (facelt/parallel/sharding.py)."""
+    classifier / centroid / hallucinator rows; checkpoints stay unsharded (facelt/parallel/strategy.py)."""
     sample_rate: float = field(default=1.0, metadata={"gt": 0, "le": 1})
     """With ``shard_head`` and a ``linear`` / ``arcface`` / ``cosface`` head: each step trains the
     classes of the batch and a random ``sample_rate`` share of the others (Partial FC)."""

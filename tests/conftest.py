@@ -22,6 +22,18 @@ def demo_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def seven_class_data(tmp_path_factory) -> Path:
+    """7 classes of 16x16 images (4 to 40 a class), 2 val / 2 test a class, 1 open class: not
+    divisible by 2 or 3 processes (the class-sharded heads: 4 + 3, 3 + 2 + 2 classes)."""
+    from pipelines.demo_data import DemoSpec, make_demo_dataset
+    out = tmp_path_factory.mktemp("demo7")
+    make_demo_dataset(out, DemoSpec(num_classes=7, open_classes=1, max_count=40, min_count=4,
+                                    val_per_class=2, test_per_class=2, open_per_class=2,
+                                    image_size=16, seed=1))
+    return out
+
+
 def demo_overrides(data: Path, epochs: int = 2) -> list[str]:
     return [f"data.root={data}", f"data.splits_dir={data}", "data.image_size=24",
             "data.num_workers=0", f"stage1.epochs={epochs}", f"stage2.epochs={epochs}",

@@ -9,7 +9,7 @@ from torch import nn
 from facelt.parallel.sharded_losses import sharded_cross_entropy
 from facelt.parallel.sharded_heads import ShardedLinearHead
 from facelt.parallel.process import teardown
-from facelt.parallel.sharding import agree_on_overflow
+from facelt.parallel.strategy import agree_on_overflow
 
 
 class Net(nn.Module):

@@ -93,7 +93,7 @@ def test_a_backbone_added_to_the_table_is_accepted_everywhere(monkeypatch, demo_
         lambda ch, stem: SmallCNN(ch, widths=(4, 8, 16))))
     cfg = check_component_names(load_config(RECIPE, ["model.backbone=tiny_cnn"]))
     net = build_net(cfg, 1, 5)
-    assert net.backbone.out_channels == 16 and net.head.fc.weight.shape == (5, 16)
+    assert net.body.backbone.out_channels == 16 and net.head.fc.weight.shape == (5, 16)
     out = tmp_path / "run"
     rc, err = _train(["--stage", "1", "--out", str(out),
                       *set_args(demo_overrides(demo_data, epochs=1)),
@@ -103,7 +103,7 @@ def test_a_backbone_added_to_the_table_is_accepted_everywhere(monkeypatch, demo_
     from facelt.models.checkpoint import net_from_checkpoint
     net, saved, _ = net_from_checkpoint(out / "stage1" / "checkpoint.pt", torch.device("cpu"))
     assert saved.model.backbone == "tiny_cnn"
-    assert [m.out_channels for m in net.backbone.modules() if isinstance(m, torch.nn.Conv2d)] == \
+    assert [m.out_channels for m in net.body.backbone.modules() if isinstance(m, torch.nn.Conv2d)] == \
         [4, 8, 16]
 
 

@@ -54,7 +54,7 @@ def test_two_process_stage2_matches_one_process(demo_data, tmp_path):
     # a real run: centroids were set and trained; the frozen backbone stayed at stage 1's weights
     s1 = load_checkpoint(one / "stage1" / "checkpoint.pt")
     assert a["model"]["head.centroids"].abs().sum() > 0
-    backbone = [k for k in s1["model"] if k.startswith("backbone.") and s1["model"][k].is_floating_point()]
+    backbone = [k for k in s1["model"] if k.startswith("body.backbone.") and s1["model"][k].is_floating_point()]
     assert backbone and all(torch.equal(a["model"][k], s1["model"][k]) for k in backbone)
     head = [k for k in a["model"] if k.startswith("head.") and k != "head.centroids"]
     assert head

@@ -40,7 +40,7 @@ def test_two_stages_write_checkpoints_metrics_and_report(trained, demo_data, tmp
         assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
         assert (out / f"stage{s}" / "best.pt").is_file()
     s2 = load_checkpoint(out / "stage2" / "checkpoint.pt")
-    assert "head.centroids" in s2["model"] and "attention.nonlocal_block.out.weight" in s2["model"]
+    assert "head.centroids" in s2["model"] and "body.attention.nonlocal_block.out.weight" in s2["model"]
     # per-module learning rates of the recipe
     lrs = json.loads((out / "stage2" / "metrics.jsonl").read_text().splitlines()[0])["lr"]
     assert lrs == {"backbone": 0.005, "attention": 0.05, "classifier": 0.05, "centroids": 0.01}
@@ -162,7 +162,7 @@ def test_class_means_equal_per_class_average(demo_data):
     cfg = load_config(ROOT / "configs" / "demo_list.yaml", demo_overrides(demo_data))
     split = build_split(cfg.data, "train", train=False)
     net = build_net(cfg, 2, 6).eval()
-    means, counts = class_means(net, split.dataset, 6, 50, 0, DistInfo())
+    means, counts = class_means(net.body, split.dataset, 6, 50, 0, DistInfo())
     feats, labels = [], []
     with torch.no_grad():
         for i in range(len(split.dataset)):

@@ -24,7 +24,7 @@ def face_rec(tmp_path_factory):
 def test_ms1m_lt_recipe_builds_the_paper_network():
     cfg = load_config(ROOT / "configs" / "ms1m_lt.yaml")
     net = build_net(cfg, 2, 100)
-    assert net.backbone.out_channels == 2048
+    assert net.body.backbone.out_channels == 2048
     with torch.no_grad():
         out = net.eval()(torch.zeros(2, 3, 112, 112))
     assert out["features"].shape == (2, 512) and out["logits"].shape == (2, 100)

@@ -210,7 +210,7 @@ def test_compare_plain_and_fslwf_end_to_end(compared):
     assert (model["head.centroids"].norm(dim=1) > 0).all()
     # the backbone's weights are plain's, frozen (BN statistics re-estimated: frozen_bn train)
     for key, value in plain.items():
-        if key.startswith("backbone.") and not key.endswith(
+        if key.startswith("body.backbone.") and not key.endswith(
                 ("running_mean", "running_var", "num_batches_tracked")):
             assert torch.equal(model[key], value), key
     # compare's head-on-embeddings path equals the network's own forward

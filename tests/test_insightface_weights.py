@@ -42,9 +42,9 @@ def arcface_torch_file(tmp_path_factory):
             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    state = {k: v for k, v in src.backbone.state_dict().items()}
+    state = {k: v for k, v in src.body.backbone.state_dict().items()}
     names = {"bn2d": "bn2", "fc": "fc", "bn1d": "features"}
-    for k, v in src.neck.state_dict().items():
+    for k, v in src.body.neck.state_dict().items():
         mod, _, rest = k.partition(".")
         state[f"{names[mod]}.{rest}"] = v
     path = tmp / "backbone.pth"

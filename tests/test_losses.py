@@ -92,3 +92,68 @@ def test_reference_centroid_update_is_the_center_loss_style_gradient():
     torch.testing.assert_close(c.grad, torch.tensor([[-2 / 9], [-2 / 3]], dtype=torch.float64))
     torch.testing.assert_close(v.grad, 0.01 * torch.tensor([[-1.0], [3.0], [4.0]],
                                                            dtype=torch.float64) / 3)
+
+
+class _ThreadSum:
+    """An all-reduce SUM between threads (each thread one 'process' of a DDP batch)."""
+
+    def __init__(self, n: int) -> None:
+        import threading
+        self.barrier = threading.Barrier(n)
+        self.parts: dict[int, torch.Tensor] = {}
+
+    def for_rank(self, rank: int):
+        def global_sum(t: torch.Tensor) -> torch.Tensor:
+            self.parts[rank] = t.clone()
+            self.barrier.wait()
+            total = sum(self.parts[r] for r in sorted(self.parts))
+            self.barrier.wait()
+            return t.copy_(total)
+        return global_sum
+
+
+def _share_gradients(margin: float, with_global_sum: bool):
+    """The by-hand case split over 2 'processes' (one sample each): each share's loss and its
+    gradients w.r.t. its own feature and the (replicated) centroids."""
+    import threading
+    feats, cents, labels = _case()
+    reducer = _ThreadSum(2)
+    out = [None, None]
+
+    def share(r: int) -> None:
+        v = feats.detach()[r:r + 1].clone().requires_grad_(True)
+        c = cents.detach().clone().requires_grad_(True)
+        loss = DiscCentroidLoss(margin=margin, repel_weight=0.01,
+                                global_sum=reducer.for_rank(r) if with_global_sum else None)(
+            v, labels[r:r + 1], c)
+        loss.backward()
+        out[r] = (loss.detach(), v.grad[0], c.grad)
+
+    threads = [threading.Thread(target=share, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_ddp_shares_reach_the_one_process_gradient_when_the_hinge_splits():
+    """Margin 2: the whole batch's mean other-class distance is 1.5 (repel active), share 0's alone
+    is 1 / 2 = 0.5 (active), share 1's is 5 / 2 = 2.5 (inactive). With ``global_sum`` the hinge is
+    the whole batch's, so DDP's average of the shares' gradients is the one-process gradient:
+    features (each share's, averaged over the 2 processes) and centroids (averaged)."""
+    feats, cents, labels = _case()
+    whole = DiscCentroidLoss(margin=2.0, repel_weight=0.01)(feats, labels, cents)
+    whole.backward()
+    # by hand, as in test_value_and_gradients_by_hand (the repel gradient does not depend on the
+    # margin while active): v0 [0.505, 0], v1 [-0.01, 0.495]; c0 [-0.49, 0.005], c1 [-0.005, -0.5]
+    assert torch.allclose(feats.grad, torch.tensor([[0.505, 0.0], [-0.01, 0.495]]), atol=1e-6)
+    shares = _share_gradients(2.0, with_global_sum=True)
+    for r in range(2):
+        torch.testing.assert_close(shares[r][1] / 2, feats.grad[r])
+    torch.testing.assert_close((shares[0][2] + shares[1][2]) / 2, cents.grad)
+    # the logged value (mean over the shares) is the whole batch's loss
+    torch.testing.assert_close((shares[0][0] + shares[1][0]) / 2, whole.detach())
+    # without it each share takes its own hinge: share 1 loses its repel gradient
+    alone = _share_gradients(2.0, with_global_sum=False)
+    assert torch.allclose(alone[1][1] / 2, torch.tensor([0.0, 0.5]))

@@ -17,7 +17,7 @@ from facelt.models.backbone_table import build_backbone
 from facelt.models.heads import (CosineHead, LinearHead, MarginHead, MetaEmbeddingHead,
                                  nearest_squared, squash)
 from facelt.models.necks import FaceNeck, PoolNeck
-from facelt.models.net import OLTRNet, param_groups
+from facelt.models.net import Body, OLTRNet, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -305,7 +305,7 @@ def _tiny_net(meta: bool = True) -> OLTRNet:
     backbone = build_backbone("small_cnn", in_channels=1)
     neck = PoolNeck(backbone.out_channels)
     head = MetaEmbeddingHead(neck.out_dim, 5) if meta else LinearHead(neck.out_dim, 5)
-    return OLTRNet(backbone, neck, head, attention=ModulatedAttention(backbone.out_channels))
+    return OLTRNet(Body(backbone, neck, attention=ModulatedAttention(backbone.out_channels)), head)
 
 
 def test_oltr_net_forward_and_embed():
@@ -326,7 +326,7 @@ def test_param_groups_partition_the_parameters():
     ids = [id(p) for g in groups.values() for p in g]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
     assert len(groups["centroids"]) == 1 and groups["centroids"][0] is net.head.centroids
-    assert {id(p) for p in groups["attention"]} == {id(p) for p in net.attention.parameters()}
+    assert {id(p) for p in groups["attention"]} == {id(p) for p in net.body.attention.parameters()}
     assert param_groups(_tiny_net(meta=False))["centroids"] == []
 
 

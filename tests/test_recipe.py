@@ -141,10 +141,10 @@ def test_build_net_uses_the_reference_or_conv_attention():
     from facelt.models.attention import ReferenceSpatialAttention, SpatialAttention
     from facelt.models.build import build_net
     ref = build_net(_cfg(), 2, 5)
-    assert isinstance(ref.attention.spatial, ReferenceSpatialAttention)
-    assert ref.attention.spatial.size == 7           # 28 -> 14 -> 7 in small_cnn
+    assert isinstance(ref.body.attention.spatial, ReferenceSpatialAttention)
+    assert ref.body.attention.spatial.size == 7           # 28 -> 14 -> 7 in small_cnn
     conv = build_net(_cfg(spatial_attention="conv"), 2, 5)
-    assert isinstance(conv.attention.spatial, SpatialAttention)
+    assert isinstance(conv.body.attention.spatial, SpatialAttention)
 
 
 def test_fc_add_is_relu_linear_after_pooling_and_part_of_the_feature_model():
@@ -152,22 +152,22 @@ def test_fc_add_is_relu_linear_after_pooling_and_part_of_the_feature_model():
     from facelt.models.net import param_groups
     from facelt.train.stage import freeze_backbone
     net = build_net(_cfg(fc_add=4, attention=False), 2, 3).eval()
-    assert net.fc_add.fc.weight.shape == (4, 128) and net.head.hallucinator.weight.shape == (3, 4)
+    assert net.body.fc_add.fc.weight.shape == (4, 128) and net.head.hallucinator.weight.shape == (3, 4)
     x = torch.randn(2, 1, 28, 28)
-    pooled = net.backbone(x).mean(dim=(2, 3))
-    w, b = net.fc_add.fc.weight, net.fc_add.fc.bias
+    pooled = net.body.backbone(x).mean(dim=(2, 3))
+    w, b = net.body.fc_add.fc.weight, net.body.fc_add.fc.bias
     want = (pooled @ w.t() + b).clamp_min(0)
     torch.testing.assert_close(net.embed(x), want)
     ids = {id(p) for p in param_groups(net)["backbone"]}
     assert id(w) in ids and id(b) in ids
     freeze_backbone(net)                     # the reference's fix: attention and fc still train
-    assert w.requires_grad and not any(p.requires_grad for p in net.backbone.parameters())
+    assert w.requires_grad and not any(p.requires_grad for p in net.body.backbone.parameters())
     # -1: stage 1's width
     cfg = _cfg(fc_add=-1, attention=False)
     cfg.stage1.fc_add = 6
-    assert build_net(cfg, 2, 3).fc_add.out_dim == 6
+    assert build_net(cfg, 2, 3).body.fc_add.out_dim == 6
     cfg.stage1.fc_add = 0
-    assert build_net(cfg, 2, 3).fc_add is None
+    assert build_net(cfg, 2, 3).body.fc_add is None
 
 
 def test_hallucinator_starts_from_the_stage1_classifier():
@@ -196,9 +196,9 @@ def test_frozen_backbone_bn_train_mode_moves_running_stats_not_weights():
         net = build_net(cfg, 2, 3)
         net.head.init_centroids(torch.randn(3, 128))
         freeze_backbone(net)
-        bn = net.backbone.features[1]
+        bn = net.body.backbone.features[1]
         mean0, weight0 = bn.running_mean.clone(), bn.weight.detach().clone()
-        conv0 = net.backbone.features[0].weight.detach().clone()
+        conv0 = net.body.backbone.features[0].weight.detach().clone()
         opt = build_optimizer(net, cfg.stage2)
         set_train_mode(net, cfg.stage2)
         assert bn.training is stats_move
@@ -208,7 +208,7 @@ def test_frozen_backbone_bn_train_mode_moves_running_stats_not_weights():
         opt.step()
         assert (not torch.equal(bn.running_mean, mean0)) is stats_move
         torch.testing.assert_close(bn.weight.detach(), weight0, rtol=0, atol=0)
-        torch.testing.assert_close(net.backbone.features[0].weight.detach(), conv0, rtol=0, atol=0)
+        torch.testing.assert_close(net.body.backbone.features[0].weight.detach(), conv0, rtol=0, atol=0)
 
 
 def test_cosface_margin_is_0_35_by_default_and_arcface_0_5():
@@ -274,12 +274,12 @@ def test_tau_norm_drops_the_bias_like_classifier_balancing():
     from facelt.compare.evaluator import MethodEvaluator
     from facelt.compare.methods import MethodSpec
     from facelt.models.heads import LinearHead
-    from facelt.models.net import OLTRNet
+    from facelt.models.net import Body, OLTRNet
     head = LinearHead(2, 2)
     with torch.no_grad():
         head.fc.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
         head.fc.bias.copy_(torch.tensor([0.0, 5.0]))
-    net = OLTRNet(torch.nn.Identity(), torch.nn.Identity(), head)
+    net = OLTRNet(Body(torch.nn.Identity(), torch.nn.Identity()), head)
     f = np.array([[1.0, 0.5]], np.float32)
     val = Collected(f, np.array([0]))
     for bias, pred, z in ((False, 0, (2.0, 0.5)), (True, 1, (2.0, 5.5))):

@@ -77,7 +77,7 @@ def test_places_lt_pretrained_and_freezing(tiny_benchmark, tmp_path):
     cfg = load_config(ROOT / "configs" / "places_lt.yaml", over[1::2])
     # the pretrained weights are what stage 1 starts from
     parts = build_stage(cfg, 1, out=tmp_path / "probe")
-    own = parts.net.backbone.state_dict()
+    own = parts.net.body.backbone.state_dict()
     for k in ("conv1.weight", "layer4.2.conv3.weight", "layer3.35.bn2.running_mean"):
         assert torch.equal(own[k], ref[k]), k
 
@@ -85,21 +85,21 @@ def test_places_lt_pretrained_and_freezing(tiny_benchmark, tmp_path):
     # stage 2 starts from stage 1's best-on-val weights (the reference's state_dict_best)
     s1 = load_checkpoint(tmp_path / "run" / "stage1" / "best.pt")["model"]
     s2 = load_checkpoint(tmp_path / "run" / "stage2" / "checkpoint.pt")["model"]
-    backbone = [k for k in s1 if k.startswith("backbone.")]
+    backbone = [k for k in s1 if k.startswith("body.backbone.")]
     assert len(backbone) > 900
     stats = ("running_mean", "running_var", "num_batches_tracked")
     for k in backbone:  # frozen weights; BN statistics re-estimated (train() mode, the reference)
         if not k.endswith(stats):
             assert torch.equal(s1[k], s2[k]), k
-    assert not torch.equal(s1["backbone.bn1.running_mean"], s2["backbone.bn1.running_mean"])
-    trainable = [k for k in s2 if k.startswith(("attention.", "head.")) and k != "head.centroids"]
-    changed = [k for k in trainable if k.startswith("head.") or k.startswith("attention.")]
+    assert not torch.equal(s1["body.backbone.bn1.running_mean"], s2["body.backbone.bn1.running_mean"])
+    trainable = [k for k in s2 if k.startswith(("body.attention.", "head.")) and k != "head.centroids"]
+    changed = [k for k in trainable if k.startswith("head.") or k.startswith("body.attention.")]
     assert any(not torch.equal(s2[k], torch.zeros_like(s2[k])) for k in changed)
     # use_fc: ReLU(Linear(2048 -> 512)) from stage 1, still trained; centroids live in 512-d
-    assert not torch.equal(s1["fc_add.fc.weight"], s2["fc_add.fc.weight"])
+    assert not torch.equal(s1["body.fc_add.fc.weight"], s2["body.fc_add.fc.weight"])
     assert s2["head.centroids"].shape == (365, 512)
     # the attention output conv started at zero and has been updated by the one step
-    assert s2["attention.nonlocal_block.out.weight"].abs().sum() > 0
+    assert s2["body.attention.nonlocal_block.out.weight"].abs().sum() > 0
 
 
 def test_missing_pretrained_file_is_a_clear_error(tiny_benchmark, tmp_path, capsys):

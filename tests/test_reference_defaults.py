@@ -253,13 +253,15 @@ def test_a_stage2_method_with_its_own_stage1_trains_it_once(demo_data, tmp_path)
     runs = tmp_path / "out" / "runs"
     assert load_checkpoint(runs / "plain" / "stage1" / "checkpoint.pt")["config"]["stage1"][
         "fc_add"] == 0
+    def fc_add(model: dict) -> torch.Tensor:
+        return next(v for k, v in model.items() if k.endswith("fc_add.fc.weight"))
     crt1 = load_checkpoint(runs / "crt" / "stage1" / "checkpoint.pt")
-    assert crt1["config"]["stage1"]["fc_add"] == 8 and crt1["model"]["fc_add.fc.weight"].shape[0] == 8
+    assert crt1["config"]["stage1"]["fc_add"] == 8 and fc_add(crt1["model"]).shape[0] == 8
     assert not (runs / "lws" / "stage1").exists()         # LWS shares cRT's stage 1
     for name in ("crt", "lws"):
         s2 = load_checkpoint(runs / name / "stage2" / "checkpoint.pt")["model"]
-        assert s2["fc_add.fc.weight"].shape[0] == 8
-        torch.testing.assert_close(s2["fc_add.fc.weight"], crt1["model"]["fc_add.fc.weight"])
+        # cosine over 1 epoch trains at 0 (classifier-balancing's schedule): stage 1's fc_add kept
+        torch.testing.assert_close(fc_add(s2), fc_add(crt1["model"]))
     assert set(rep["methods"]) == {"plain", "crt", "lws"}
 
 

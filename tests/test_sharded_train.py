@@ -20,20 +20,9 @@ from facelt.cli import main
 from facelt.config import load_config
 from facelt.errors import ConfigError
 from facelt.models.checkpoint import load_checkpoint
-from facelt.parallel.sharding import check_shard_config
+from facelt.parallel.strategy import check_shard_config
 from tests.conftest import ROOT, free_port, run_torchrun, set_args
 
-
-
-
-@pytest.fixture(scope="module")
-def seven_class_data(tmp_path_factory):
-    from pipelines.demo_data import DemoSpec, make_demo_dataset
-    out = tmp_path_factory.mktemp("demo7")
-    make_demo_dataset(out, DemoSpec(num_classes=7, open_classes=1, max_count=40, min_count=4,
-                                    val_per_class=2, test_per_class=2, open_per_class=2,
-                                    image_size=16, seed=1))
-    return out
 
 
 def _overrides(data):

@@ -1,6 +1,6 @@
 """ONNX face models both ways, in the insightface model-zoo convention.
 
-* :func:`export_onnx` writes a network's embedding part (``net.embed``; never the classifier) as
+* :func:`export_onnx` writes a network's body (``net.body``: images -> ``v``; never the head) as
   one NCHW float RGB input of the model's size with a dynamic batch and one ``(N, d)`` output.
   Normalisation ``(x - 127.5) / 127.5`` is either left to the caller (``normalize="outside"``,
   what insightface's ``ArcFaceONNX`` assumes by default) or put into the graph as its first
@@ -32,27 +32,28 @@ OPSET = 17
 class _EmbeddingGraph(torch.nn.Module):
     """What is exported: optional in-graph normalisation, then the embedding network."""
 
-    def __init__(self, net: torch.nn.Module, normalize_inside: bool) -> None:
+    def __init__(self, body: torch.nn.Module, normalize_inside: bool) -> None:
         super().__init__()
-        self.net = net
+        self.body = body
         self.normalize_inside = normalize_inside
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize_inside:
             x = (x - FACE_MEAN) * (1.0 / FACE_STD)
-        return self.net.embed(x) if hasattr(self.net, "embed") else self.net(x)
+        return self.body(x)
 
 
 def export_onnx(net: torch.nn.Module, out: Union[str, os.PathLike], image_size: int = 112,
                 channels: int = 3, normalize: Normalize = "outside", opset: int = OPSET) -> Path:
-    """Export ``net``'s embedding (``net.embed``) to ``out`` (written to a temporary name, then
-    renamed); returns the path.  The network is exported in eval mode on the CPU."""
+    """Export ``net``'s body (a facelt network's ``net.body``, or ``net`` itself when it is a
+    module mapping images to embeddings) to ``out`` (written to a temporary name, then renamed);
+    returns the path.  The network is exported in eval mode on the CPU."""
     import onnx
 
     from facelt.utils.io import atomic_path
     if normalize not in ("outside", "inside"):
         raise ValueError(f"normalize must be 'outside' or 'inside', got {normalize!r}")
-    graph = _EmbeddingGraph(net, normalize == "inside").cpu().eval()
+    graph = _EmbeddingGraph(getattr(net, "body", net), normalize == "inside").cpu().eval()
     dummy = torch.full((2, channels, image_size, image_size), 127.0)
     out = Path(out)
     with atomic_path(out) as tmp, warnings.catch_warnings():

@@ -368,7 +368,7 @@ class VerificationSet:
 
         ``model`` is an image embedder (:mod:`facelt.features.embed`: a :class:`~facelt.features.embed.TorchEmbedder`,
         an :class:`~facelt.faces.onnx_io.OnnxEmbedder`, anything with ``input_size`` and a call on uint8
-        RGB batches) or a face network (``net.embed``; insightface's ``(x - 127.5) / 127.5`` input
+        RGB batches) or a face network (its ``net.body``; insightface's ``(x - 127.5) / 127.5`` input
         at the set's image size).
         """
         from facelt.features.embed import TorchEmbedder, embed_array

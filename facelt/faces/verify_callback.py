@@ -32,6 +32,7 @@ import torch
 
 from facelt.config import Config
 from facelt.errors import DataError, FaceltError
+from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.utils.io import write_json, write_text
 
@@ -93,7 +94,7 @@ def _rank0_then_all(dist: D.DistInfo, fn: Callable[[], dict], what: str) -> dict
         except Exception as exc:  # noqa: BLE001 -- re-raised below, after the others are told
             error = exc
     flag = torch.tensor([0.0 if error is None else 1.0], device=dist.device)
-    D.all_reduce_sum(flag)  # the others wait here for rank 0
+    col.all_reduce_sum(flag)  # the others wait here for rank 0
     if error is not None:
         raise error
     if flag.item() > 0:

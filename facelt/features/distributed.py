@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Union
 from facelt.errors import DataError
 from facelt.features.files import (PROGRESS_SUFFIX, embed_rows, finalize_feature_memmap, partial_path,
                              source_path, write_feature_memmap)
+from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.utils.io import write_json
 
@@ -93,7 +94,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
             mm.flush()
             del mm
             write_json(header, settings)
-    D.barrier()
+    col.barrier()
     start, stop = batch_share(num_rows, batch_size, rank, world)
     mine = rank_progress_path(out, rank)
     done = start
@@ -120,7 +121,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
                                 f"{stop} (progress kept in {mine}: rerun to resume)")
         finally:
             del mm
-    D.barrier()
+    col.barrier()
     if dist.is_primary:
         check_shares_done(out, num_rows, batch_size, world)
         source_path(out).unlink(missing_ok=True)
@@ -135,7 +136,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
             rank_progress_path(out, r).unlink(missing_ok=True)
         with contextlib.suppress(FileNotFoundError):
             header.unlink()
-    D.barrier()
+    col.barrier()
     return out
 
 

@@ -150,8 +150,8 @@ def batched(images: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarra
 class TorchEmbedder:
     """A torch network as an :class:`ImageEmbedder`.
 
-    ``net`` is a facelt network (``net.embed(x)``) or any module mapping ``(B, 3, H, W)`` float
-    to ``(B, d)``.  Pixels become ``(x - mean) / std`` per channel (``mean``/``std`` in 0..255
+    ``net`` is a facelt network (its body ``net.body`` runs) or any module mapping
+    ``(B, 3, H, W)`` float to ``(B, d)``.  Pixels become ``(x - mean) / std`` per channel (``mean``/``std`` in 0..255
     units; insightface's 127.5 / 127.5 by default), unless ``preprocess`` (uint8 RGB batch ->
     float tensor) is given.
     """
@@ -167,7 +167,7 @@ class TorchEmbedder:
         self.mean = torch.tensor(np.broadcast_to(np.asarray(mean, np.float32), (3,)).copy()).view(1, 3, 1, 1)
         self.std = torch.tensor(np.broadcast_to(np.asarray(std, np.float32), (3,)).copy()).view(1, 3, 1, 1)
         self.preprocess = preprocess
-        self.forward = net.embed if hasattr(net, "embed") else net
+        self.forward = getattr(net, "body", net)
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         """The network input for a uint8 RGB batch."""

@@ -54,10 +54,11 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
     if net is None:
         net, _, _ = net_from_checkpoint(checkpoint, dev)
     net.eval()
+    body = net.body
 
     @torch.no_grad()
     def embed(x: torch.Tensor) -> torch.Tensor:
-        return net.embed(x.to(dev)).float().cpu()
+        return body(x.to(dev)).float().cpu()
 
     def batches(first_row: int):
         sub = Subset(dataset, range(first_row, len(dataset)))

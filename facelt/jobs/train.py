@@ -18,6 +18,7 @@ from facelt.errors import FaceltError
 from facelt.faces.verify_callback import VerificationCallback
 from facelt.models.components import check_component_names
 from facelt.openset.evaluate import ClosedSetValidation
+from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.train.trainer import StageResult, StageTrainer
 from facelt.utils.run_lock import RunLock, lock_run_folder
@@ -62,7 +63,7 @@ def lock_output(out: Path, dist: D.DistInfo) -> RunLock:
         except FaceltError as exc:
             error = exc
     flag = torch.tensor([0.0 if error is None else 1.0], device=dist.device)
-    D.all_reduce_sum(flag)
+    col.all_reduce_sum(flag)
     if error is not None:
         raise error
     if flag.item() > 0:

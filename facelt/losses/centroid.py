@@ -14,13 +14,22 @@ Gradients flow by autograd to features and centroids (``centroid_update="autogra
 ``centroid_update="reference"`` the attract term's gradient w.r.t. the centroids is the OLTR
 reference's center-loss-style one, ``sum_{i: y_i = k} (c_k - v_i) / (1 + n_k) / B`` (n_k: the
 class's samples in the batch), which ignores the loss weights; features get the usual gradient.
+
+Under DDP each process holds a share of the batch and the gradients are averaged: the loss is
+given ``global_sum`` (a function summing a tensor over those processes, in place: the caller's
+collective; this module does no communication), so the terms that are not means over the batch,
+the repel hinge and the reference update's ``n_k``, are those of the global batch, as one process
+computes them.
 """
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from facelt.parallel.collectives import world_size
+#: sums a tensor over the processes that share a DDP batch, in place, and returns it
+GlobalSum = Callable[[torch.Tensor], torch.Tensor]
 
 
 class _ReferenceAttract(torch.autograd.Function):
@@ -73,11 +82,13 @@ class DiscCentroidLoss(nn.Module):
     """Attract features to their class centroid, repel them from the others by a margin."""
 
     def __init__(self, margin: float = 10.0, repel_weight: float = 0.01,
-                 centroid_update: str = "autograd", data_parallel: bool = False) -> None:
-        """``data_parallel``: this process holds a share of a DDP batch (gradients averaged over
-        processes): the reference update's ``n_k`` are all-reduced over the processes."""
+                 centroid_update: str = "autograd", global_sum: Optional[GlobalSum] = None) -> None:
+        """``global_sum``: this process holds a share of a DDP batch (gradients averaged over the
+        processes) and ``global_sum`` sums over them: the repel hinge is taken of the global
+        batch's mean distance (its gradient that of this share's, which DDP averages) and the
+        reference update's ``n_k`` are the global batch's. ``None``: the whole batch is here."""
         super().__init__()
-        self.data_parallel = data_parallel
+        self.global_sum = global_sum
         if centroid_update not in ("autograd", "reference"):
             raise ValueError(f"centroid_update must be 'autograd' or 'reference', got {centroid_update!r}")
         self.margin = margin
@@ -91,8 +102,8 @@ class DiscCentroidLoss(nn.Module):
         own = (features - centroids.index_select(0, labels)).pow(2).sum()
         if self.centroid_update == "reference":
             counts = batch_class_counts(labels, num_classes, features.dtype)
-            if self.data_parallel:  # DDP: n_k of the global batch (gradients are averaged)
-                all_reduce_sum(counts)
+            if self.global_sum is not None:  # DDP: n_k of the global batch (gradients averaged)
+                self.global_sum(counts)
             attract = reference_attract(features, labels, centroids, counts=counts)
         else:
             attract = own / (2.0 * batch)
@@ -104,12 +115,11 @@ class DiscCentroidLoss(nn.Module):
                    + batch * torch.dot(c, c))
         other_sum = all_sum - own                                         # own-class entries out
         mean_other = other_sum / (batch * num_classes)
+        if self.global_sum is not None:
+            # DDP: the hinge of the GLOBAL batch's mean (its value), with the gradient of this
+            # share's mean: DDP's average of the shares' gradients is then the global gradient.
+            total = self.global_sum(torch.stack([other_sum.detach(),
+                                                 other_sum.new_tensor(float(batch))]))
+            mean_other = mean_other + (total[0] / (total[1] * num_classes) - mean_other).detach()
         repel = (self.margin - mean_other).clamp_min(0.0)
         return attract + self.repel_weight * repel
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place SUM over the processes (identity with one)."""
-    if world_size() > 1:
-        torch.distributed.all_reduce(t)
-    return t

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 from torch import nn
 
-from facelt.losses.centroid import DiscCentroidLoss
+from facelt.losses.centroid import DiscCentroidLoss, GlobalSum
 from facelt.losses.classification import Counts, build_loss
 from facelt.losses.feature import build_aux_loss
 
@@ -55,15 +55,16 @@ class StageLoss:
 
 
 def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts,
-                     data_parallel: bool = False) -> StageLoss:
+                     global_sum: Optional[GlobalSum] = None) -> StageLoss:
     """The stage's objective; the centroid loss is added for heads that declare
     ``uses_centroid_loss`` (the meta-embedding head) when ``centroid_loss.weight > 0``.
-    ``data_parallel``: each process holds a share of the batch and DDP averages the gradients
-    (the reference centroid update then uses the global batch's class counts)."""
+    ``global_sum``: each process holds a share of the batch and DDP averages the gradients; the
+    function sums a tensor over the processes (the centroid loss's global-batch terms need it:
+    :class:`~facelt.losses.centroid.DiscCentroidLoss`)."""
     centroid = None
     cl = st.centroid_loss
     if head.uses_centroid_loss and cl.weight > 0:
         centroid = DiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
-                                    centroid_update=cl.update, data_parallel=data_parallel)
+                                    centroid_update=cl.update, global_sum=global_sum)
     return StageLoss(build_loss(st, class_counts), build_aux_loss(st), st.aux_loss_weight,
                      centroid, cl.weight, lambda: head.centroids)

@@ -9,7 +9,7 @@ from facelt.models.attention import ModulatedAttention
 from facelt.models.backbone_table import backbone_entry, build_backbone, insightface_backbones
 from facelt.models.head_table import build_head
 from facelt.models.necks import FaceNeck, FCAdd, PoolNeck
-from facelt.models.net import OLTRNet
+from facelt.models.net import Body, OLTRNet
 
 
 def _backbone(cfg: Config) -> nn.Module:
@@ -31,8 +31,8 @@ def feature_map_size(backbone: nn.Module, channels: int, image_size: int) -> int
     return int(out.shape[-1])
 
 
-def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None = None) -> OLTRNet:
-    """Backbone -> optional modulated attention -> neck -> optional fc_add -> the stage's head."""
+def build_body(cfg: Config, stage: int, image_size: int | None = None) -> Body:
+    """The stage's body: backbone -> optional modulated attention -> neck -> optional fc_add."""
     st = cfg.stage(stage)
     backbone = _backbone(cfg)
     channels = backbone.out_channels
@@ -52,9 +52,14 @@ def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None 
     if width < 0:
         raise ConfigError(f"stage{stage}.fc_add = -1 means 'as stage1.fc_add': not for stage 1")
     fc_add = FCAdd(neck.out_dim, width) if width else None
-    dim = fc_add.out_dim if fc_add is not None else neck.out_dim
-    head = build_head(st, dim, num_classes)
-    return OLTRNet(backbone, neck, head, attention=attention, fc_add=fc_add)
+    return Body(backbone, neck, attention=attention, fc_add=fc_add)
+
+
+def build_net(cfg: Config, stage: int, num_classes: int, image_size: int | None = None) -> OLTRNet:
+    """The stage's network: :func:`build_body`, then the stage's head on the body's width."""
+    body = build_body(cfg, stage, image_size)
+    return OLTRNet(body, build_head(cfg.stage(stage), body.out_dim, num_classes,
+                                    key=f"stage{stage}.head"))
 
 
 def load_pretrained_weights(net: OLTRNet, cfg: Config) -> None:
@@ -71,11 +76,11 @@ def load_pretrained_weights(net: OLTRNet, cfg: Config) -> None:
                               f"({', '.join(insightface_backbones())}), got model.backbone "
                               f"{m.backbone}")
         from facelt.models.iresnet import load_insightface_backbone
-        load_insightface_backbone(net.backbone, m.pretrained,
-                                  neck=net.neck if m.neck == "face" else None)
+        load_insightface_backbone(net.body.backbone, m.pretrained,
+                                  neck=net.body.neck if m.neck == "face" else None)
         return
     from facelt.models.pretrained import load_pretrained_backbone
-    load_pretrained_backbone(net.backbone, m.pretrained, m.pretrained_format)
+    load_pretrained_backbone(net.body.backbone, m.pretrained, m.pretrained_format)
 
 
 def net_from_config(cfg: Config, num_classes: int = 1) -> OLTRNet:

@@ -4,6 +4,8 @@ A checkpoint is a dict with ``format``, the resolved ``config`` (plain data), ``
 ``num_classes``, ``class_counts``, ``class_names``, the ``model`` state dict and, for resuming,
 ``optimizer`` / ``scheduler`` / ``scaler`` states and the torch RNG state. Nothing in it is unpickled
 as code: :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which refuses pickled callables.
+It is also the one place older layouts are read in the current one: model keys written before the
+network had a body (``backbone.*`` ...) become ``body.*`` (:func:`facelt.models.net.upgrade_model_keys`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from facelt.errors import CheckpointError
 from facelt.config import Config, config_from_dict, upgrade_saved_config
 from facelt.models.build import build_net
 from facelt.models.components import check_component_names
-from facelt.models.net import OLTRNet
+from facelt.models.net import OLTRNet, upgrade_model_keys
 from facelt.models.state import load_model_state
 from facelt.utils.io import atomic_path
 
@@ -53,6 +55,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a facelt checkpoint (expected format '{FORMAT}')")
     check_checkpoint_structure(state, p)
+    state["model"] = upgrade_model_keys(state["model"])  # files written before models.net.Body
     return state
 
 

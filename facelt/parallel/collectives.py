@@ -1,4 +1,9 @@
-"""Autograd-aware collectives for class-sharded (tensor-parallel) heads.
+"""Every collective of facelt: plain reductions and gathers, and the autograd-aware ones of the
+class-sharded (tensor-parallel) heads.
+
+Plain: :func:`all_reduce_sum` (in place), :func:`all_reduce_max` / :func:`all_reduce_min`
+(detached copies), :func:`barrier`, :func:`all_gather_padded` (rows of any count),
+:func:`gather_to_primary` (rows on rank 0 only), :func:`all_gather_objects` (picklable values).
 
 Two kinds of tensors meet in a sharded head: *replicated* ones, equal on every rank (the
 all-gathered batch, the memory feature, the loss), and *local* ones, different on each rank (a
@@ -44,6 +49,45 @@ def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
     if world_size(group) > 1:
         dist.all_reduce(t, op=op, group=group)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum ``t`` over the ranks IN PLACE and return it (identity in one process). NCCL reduces
+    device tensors only: pass a tensor on this rank's device."""
+    return _all_reduce(t, dist.ReduceOp.SUM, group)
+
+
+def barrier(group=None) -> None:
+    """Wait until every rank gets here (no-op in one process)."""
+    if world_size(group) > 1:
+        dist.barrier(group=group)
+
+
+def all_gather_objects(obj, group=None) -> list:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+    world = world_size(group)
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def gather_to_primary(x: torch.Tensor, sizes: list[int], group=None) -> list[torch.Tensor] | None:
+    """Every rank's rows of ``x`` (rank r holds ``sizes[r]`` rows; other dimensions equal) on
+    rank 0 only, in rank order, on rank 0's device; ``None`` on the other ranks (collective). Rank 0
+    holds the whole table while gathering, the others never do."""
+    world = world_size(group)
+    if world == 1:
+        return [x]
+    pad = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
+    pad[: x.shape[0]] = x
+    bufs = [torch.empty_like(pad) for _ in range(world)] if rank(group) == 0 else None
+    dist.gather(pad, bufs, dst=dist.get_global_rank(group, 0) if group is not None else 0,
+                group=group)
+    if bufs is None:
+        return None
+    return [b[:n] for b, n in zip(bufs, sizes)]
 
 
 class _CopyToShards(torch.autograd.Function):

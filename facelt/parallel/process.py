@@ -1,7 +1,10 @@
-"""torchrun / DDP plumbing: one process per device, gloo on CPU, NCCL on GPUs.
+"""The processes of a run: who this process is (:class:`DistInfo`), the device it computes on
+(:func:`pick_device`), and joining / leaving the process group (:func:`setup`, :func:`teardown`):
+one process per device, gloo on CPU, NCCL on GPUs.
 
 Under ``torchrun`` the environment carries RANK / WORLD_SIZE / LOCAL_RANK; without it everything
-degrades to a single process and every collective is a no-op.
+degrades to a single process. The collectives themselves are in :mod:`facelt.parallel.collectives`
+(each a no-op in one process).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from facelt.parallel import collectives
 
 
 @dataclass(frozen=True)
@@ -57,18 +62,6 @@ def teardown(after_error: bool = False) -> None:
     process at exit ("terminate called without an active exception"). After an error no barrier:
     the peers may be inside another collective and would never meet this one."""
     if dist.is_available() and dist.is_initialized():
-        if not after_error and dist.get_world_size() > 1:
-            dist.barrier()
+        if not after_error:
+            collectives.barrier()
         dist.destroy_process_group()
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over all ranks in place (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()

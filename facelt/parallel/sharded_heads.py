@@ -15,9 +15,16 @@ needs all K classes goes through a reduction (:mod:`facelt.parallel.collectives`
 No rank holds a ``B x K`` tensor of all classes (only ``B x K/N``) nor anything ``B x K x d``.
 The heads subclass the single-process ones built with ``K_local`` classes, so their parameter
 names are the unsharded head's; :func:`shard_state` / :meth:`ShardedHeadMixin.load_shard` cut an
-unsharded state dict for a rank and :meth:`ShardedHeadMixin.consolidated_state_dict` rebuilds the
-unsharded one (same keys and shapes).  With one process every collective is the identity, and the
-heads compute exactly what the unsharded ones do.
+unsharded state dict for a rank (the consolidation back, for checkpoints, is
+:mod:`facelt.parallel.sharded_state`).  With one process every collective is the identity, and
+the heads compute exactly what the unsharded ones do.
+
+Each sharded head is the twin of one unsharded head: :data:`SHARDED_TWINS` (head name of
+:data:`facelt.models.head_table.HEADS` -> sharded class) is the one table of that relation. A
+twin builds itself from its unsharded head (:meth:`from_head`: same settings, this rank's rows of
+its weights) and gives back an empty unsharded head of the same settings (:meth:`unsharded`, for
+the evaluation copy); both are built on the meta device, so neither draws from the RNG. Adding a
+sharded twin = its class here + one entry in :data:`SHARDED_TWINS`.
 
 The ``B`` rows each rank sees are the concatenation of every rank's batch in rank order; the
 heads' ``aux["labels"]`` is the matching label vector and ``aux["targets"]`` each row's column in
@@ -25,14 +32,15 @@ this rank's logits (-1 where the class lives on another rank), which the sharded
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from facelt.parallel import collectives as col
-from facelt.models.heads import (Aux, LinearHead, MarginHead, MetaEmbeddingHead,
-                                 at_least_float32,
-                                 copy_class_means, nearest_squared)
+from facelt.models.heads import (Aux, Head, LinearHead, MarginHead, MetaEmbeddingHead,
+                                 at_least_float32, copy_class_means, nearest_squared)
 
 
 def class_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -64,40 +72,6 @@ def shard_state(state: dict[str, torch.Tensor], sharded_keys: tuple[str, ...], n
     return out
 
 
-def consolidate_state(state: dict[str, torch.Tensor], sharded_keys: tuple[str, ...],
-                      group=None) -> dict[str, torch.Tensor]:
-    """The unsharded state dict from every rank's shard (collective: call on all ranks; every rank
-    gets the whole dict). Sharded keys are concatenated in rank order; others are rank 0's."""
-    out = {}
-    for key, value in state.items():
-        if key in sharded_keys:
-            out[key] = torch.cat(col.all_gather_padded(value.detach(), group), 0)
-        else:
-            out[key] = value.detach()
-    return out
-
-
-def gather_logits(local_logits: torch.Tensor, group=None) -> torch.Tensor:
-    """All ``B x K`` logits from every rank's ``B x K_local`` columns (tests and small K only:
-    this is exactly the tensor sharding avoids)."""
-    parts = col.all_gather_padded(local_logits.t().contiguous(), group)
-    return torch.cat(parts, 0).t()
-
-
-def sharded_top1(local_logits: torch.Tensor, class_start: int, group=None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Maximum softmax probability over all K classes and the class that has it, ``((B,), (B,))``,
-    from sharded logits (for open-set rejection at evaluation); lowest class index on ties."""
-    logits = local_logits.detach()
-    top = col.all_reduce_max(logits.max(1).values, group)
-    sum_exp = col.reduce_from_shards(torch.exp(logits - top.unsqueeze(1)).sum(1), group)
-    local_best = torch.where(logits == top.unsqueeze(1),
-                             torch.arange(logits.shape[1], device=logits.device) + class_start,
-                             torch.iinfo(torch.int64).max)
-    best = col.all_reduce_min(local_best.min(1).values, group)
-    return 1.0 / sum_exp, best
-
-
 @torch.no_grad()
 def accumulate_shard_sums(sums: torch.Tensor, counts: torch.Tensor, features: torch.Tensor,
                           labels: torch.Tensor, class_start: int, group=None) -> None:
@@ -115,10 +89,54 @@ def accumulate_shard_sums(sums: torch.Tensor, counts: torch.Tensor, features: to
     counts.index_add_(0, local, torch.ones_like(local, dtype=counts.dtype))
 
 
-class ShardedHeadMixin:
-    """Shard bookkeeping shared by the sharded heads (set up by :meth:`_setup_shard`)."""
+def build_on_meta(factory: Callable[[], nn.Module], device: torch.device | str) -> nn.Module:
+    """``factory()`` built on the meta device, then given uninitialised storage on ``device``: no
+    initialisation is computed and nothing is drawn from the RNG (load a state dict into it)."""
+    with torch.device("meta"):
+        module = factory()
+    return module.to_empty(device=device)
 
+
+class ShardedHeadMixin:
+    """Shard bookkeeping shared by the sharded heads (set up by :meth:`_setup_shard`).
+
+    A sharded class declares ``unsharded_class`` (the head it shards), ``sharded_keys`` (its
+    per-class tables, one row per class), ``samples_classes`` (Partial-FC ``sample_rate``
+    support) and :meth:`settings` (the constructor settings both classes share)."""
+
+    unsharded_class: type[Head]
     sharded_keys: tuple[str, ...] = ()
+    samples_classes = False
+
+    @staticmethod
+    def settings(head: Head) -> dict:
+        """The constructor keyword arguments (besides ``num_classes``) that ``head`` (sharded or
+        not) was built with."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_head(cls, head: Head, rank: int, world: int, group=None,
+                  feature_grad_scale: float = 1.0, **options) -> "ShardedHeadMixin":
+        """Rank ``rank``'s twin of the unsharded ``head``: the same settings and this rank's rows
+        of ``head``'s weights, on ``head``'s device (nothing drawn from the RNG). ``options``:
+        ``sample_rate`` / ``sample_seed`` for the heads that sample classes."""
+        state = head.state_dict()
+        rows = state[cls.sharded_keys[0]]
+        twin = build_on_meta(lambda: cls(num_classes=rows.shape[0], rank=rank, world=world,
+                                         group=group, feature_grad_scale=feature_grad_scale,
+                                         **cls.settings(head), **options), rows.device)
+        twin.load_shard(state)
+        trainable = {n: p.requires_grad for n, p in head.named_parameters()}
+        for name, p in twin.named_parameters():
+            p.requires_grad_(trainable[name])
+        return twin
+
+    def unsharded(self) -> Head:
+        """An EMPTY unsharded head of this kind and settings for all K classes, on this head's
+        device (nothing drawn from the RNG): load the consolidated state dict into it."""
+        device = next(iter(self.state_dict().values())).device
+        return build_on_meta(lambda: self.unsharded_class(num_classes=self.num_classes,
+                                                          **self.settings(self)), device)
 
     def _setup_shard(self, num_classes: int, rank: int | None, world: int | None, group,
                      feature_grad_scale: float) -> tuple[int, int]:
@@ -190,10 +208,6 @@ class ShardedHeadMixin:
         return self.load_state_dict(shard_state(state, self.sharded_keys, self.num_classes,
                                                 self.shard_rank, self.world), strict=strict)
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
-        """The unsharded head's state dict (same keys and shapes); collective, on every rank."""
-        return consolidate_state(self.state_dict(), self.sharded_keys, self.group)
-
     def shard_rows(self, table: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a per-class table ``(K, ...)`` (class counts, class means)."""
         if table.shape[0] != self.num_classes:
@@ -211,7 +225,13 @@ class ShardedMetaEmbeddingHead(ShardedHeadMixin, MetaEmbeddingHead):
     :func:`facelt.parallel.collectives.gather_rows` (the world size when the backbone is under DDP).
     """
 
+    unsharded_class = MetaEmbeddingHead
     sharded_keys = ("centroids", "hallucinator.weight", "hallucinator.bias", "cosine.weight")
+
+    @staticmethod
+    def settings(head: MetaEmbeddingHead) -> dict:
+        return {"in_dim": head.selector.in_features, "reach_scale": head.reach_scale,
+                "cos_scale": head.cosine.scale, "eps": head.eps}
 
     def __init__(self, in_dim: int, num_classes: int, rank: int | None = None,
                  world: int | None = None, group=None, reach_scale: float = 10.0,
@@ -274,7 +294,13 @@ class ShardedMarginHead(ShardedHeadMixin, MarginHead):
     (``aux["sampled"]``: their global indices); unsampled classes get no gradient.
     """
 
+    unsharded_class = MarginHead
     sharded_keys = ("weight",)
+    samples_classes = True
+
+    @staticmethod
+    def settings(head: MarginHead) -> dict:
+        return {"in_dim": head.weight.shape[1], "kind": head.kind, "s": head.s, "m": head.m}
 
     def __init__(self, in_dim: int, num_classes: int, kind: str = "arcface", s: float = 64.0,
                  m: float | None = None, rank: int | None = None, world: int | None = None,
@@ -308,7 +334,13 @@ class ShardedLinearHead(ShardedHeadMixin, LinearHead):
     """:class:`LinearHead` (the plain stage's classifier) with its rows sharded by class, and the
     same ``sample_rate`` option as :class:`ShardedMarginHead`."""
 
+    unsharded_class = LinearHead
     sharded_keys = ("fc.weight", "fc.bias")
+    samples_classes = True
+
+    @staticmethod
+    def settings(head: LinearHead) -> dict:
+        return {"in_dim": head.fc.in_features}
 
     def __init__(self, in_dim: int, num_classes: int, rank: int | None = None,
                  world: int | None = None, group=None, sample_rate: float = 1.0,
@@ -331,14 +363,15 @@ class ShardedLinearHead(ShardedHeadMixin, LinearHead):
         return F.linear(col.copy_to_shards(feats, self.group), weight, bias), aux
 
 
-def sharded_parameter_names(head: nn.Module, prefix: str = "") -> list[str]:
-    """Names of a sharded head's per-rank parameters (keep them OUT of DDP: they differ by rank).
-    The other head parameters are replicated and receive the full gradient on every rank."""
-    keys = getattr(head, "sharded_keys", ())
-    return [prefix + n for n, _ in head.named_parameters() if n in keys]
+#: head name -> its class-sharded twin (the names of facelt.models.head_table.HEADS)
+SHARDED_TWINS: dict[str, type[ShardedHeadMixin]] = {
+    "meta": ShardedMetaEmbeddingHead,
+    "arcface": ShardedMarginHead,
+    "cosface": ShardedMarginHead,
+    "linear": ShardedLinearHead,
+}
 
 
-__all__ = ["class_range", "accumulate_shard_sums", "shard_state", "consolidate_state",
-           "gather_logits", "sharded_top1",
+__all__ = ["class_range", "accumulate_shard_sums", "shard_state", "build_on_meta",
            "ShardedHeadMixin", "ShardedMetaEmbeddingHead", "ShardedMarginHead", "ShardedLinearHead",
-           "sharded_parameter_names"]
+           "SHARDED_TWINS"]

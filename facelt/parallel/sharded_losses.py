@@ -13,14 +13,18 @@ the part for its own classes (:mod:`facelt.parallel.collectives` conventions).
   ``K sum||v||^2 - 2 sum v . sum c + B sum||c||^2`` (on points centred at the all-reduced
   centroid mean) takes ``sum c`` and ``sum ||c||^2`` as all-reduced sums.  ``reference`` centroid
   updates work per shard (each class's rows are all on its owning rank).
+* :class:`ShardedStageLoss`: a stage's whole objective with a sharded head (the two above), and
+  its train accuracy from a distributed arg-max (:func:`sharded_predictions`).
 """
 from __future__ import annotations
 
 import torch
 
-from facelt.parallel import collectives as col
+from facelt.config import StageConfig
 from facelt.losses.centroid import DiscCentroidLoss, reference_attract
 from facelt.models.heads import at_least_float32
+from facelt.parallel import collectives as col
+from facelt.parallel.sharded_heads import ShardedHeadMixin
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
@@ -98,3 +102,64 @@ class ShardedDiscCentroidLoss(DiscCentroidLoss):
         mean_other = (all_sum - own) / (batch * num_classes)
         repel = (self.margin - mean_other).clamp_min(0.0)
         return attract + self.repel_weight * repel
+
+
+@torch.no_grad()
+def sharded_predictions(logits: torch.Tensor, aux: dict, head: ShardedHeadMixin) -> torch.Tensor:
+    """The arg-max class over all K (lowest index on ties) of every row of the global batch, from
+    this rank's columns (the sampled ones when ``aux["sampled"]`` is set)."""
+    logits = logits.detach().float()
+    classes = aux.get("sampled")
+    if classes is None:
+        classes = torch.arange(logits.shape[1], device=logits.device) + head.class_start
+    rows = logits.shape[0]
+    if logits.shape[1]:
+        local_top = logits.max(1).values
+    else:
+        local_top = logits.new_full((rows,), float("-inf"))
+    top = col.all_reduce_max(local_top, head.group)
+    big = torch.iinfo(torch.int64).max
+    if logits.shape[1]:
+        cand = torch.where(logits == top.unsqueeze(1), classes.unsqueeze(0),
+                           torch.full_like(logits, big, dtype=torch.int64)).min(1).values
+    else:
+        cand = torch.full((rows,), big, dtype=torch.int64, device=logits.device)
+    return col.all_reduce_min(cand, head.group)
+
+
+class ShardedStageLoss:
+    """The objective of a stage with a sharded head: ``sharded_cross_entropy`` (+ the sharded
+    centroid loss for the meta head). Its terms are replicated (the global batch's means); the
+    logged ``correct`` is the global batch's count on rank 0 and 0 elsewhere, so sums over ranks
+    count each image once."""
+
+    def __init__(self, st: StageConfig, head: ShardedHeadMixin, num_classes: int) -> None:
+        self.head = head
+        self.num_classes = num_classes
+        cl = st.centroid_loss
+        self.centroid = None
+        self.centroid_weight = cl.weight
+        if head.uses_centroid_loss and cl.weight > 0:
+            self.centroid = ShardedDiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
+                                                    centroid_update=cl.update, group=head.group)
+
+    def to(self, device: torch.device) -> "ShardedStageLoss":
+        return self
+
+    def __call__(self, out: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        aux = out["aux"]
+        ce = sharded_cross_entropy(out["logits"], aux["targets"], self.head.group)
+        loss, parts = ce, {"ce": ce.detach()}
+        if self.centroid is not None:
+            cl = self.centroid(aux["direct"].float(), aux["targets"], self.head.centroids,
+                               self.num_classes)
+            loss = loss + self.centroid_weight * cl
+            parts["centroid"] = cl.detach()
+        best = sharded_predictions(out["logits"], aux, self.head)
+        correct = (best == aux["labels"]).sum() if col.rank(self.head.group) == 0 else best.new_zeros(())
+        parts["correct"] = correct
+        return loss, parts
+
+
+__all__ = ["sharded_cross_entropy", "ShardedDiscCentroidLoss", "sharded_predictions",
+           "ShardedStageLoss"]

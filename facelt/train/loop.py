@@ -19,8 +19,7 @@ import torch
 from facelt.data.build import make_loader
 from facelt.data.samplers import SkipSampler
 from facelt.errors import FaceltError
-from facelt.parallel import process as D
-from facelt.parallel.sharding import agree_on_overflow
+from facelt.parallel import collectives as col
 from facelt.train.stage import StageParts, set_train_mode
 from facelt.utils.progress import progress
 
@@ -124,12 +123,12 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
             out = parts.model(x, y)
         loss, terms = parts.loss(out, y)
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
-        D.all_reduce_sum(bad)
+        col.all_reduce_sum(bad)
         if bad.item() > 0:
             raise _non_finite(parts, epoch, step, checkpoint)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        agree_on_overflow(net, scaler)  # sharded head + AMP: every rank skips an overflowed step
+        parts.strategy.after_backward(net, scaler)  # e.g. AMP: ranks agree on skipping a step
         if st.grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(net.parameters(), st.grad_clip)
@@ -149,7 +148,7 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
                 cb(ctx)
     bar.close()
     totals = sums.to(device, copy=True)  # NCCL reduces device tensors only
-    D.all_reduce_sum(totals)
+    col.all_reduce_sum(totals)
     totals = totals.cpu()
     n = max(totals[4].item(), 1.0)
     dt = time.time() - t0

@@ -1,11 +1,13 @@
 """The pieces of one training stage, built in one call: :func:`build_stage` -> :class:`StageParts`.
 
-``build_stage(cfg, stage, dist)`` reads the splits, builds the network (pretrained backbone for
-stage 1, stage 1's weights for ``init_from: stage1``, frozen parts), the optimizer (once), the
-step-LR scheduler, the AMP scaler, the stage's loss (:class:`StageLoss`), the training sampler and
-loader, and wraps the network for DDP when there are several processes. Nothing else has to be
-called first; :func:`init_head_from_data` then gives heads that keep per-class statistics their
-centroids / class counts (one pass over the training set, skipped when resuming).
+``build_stage(cfg, stage, dist)`` reads the splits, picks the stage's head strategy (replicated or
+class-sharded: :func:`facelt.parallel.strategy.head_strategy`), builds the network (pretrained
+backbone for stage 1, stage 1's weights for ``init_from: stage1``, frozen parts; the strategy gives
+it the head this rank trains), the optimizer (once), the step-LR scheduler, the AMP scaler, the
+stage's loss, the training sampler and loader, and the model the loop calls (the strategy's
+wrapping for DDP). Nothing else has to be called first; :func:`init_head_from_data` then gives
+heads that keep per-class statistics their centroids / class counts (one pass over the training
+set, skipped when resuming).
 
 The RNG is seeded with ``cfg.seed`` before the weights are drawn (the same weights on every rank)
 and with one stream per rank afterwards (augmentation and dropout draws differ between ranks).
@@ -27,17 +29,17 @@ from facelt.config import Config, StageConfig
 from facelt.data.build import (Split, build_split, check_known_labels, class_counts,
                                infer_num_classes, make_loader, read_class_names, train_sampler)
 from facelt.errors import CheckpointError, ConfigError, FaceltError
-from facelt.losses import build_stage_loss, StageLoss
+from facelt.losses import StageLoss
 from facelt.models.build import build_net
-from facelt.models.net import OLTRNet, param_groups
-from facelt.parallel import process as D
-from facelt.parallel.centroids import class_means
 from facelt.models.checkpoint import load_checkpoint
 from facelt.models.components import check_component_names
+from facelt.models.net import OLTRNet, param_groups
 from facelt.models.state import load_model_state
-from facelt.parallel import sharding
+from facelt.parallel import collectives as col
+from facelt.parallel import process as D
+from facelt.parallel.strategy import HeadStrategy, head_strategy
 
-BACKBONE_PREFIXES = ("backbone.", "neck.")
+BACKBONE_PREFIXES = ("body.backbone.", "body.neck.")
 
 
 def stage_dir(out: Path, stage: int) -> Path:
@@ -65,7 +67,8 @@ class StageData:
 @dataclass
 class StageParts:
     """Everything one stage trains with. ``net`` is the bare network, ``model`` the one to call
-    (``net`` itself, or its DDP wrapper under torchrun)."""
+    (``net`` itself, or its DDP wrapping under torchrun); ``strategy`` is how the head is laid out
+    over the processes (replicated or class-sharded), asked for everything that depends on it."""
 
     cfg: Config
     stage: int
@@ -80,6 +83,7 @@ class StageParts:
     loss: StageLoss
     sampler: object
     loader: DataLoader
+    strategy: HeadStrategy
 
     @property
     def device(self) -> torch.device:
@@ -111,7 +115,7 @@ def load_stage_data(cfg: Config, stage: int, dist: D.DistInfo) -> StageData:
     if st.batch_size < dist.world_size or st.batch_size % dist.world_size:
         raise ConfigError(f"stage{stage}.batch_size = {st.batch_size} is the global batch: it "
                           f"must be a positive multiple of the {dist.world_size} processes")
-    D.barrier()
+    col.barrier()
     return StageData(train, val, num_classes, counts, names)
 
 
@@ -124,8 +128,9 @@ def init_from_stage1(net: OLTRNet, st: StageConfig, stage: int, src: Path, num_c
         raise CheckpointError(f"{src}: trained for {state.get('num_classes')} classes, this "
                               f"config has {num_classes}")
     prefixes = BACKBONE_PREFIXES
-    for extra in ("attention.", "fc_add."):
-        own = getattr(net, extra[:-1]) is not None
+    for part in ("attention", "fc_add"):
+        extra = f"body.{part}."
+        own = getattr(net.body, part) is not None
         if own and any(k.startswith(extra) for k in state["model"]):
             prefixes = prefixes + (extra,)
     load_model_state(net, state["model"], str(src), prefixes=prefixes)
@@ -171,7 +176,7 @@ def init_hallucinator_from_classifier(net: OLTRNet, stage1_model: dict, where: s
 
 def freeze_backbone(net: OLTRNet) -> None:
     """Backbone and neck weights stop training (BN statistics: see :func:`set_train_mode`)."""
-    for module in (net.backbone, net.neck):
+    for module in (net.body.backbone, net.body.neck):
         for p in module.parameters():
             p.requires_grad_(False)
 
@@ -181,8 +186,8 @@ def set_train_mode(net: OLTRNet, st: StageConfig) -> None:
     frozen too (``frozen_bn: train``, the reference: batch statistics, running stats updated)."""
     net.train()
     if st.freeze_backbone and st.frozen_bn == "eval":
-        net.backbone.eval()
-        net.neck.eval()
+        net.body.backbone.eval()
+        net.body.neck.eval()
 
 
 def build_optimizer(net: OLTRNet, st: StageConfig) -> torch.optim.Optimizer:
@@ -225,15 +230,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, st: StageConfig
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(st, epoch))
 
 
-def wrap_for_ddp(net: OLTRNet, dist: D.DistInfo) -> nn.Module:
-    """``net`` itself in one process, its DistributedDataParallel wrapper under torchrun."""
-    if not dist.distributed:
-        return net
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    dev = [dist.device.index] if dist.device.type == "cuda" else None
-    return DDP(net, device_ids=dev, find_unused_parameters=net.head.may_skip_parameters)
-
-
 def stage1_init_path(out: Path, st: StageConfig) -> Path:
     """Where ``init_from: stage1`` reads: ``OUT/stage1/best.pt`` (``init_weights: best``) or
     ``OUT/stage1/checkpoint.pt`` (``last``)."""
@@ -258,7 +254,7 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     check_component_names(cfg)  # before the data is read
     dist = dist or D.setup(cfg.device)
     st = cfg.stage(stage)
-    sharding.check_shard_config(st, stage)
+    strategy = head_strategy(st, stage, dist, sample_seed=cfg.seed + stage)  # checks the config
     data = load_stage_data(cfg, stage, dist)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     net = build_net(cfg, stage, data.num_classes)
@@ -270,14 +266,9 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
         init_from_stage1(net, st, stage, src, data.num_classes)
     if st.freeze_backbone:
         freeze_backbone(net)
-    if st.shard_head:  # this rank's slice of the classes (facelt/parallel/sharding.py)
-        sharding.shard_head(net, st, data.num_classes, dist, sample_seed=cfg.seed + stage)
+    strategy.prepare(net, data.num_classes)  # e.g. this rank's slice of the classes
     net.to(dist.device)
-    if sharding.is_sharded(net.head):
-        loss = sharding.ShardedStageLoss(st, net.head, data.num_classes)
-    else:
-        loss = build_stage_loss(st, net.head, data.counts,
-                                data_parallel=dist.distributed).to(dist.device)
+    loss = strategy.build_loss(net, data.counts)
     if net.head.uses_centroid_loss and loss.centroid is None:
         # the head reads its centroids detached: without the centroid loss they stay fixed
         net.head.centroids.requires_grad_(False)
@@ -293,32 +284,20 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
     loader = make_loader(data.train.dataset, per_rank, cfg.data.num_workers, sampler=sampler,
                          drop_last=len(sampler) >= per_rank, pin=dist.device.type == "cuda",
                          persistent=True)
-    model = (sharding.wrap_sharded_for_ddp(net, dist) if sharding.is_sharded(net.head)
-             else wrap_for_ddp(net, dist))
+    model = strategy.wrap(net)
     return StageParts(cfg, stage, st, dist, data, net, model, optimizer, scheduler, scaler, loss,
-                      sampler, loader)
+                      sampler, loader, strategy)
 
 
 def init_head_from_data(parts: StageParts) -> None:
     """Give a head that keeps per-class statistics (``needs_centroids`` / ``needs_class_counts``)
-    its per-class mean features over the training set (test transforms) and its class counts."""
-    head = parts.net.head
-    if not head.needs_centroids:
+    its per-class mean features over the training set (test transforms) and its class counts
+    (collective)."""
+    if not parts.net.head.needs_centroids:
         return
     cfg, dist = parts.cfg, parts.dist
     eval_split = build_split(cfg.data, "train", train=False)
-    if sharding.is_sharded(head):  # per shard, nothing K x d
-        counts = sharding.init_sharded_centroids(parts.net, eval_split.dataset, cfg.eval.batch_size,
-                                                 cfg.data.num_workers, dist)
-        empty = int(D.all_reduce_sum((counts == 0).sum().double()).item())
-        if empty and dist.is_primary:
-            print(f"warning: {empty} classes have no training image; their centroids are zero")
-        return
-    means, counts = class_means(parts.net, eval_split.dataset, parts.data.num_classes,
-                                cfg.eval.batch_size, cfg.data.num_workers, dist)
-    head.init_centroids(means.to(dist.device))
-    if head.needs_class_counts:
-        head.init_class_counts(torch.from_numpy(counts))
-    empty = int((counts == 0).sum())
+    empty = parts.strategy.init_centroids(parts.net, eval_split.dataset, parts.data.num_classes,
+                                          cfg.eval.batch_size, cfg.data.num_workers)
     if empty and dist.is_primary:
         print(f"warning: {empty} classes have no training image; their centroids are zero")

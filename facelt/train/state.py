@@ -13,11 +13,10 @@ import torch
 
 from facelt.errors import CheckpointError
 from facelt.models.checkpoint import load_checkpoint
-from facelt.models.state import load_model_state
-from facelt.parallel import sharding
+from facelt.parallel import collectives as col
+from facelt.parallel.process import DistInfo
 from facelt.train.loop import EpochPosition, steps_in_epoch
 from facelt.train.stage import StageParts
-from facelt.parallel.process import DistInfo
 
 
 @dataclass
@@ -38,10 +37,7 @@ def gather_rng_states(dist: DistInfo) -> torch.Tensor:
     own = torch.get_rng_state()
     if not dist.distributed:
         return own.unsqueeze(0)
-    import torch.distributed as tdist
-    states = [None] * dist.world_size
-    tdist.all_gather_object(states, own)
-    return torch.stack(states)
+    return torch.stack(col.all_gather_objects(own))
 
 
 def own_rng_state(saved: torch.Tensor, dist: DistInfo, where: Path) -> torch.Tensor:
@@ -69,8 +65,8 @@ def checkpoint_state(parts: StageParts, state: TrainState) -> dict:
         "config": parts.cfg.to_dict(), "stage": parts.stage, "epoch": state.epoch,
         "partial": partial, "complete": state.complete, "num_classes": data.num_classes,
         "class_counts": [int(c) for c in data.counts], "class_names": list(data.class_names),
-        "model": sharding.consolidated_model_state(parts.net),  # collective when sharded
-        "optimizer": sharding.consolidated_optimizer_state(parts.net, parts.optimizer),
+        "model": parts.strategy.model_state(parts.net),  # collective
+        "optimizer": parts.strategy.optimizer_state(parts.net, parts.optimizer),
         "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
         "rng": rng, "best": state.best, "metrics": state.metrics,
     }
@@ -88,9 +84,8 @@ def restore_checkpoint(parts: StageParts, path: Path) -> TrainState:
     saved = load_checkpoint(path, map_location=parts.device)
     if saved.get("stage") != parts.stage:
         raise CheckpointError(f"{path}: holds stage {saved.get('stage')}, expected {parts.stage}")
-    load_model_state(parts.net, sharding.shard_model_state(parts.net, saved["model"]), str(path))
-    parts.optimizer.load_state_dict(
-        sharding.shard_optimizer_state(parts.net, parts.optimizer, saved["optimizer"]))
+    parts.strategy.load_model_state(parts.net, saved["model"], str(path))
+    parts.strategy.load_optimizer_state(parts.net, parts.optimizer, saved["optimizer"])
     parts.scheduler.load_state_dict(saved["scheduler"])
     if saved["scaler"]:  # empty when saved without AMP
         parts.scaler.load_state_dict(saved["scaler"])
@@ -102,7 +97,6 @@ def restore_checkpoint(parts: StageParts, path: Path) -> TrainState:
     if p is not None:
         state.position = EpochPosition(int(p["epoch"]), int(p["step"]), list(p["sums"]),
                                        float(p["seconds"]), rng)
-    if sharding.is_sharded(parts.net.head):  # Partial-FC sampling continues its sequence
-        done = (state.epoch + 1) * steps_in_epoch(parts)
-        parts.net.head.set_sample_step(done + (state.position.step if state.position else 0))
+    done = (state.epoch + 1) * steps_in_epoch(parts)
+    parts.strategy.resume_at_step(parts.net, done + (state.position.step if state.position else 0))
     return state

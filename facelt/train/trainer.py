@@ -30,6 +30,7 @@ from typing import Callable, Optional, Sequence
 
 from facelt.config import Config, config_yaml
 from facelt.errors import FaceltError
+from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.models.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
@@ -38,7 +39,6 @@ from facelt.train.run_log import config_key_lines, eta_line, learning_rates, ten
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                steps_in_epoch, train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
-from facelt.parallel.sharding import evaluation_net
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.utils.io import append_jsonl, write_text
@@ -73,7 +73,7 @@ def validate(parts: StageParts, validation: Optional[Validation]) -> dict:
     without a validation split or without ``validation``); NaN values become None."""
     if parts.data.val is None or validation is None:
         return {}
-    net = evaluation_net(parts.net, parts.dist.is_primary)  # collective with a sharded head
+    net = parts.strategy.evaluation_net(parts.net)  # collective
     if net is None or not parts.dist.is_primary:
         return {}
     rep = validation(net, parts.data)
@@ -95,7 +95,7 @@ class MidEpochCheckpoint:
             return
         parts = ctx.parts
         totals = ctx.sums.to(parts.device, copy=True)  # reduced in place: never the local sums
-        D.all_reduce_sum(totals)  # the epoch's running sums over all ranks
+        col.all_reduce_sum(totals)  # the epoch's running sums over all ranks
         sums = (totals.cpu() / parts.dist.world_size).tolist()
         state = TrainState(epoch=ctx.epoch - 1, complete=False, best=self.state.best,
                            metrics=self.state.metrics,
@@ -103,7 +103,7 @@ class MidEpochCheckpoint:
         ckpt = checkpoint_state(parts, state)  # collective
         if parts.dist.is_primary:
             save_checkpoint(self.path, ckpt)
-        D.barrier()
+        col.barrier()
 
 
 class StageTrainer:
@@ -236,7 +236,7 @@ class StageTrainer:
                 epoch_seconds.append(time.monotonic() - began)  # training + validation + saving
                 print(eta_line(self.stage, epoch + 1, self.st.epochs, epoch_seconds,
                                self.later_epochs), flush=True)
-            D.barrier()
+            col.barrier()
             for cb in epoch_callbacks:
                 cb(EpochContext(parts, state, metrics))
             run_epochs += 1
