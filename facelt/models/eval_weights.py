@@ -68,8 +68,11 @@ def evaluation_weights(target: str | Path, choice: str = "auto") -> Path:
 
 def weights_label(state: Mapping, path: str | Path) -> str:
     """``"best (epoch 7)"`` for a best-on-val file, ``"last (epoch 10)"`` for an epoch-end
-    checkpoint (``"last (epoch 10 + 300 steps)"`` mid-epoch), from the loaded checkpoint."""
-    epoch = int(state.get("epoch", -1)) + 1
+    checkpoint (``"last (epoch 10 + 300 steps)"`` mid-epoch), from the loaded checkpoint; a file
+    not written by a training stage: ``"as given (no training epoch recorded)"``."""
+    if "epoch" not in state:
+        return "as given (no training epoch recorded)"
+    epoch = int(state["epoch"]) + 1
     is_best = "optimizer" not in state or Path(path).name == BEST_FILE
     if is_best:
         val = (state.get("best") or {}).get("val_overall")
