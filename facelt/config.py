@@ -214,7 +214,8 @@ class StageConfig:
     weight_decay: float = field(default=5e-4, metadata={"ge": 0})
     lr_schedule: Literal["step", "cosine", "poly"] = "step"
     """``step``: multiply by ``lr_gamma`` every ``lr_step`` epochs (OLTR); ``cosine``: cosine
-    annealing to 0 over the stage's epochs (classifier-balancing's cRT / LWS); ``poly``: linear
+    annealing to 0 over the stage's epochs, stepped at each epoch's start as classifier-balancing's
+    cRT / LWS (10 epochs from 0.2: 0.195, 0.181, ..., 0.0049, 0); ``poly``: linear
     warmup over ``warmup_epochs``, then ``(1 - t)^poly_power`` decay to 0 (arcface_torch). The
     LR is set once per epoch."""
     lr_step: int = field(default=10, metadata={"ge": 1})
@@ -247,6 +248,11 @@ class EvalConfig:
     """Classes with more than ``many`` training images are *many-shot*."""
     few: int = field(default=20, metadata={"ge": 0})
     """Classes with fewer than ``few`` training images are *few-shot*."""
+    shot_rule: Literal["paper", "oltr_code"] = "paper"
+    """Which side of the lines a class at exactly ``many`` / ``few`` images falls on:
+    ``paper``: many > ``many``, few < ``few`` (the paper, classifier-balancing, later work);
+    ``oltr_code``: many >= ``many``, few <= ``few`` (the OLTR reference code's shot_acc).
+    Every report names the rule (facelt/data/shots.py)."""
     batch_size: int = field(default=256, metadata={"ge": 1})
     sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(21)],
                                metadata={"ge": 0, "le": 1})

@@ -24,14 +24,18 @@ HOWTO = {
     "places_lt": (
         "Places-LT needs the Places365-Standard images (places2.csail.mit.edu, 'Places365-Standard' "
         "high-resolution or 256x256 train and val images; the open set: Places-Extra69); "
-        "the Places-LT split lists ship with facelt",
+        "the Places-LT split lists ship with facelt (nothing to prepare); the ImageNet ResNet-152 "
+        "weights are the reference's caffe_resnet152.pth (linked from the OLTR README; or "
+        "torchvision's resnet152-394f9c45.pth with --set model.pretrained_format=torchvision)",
         "facelt train --dataset places_lt --data-root PLACES365_DIR "
-        "--set data.open_root=PLACES_EXTRA69_DIR --set model.pretrained=resnet152.pth"),
+        "--set data.open_root=PLACES_EXTRA69_DIR --set model.pretrained=caffe_resnet152.pth"),
     "imagenet_lt": (
         "ImageNet-LT needs the ImageNet-2012 train/val images (image-net.org) and the "
-        "ImageNet-2010 val images for the open set; val/test/open lists ship with facelt, "
-        "ImageNet_LT_train.txt is drawn from your train folder",
-        "facelt prepare --dataset imagenet_lt --source IMAGENET/train --out SPLITS, then "
+        "ImageNet-2010 val images for the open set; val/test/open lists ship with facelt; "
+        "ImageNet_LT_train.txt is the OLTR release's (also in classifier-balancing's "
+        "data/ImageNet_LT/)",
+        "facelt prepare --dataset imagenet_lt --train-list ImageNet_LT_train.txt --out SPLITS "
+        "(without the file: --source IMAGENET/train rebuilds one, NOT the official split), then "
         "facelt train --dataset imagenet_lt --data-root IMAGENET "
         "--set data.train=SPLITS/ImageNet_LT_train.txt"),
 }

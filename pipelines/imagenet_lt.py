@@ -10,14 +10,21 @@ Where things are expected (the CLI flags ``--data-root``, ``--splits``, ``--open
 * ``--open-root``: the folder holding those ILSVRC-2010 val images; by default
   ``<splits>/ImageNet_LT_open`` (the OLTR reference's layout).
 
-``ImageNet_LT_train.txt`` is not publicly mirrored; :func:`prepare_imagenet_lt` rebuilds one from
-the ImageNet train folder with the paper's recipe (Pareto, alpha = 6, 1,280..5 a class, 115,846
+``ImageNet_LT_train.txt`` (115,846 lines) is published with the OLTR release and in
+classifier-balancing's repository (``data/ImageNet_LT/ImageNet_LT_train.txt``, git blob
+a063f095fcd475db4cf8b0658c4b73955535bbf9); facelt does not ship it.  With the file,
+:func:`use_official_train_list` (``facelt prepare --dataset imagenet_lt --train-list FILE``) checks
+it by its git blob hash and copies it: the split every published number is on.
+
+Fallback, *not the official split*: :func:`prepare_imagenet_lt` rebuilds a train list from the
+ImageNet train folder with the paper's recipe (Pareto, alpha = 6, 1,280..5 a class, 115,846
 images; the exact rule is in :mod:`facelt.data.longtail`).  For these numbers the curve's shape
 exponent is p = 1.029 (the plain Pareto rescale, p = 1, would give 121,946 images) and the shot
 buckets (many > 100 / medium 20..100 / few < 20) are 381 / 466 / 153 classes.  Identical to the
 released file: class count, total, max and min, label order, the 20 val images a class drawn from
-unused train images.  Not identical: which images are drawn and which class gets which count (the
-authors' draw is unpublished; counts here fall with label order).
+unused train images.  Not identical: which images are drawn and which class gets which count
+(counts here fall with label order), so results on it are not comparable with published numbers
+(``facelt check`` says which split a recipe uses).
 
 Labels: the k-th wnid in sorted order is label k (true of every public ImageNet-LT list).
 Input: 224 x 224 RGB.
@@ -33,6 +40,7 @@ from facelt.config import load_config
 from facelt.data.longtail import (LongTailRecipe, class_names_from_list, prepare_longtail,
                                   scan_class_folders, spec_from_config)
 from facelt.errors import DataError
+from facelt.utils.io import write_json
 
 #: The paper's recipe: Pareto alpha 6, 1,280..5 a class, 115,846 images; 20 val a class.
 RECIPE = LongTailRecipe(max_count=1280, min_count=5, alpha=6.0, total=115_846, n_val=20)
@@ -47,9 +55,13 @@ SPEC = spec_from_config(
     class_names_from="test",
     class_name_source="sorted wnid folder names of the ImageNet train folder (label k = k-th)",
     recipe=RECIPE,
-    rebuild_hint=("ImageNet_LT_train.txt is not public: rebuild it from the ImageNet train folder "
-                  "with pipelines.imagenet_lt.prepare_imagenet_lt(<imagenet>/train, <splits>, "
-                  "splits_dir=<splits>) (Pareto alpha=6, 1280..5 a class, 115,846 images)"),
+    rebuild_hint=("ImageNet_LT_train.txt is not shipped: take the official file (OLTR release; "
+                  "classifier-balancing's data/ImageNet_LT/ImageNet_LT_train.txt) with facelt "
+                  "prepare --dataset imagenet_lt --train-list FILE --out SPLITS, or, not the "
+                  "official split, rebuild one from the ImageNet train folder with facelt prepare "
+                  "--dataset imagenet_lt --source <imagenet>/train --out SPLITS --splits SPLITS "
+                  "(pipelines.imagenet_lt.prepare_imagenet_lt; Pareto alpha=6, 1280..5 a class, "
+                  "115,846 images)"),
 )
 
 
@@ -86,7 +98,9 @@ def prepare_imagenet_lt(source_train_dir: str | os.PathLike, out_dir: str | os.P
         index = scan_class_folders(source_train_dir)
     order = sorted(index)
     reserve: list[Path] = []
-    notes = ["train and val are drawn from ImageNet train images; test/open are the public lists"]
+    notes = ["train and val are drawn from ImageNet train images; test/open are the public lists",
+             "NOT the official ImageNet_LT_train.txt (facelt prepare --train-list takes that "
+             "file): not comparable with published numbers"]
     if splits_dir is not None:
         published = class_names(splits_dir)
         if order != published:
@@ -102,3 +116,38 @@ def prepare_imagenet_lt(source_train_dir: str | os.PathLike, out_dir: str | os.P
     return prepare_longtail(SPEC, source_train_dir, out_dir, class_order=order, seed=seed,
                             prefix=prefix, recipe=recipe, reserve=reserve, index=index,
                             notes=notes)
+
+
+def use_official_train_list(train_list: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Take the official ``ImageNet_LT_train.txt``: check it by its git blob hash
+    (:data:`pipelines.official_splits.OFFICIAL_LISTS`), parse it, copy it byte for byte to
+    ``out_dir/ImageNet_LT_train.txt`` and write ``manifest.json`` (``split: official``); val, test
+    and open are the official lists shipped with facelt. A file with another hash is refused
+    (:class:`DataError` saying what it is not and what to do)."""
+    from facelt.data.lists import list_file_bytes
+    from facelt.utils.io import atomic_path
+    from pipelines.official_splits import OFFICIAL_LISTS, recognise_list
+    name = SPEC.list_files["train"]
+    sha, found = recognise_list(train_list)
+    if found is None or (found.benchmark, found.split) != (SPEC.name, "train"):
+        official = next(h for h, o in OFFICIAL_LISTS.items()
+                        if (o.benchmark, o.split) == (SPEC.name, "train"))
+        what = f"it is the official {found.file_name}" if found else "it matches no published list"
+        raise DataError(f"{train_list}: not the official {name} (git blob {sha}; the official "
+                        f"file's is {official}, {OFFICIAL_LISTS[official].lines:,} lines; {what}). "
+                        f"Train on it anyway with --set data.train={train_list} (not the official "
+                        f"split), or run prepare without --train-list to rebuild one")
+    lst = read_list(train_list)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / name
+    with atomic_path(dest) as tmp:
+        Path(tmp).write_bytes(list_file_bytes(train_list))
+    counts = lst.class_counts()
+    manifest = {"benchmark": SPEC.name, "split": "official", "source": str(train_list),
+                "git_blob": sha, "images": len(lst), "classes": int((counts > 0).sum()),
+                "notes": [f"{name}: the published list (OLTR release), recognised by its git blob "
+                          "hash; val/test/open: the official lists shipped with facelt "
+                          "(pipelines/splits)"]}
+    write_json(out / "manifest.json", manifest)
+    return {"train": dest, "manifest": out / "manifest.json", "split": "official"}

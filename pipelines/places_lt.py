@@ -16,7 +16,10 @@ Labels: the class of label k is the folder of label k in the public lists.  This
 sorted folder names (``desert_road`` is 116, ``desert-sand`` 117, ``field-wild`` 142 after
 ``field_road``), so it is read from the lists, never derived.  Input: 224 x 224 RGB.
 
-:func:`prepare_places_lt` draws a fresh long tail (other seeds) with the paper's parameters
+The benchmark needs nothing prepared: the four official lists ship with facelt.
+:func:`prepare_places_lt` (``facelt prepare --dataset places_lt``) is for something else: it draws
+a NEW long tail (other seeds, ablations; not the official split, not comparable with published
+numbers) with the paper's parameters
 (Pareto alpha = 6, 4,980..5 a class, 62,500 images; the rule is in :mod:`facelt.data.longtail`,
 here with shape exponent p = 1.958).  It matches the released list's class count, total, max and
 min; not its shot buckets: 109 / 114 / 142 classes many / medium / few against the released

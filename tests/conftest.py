@@ -45,6 +45,20 @@ def demo_config_path() -> Path:
     return ROOT / "configs" / "demo_list.yaml"
 
 
+#: scripts/test.sh (and so CI) sets FACELT_INTEROP=required: the interop packages it installs
+#: (insightface without its dependencies, scikit-image) must import, so their tests run
+INTEROP_REQUIRED = os.environ.get("FACELT_INTEROP") == "required"
+
+
+def interop_import(module: str, reason: str):
+    """``pytest.importorskip(module)``, except where the interop packages are required
+    (``FACELT_INTEROP=required``): there a missing package fails the test instead of skipping it."""
+    if INTEROP_REQUIRED:
+        import importlib
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=reason)
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a torchrun rendezvous."""
     import socket

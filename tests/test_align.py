@@ -17,6 +17,7 @@ from facelt.faces.align import (ARCFACE_DST_112, estimate_norm, estimate_similar
 from facelt.errors import DataError, FaceltError
 from facelt.faces.landmarks import (MTCNNDetector, read_landmarks_csv, read_landmarks_json,
                               read_megaface_json)
+from tests.conftest import interop_import
 
 # insightface's arcface_dst, typed in from its face_align.py (an independent copy of the
 # constants, so a typo in facelt.faces.align is caught).
@@ -165,8 +166,8 @@ def test_norm_crop_border_is_black_and_grey_images_work():
 
 
 def test_matches_insightface_norm_crop_when_installed(photo):
-    fa = pytest.importorskip("insightface.utils.face_align",
-                             reason="insightface is not installed (optional comparison)")
+    fa = interop_import("insightface.utils.face_align",
+                        reason="insightface is not installed (optional comparison)")
     _card, _fwd, img, lmk = photo
     for size in (112, 128):
         ours = norm_crop(img, lmk.astype(np.float32), size).astype(int)
@@ -176,8 +177,8 @@ def test_matches_insightface_norm_crop_when_installed(photo):
 
 def test_matches_skimage_similarity_when_installed(photo):
     """insightface's recipe rebuilt from its parts: skimage's Umeyama + cv2.warpAffine."""
-    transform = pytest.importorskip("skimage.transform",
-                                    reason="scikit-image is not installed (optional comparison)")
+    transform = interop_import("skimage.transform",
+                               reason="scikit-image is not installed (optional comparison)")
     _card, _fwd, img, lmk = photo
     rng = np.random.default_rng(1)
     for trial in range(20):

@@ -34,6 +34,11 @@ def test_demo_small_end_to_end_then_rerun_reuses(tmp_path, capsys):
     assert (out / "model.onnx").stat().st_size > 1000
     assert "## Face verification" in report and "[model.onnx](model.onnx)" in report
     assert report.count("| stage 2, ONNX (onnxruntime) |") == 1
+    # issue 19: the report names the shot rule and the weights, and says insightface's
+    # model_zoo.get_model will not route the 32x32 export
+    assert "Shot buckets: paper: many > 100" in report
+    assert "Weights: stage 1 last (epoch 1), stage 2 last (epoch 1)." in report
+    assert "get_model` on it: insightface's model_zoo.get_model returns None" in report
     ckpt = (out / "train" / "stage2" / "checkpoint.pt").stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0  # a second run reuses every finished step

@@ -236,9 +236,10 @@ def test_margin_m_range_is_still_checked():
 def test_lr_schedules_by_hand():
     from facelt.train.stage import build_scheduler, lr_factor
     st = StageConfig(epochs=4, lr_schedule="cosine")
-    # (1 + cos(pi e / 4)) / 2
+    # issue 19: classifier-balancing steps CosineAnnealingLR at each epoch's start, so epoch e
+    # (0-based) trains at (1 + cos(pi (e + 1) / 4)) / 2 (was (1 + cos(pi e / 4)) / 2)
     assert [lr_factor(st, e) for e in range(4)] == pytest.approx(
-        [1.0, (1 + math.sqrt(0.5)) / 2, 0.5, (1 - math.sqrt(0.5)) / 2])
+        [(1 + math.sqrt(0.5)) / 2, 0.5, (1 - math.sqrt(0.5)) / 2, 0.0])
     st = StageConfig(epochs=6, lr_schedule="poly", warmup_epochs=2, poly_power=2.0)
     # warmup 1/3, 2/3; then (1 - k/4)^2 for k = 0..3
     assert [lr_factor(st, e) for e in range(6)] == pytest.approx(
@@ -263,8 +264,8 @@ def test_lr_schedules_by_hand():
         seen.append(opt2.param_groups[0]["lr"])
         opt2.step()
         sch2.step()
-    assert seen == pytest.approx([0.2 * f for f in (1.0, (1 + math.sqrt(0.5)) / 2, 0.5,
-                                                    (1 - math.sqrt(0.5)) / 2)])
+    assert seen == pytest.approx([0.2 * f for f in ((1 + math.sqrt(0.5)) / 2, 0.5,
+                                                    (1 - math.sqrt(0.5)) / 2, 0.0)])
 
 
 # ------------------------------------------------------------------ tau-norm without bias

@@ -68,3 +68,16 @@ def test_failed_install_shows_the_log_and_keeps_no_stamp(repo: Path):
     assert "ERROR: no wheel for X" in res.stderr and "FAILED" in res.stdout
     assert not (repo / ".venv" / ".facelt-setup-stamp").exists()
     assert _run(repo).returncode == 0 and _installs(repo) == 2  # the next run retries
+
+
+def test_insightface_is_installed_without_its_dependencies(repo: Path):
+    """Issue 19: the interop tests run in CI, against insightface's pure-Python wheel installed
+    with --no-deps (its opencv-python requirement would replace opencv-python-headless)."""
+    assert _run(repo).returncode == 0
+    calls = (repo / ".venv" / "calls.txt").read_text().splitlines()
+    dev = [i for i, c in enumerate(calls) if "-e .[dev]" in c]
+    ins = [i for i, c in enumerate(calls) if "pip install" in c and "insightface==" in c]
+    assert len(dev) == 1 and len(ins) == 1 and ins[0] > dev[0]
+    assert "--no-deps" in calls[ins[0]].split()
+    test_sh = (ROOT / "scripts" / "test.sh").read_text()
+    assert "FACELT_INTEROP=required" in test_sh and "scripts/setup.sh" in test_sh

@@ -2,7 +2,9 @@
 every listed image must exist (one error listing the first missing ones and the count), every
 ``.idx`` entry of a rec must point at a sound record, labels must fit the classes, train labels
 must be classes the val/test splits know -- and print the splits' statistics as a table.
-``--decode`` also decodes every image (slow: a full pass over the data)."""
+For ImageNet-LT and Places-LT it also says whether the lists are the published split ("official
+split", recognised by their git blob hashes) or "not the official split (rebuilt): not comparable
+with published numbers". ``--decode`` also decodes every image (slow: a full pass over the data)."""
 from __future__ import annotations
 
 import argparse
@@ -39,17 +41,25 @@ def format_check_table(report: dict) -> str:
     shots = report["train"]["shots"]
     lines.append("")
     lines.append(f"classes: {report['num_classes']}; train shots: "
-                 + ", ".join(f"{k} {v}" for k, v in shots.items()))
+                 + ", ".join(f"{k} {v}" for k, v in shots.items())
+                 + (f" (shot rule {report['shot_rule']})" if report.get("shot_rule") else ""))
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from facelt.data.check import check_recipe_data
-    report = check_recipe_data(config_from_args(args), decode=args.decode)
+    from pipelines.official_splits import provenance_line, split_provenance
+    cfg = config_from_args(args)
+    report = check_recipe_data(cfg, decode=args.decode)
+    prov = split_provenance(cfg)
+    if prov is not None:
+        report["split"] = prov
     if args.json:
         print(json.dumps(report))
     else:
         print(format_check_table(report))
+        if prov is not None:
+            print(provenance_line(prov))
         done = "every image decodes" if args.decode else \
             "images not decoded: --decode decodes every one"
         print(f"ok: every listed file exists, every label fits, every .idx entry reads; {done}")

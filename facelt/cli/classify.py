@@ -16,7 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and predictions.csv. With image paths: print a label (or "
                                    "'unknown') per image.")
     add_config_args(p)
-    p.add_argument("--checkpoint", help="checkpoint (default: OUT/stage2/checkpoint.pt of the recipe)")
+    p.add_argument("--checkpoint", help="a checkpoint file (evaluated as it is) or a stage folder "
+                   "(default: OUT/stage2 of the recipe's run, weights chosen by --weights)")
+    p.add_argument("--weights", choices=["auto", "best", "last"], default="auto",
+                   help="in a stage folder: best.pt (best-on-val epoch, its centroids included, "
+                        "as the OLTR reference evaluates), checkpoint.pt (the last epoch), or "
+                        "auto: best.pt when the run has a val split, else the last epoch")
     p.add_argument("--out", help="report folder (default: eval/ beside the checkpoint)")
     p.add_argument("--threshold", type=float, help="open-set rejection threshold on max softmax "
                    "(default: the checkpoint's eval.threshold)")
@@ -40,15 +45,18 @@ def no_trained_model_message(cfg, ckpt: str, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from facelt.models.eval_weights import evaluation_weights
     from facelt.openset.classify import classify_images, evaluate_checkpoint
     cfg = config_from_args(args) if (args.config or args.dataset) else None
-    ckpt = args.checkpoint
-    if ckpt is None:
+    target = args.checkpoint
+    if target is None:
         if cfg is None:
             raise FaceltError("give --checkpoint, or --config/--dataset to use the recipe's run")
-        ckpt = str(Path(cfg.out or f"runs/{cfg.name}") / "stage2" / "checkpoint.pt")
-        if not Path(ckpt).is_file():
-            raise FaceltError(no_trained_model_message(cfg, ckpt, args))
+        stage_dir = Path(cfg.out or f"runs/{cfg.name}") / "stage2"
+        if not (stage_dir / "checkpoint.pt").is_file():
+            raise FaceltError(no_trained_model_message(cfg, str(stage_dir / "checkpoint.pt"), args))
+        target = stage_dir
+    ckpt = str(evaluation_weights(target, args.weights))
     if args.images:
         for path, label, score in classify_images(ckpt, args.images, args.threshold, args.device):
             print(f"{path}\t{label}\t{score:.4f}")
@@ -56,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or str(Path(ckpt).parent / "eval")
     ensure_writable_dir(out, "--out")
     report = evaluate_checkpoint(ckpt, out, data=cfg.data if cfg else None,
-                                 threshold=args.threshold, device=args.device)
-    show = {k: report[k] for k in ("closed_set", "open_set", "threshold")}
+                                 threshold=args.threshold, device=args.device,
+                                 shot_rule=cfg.eval.shot_rule if cfg else None)
+    show = {k: report[k] for k in ("closed_set", "open_set", "threshold", "weights")}
     print(json.dumps(show, indent=2))
     print(f"report: {Path(out) / 'report.json'}")
     return 0

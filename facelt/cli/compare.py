@@ -40,9 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--same-epochs", action="store_true",
                    help="(one seed) add the plain_same_epochs row: plain trained "
                         "stage1.epochs + stage2.epochs epochs")
-    p.add_argument("--weights", choices=["last", "best"], default="last",
-                   help="evaluate each run's last epoch (checkpoint.pt) or its best-on-val "
-                        "weights (best.pt, as the OLTR reference does)")
+    p.add_argument("--weights", choices=["auto", "best", "last"], default="auto",
+                   help="evaluate each run's best-on-val weights (best.pt with that epoch's "
+                        "centroids, as the OLTR reference and classifier-balancing do), its last "
+                        "epoch (checkpoint.pt), or auto: best.pt when the recipe has a val split, "
+                        "else the last epoch")
     p.set_defaults(func=run)
 
 

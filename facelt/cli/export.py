@@ -36,4 +36,9 @@ def run(args: argparse.Namespace) -> int:
         cos = compare_with_torch(path, net, cfg.data.image_size)
         msg += f"; onnxruntime vs facelt: min cosine {cos:.6f} over 8 random images"
     print(msg)
+    from facelt.faces.insightface_route import insightface_route_warning
+    warning = insightface_route_warning(cfg.data.image_size, cfg.data.channels)
+    if warning:
+        import sys
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not weight image features by the detector score")
     p.add_argument("--normalize-images", action="store_true",
                    help="L2-normalise image features before aggregation (drops their norm)")
+    p.add_argument("--tar-rule", choices=["strict", "insightface"], default="strict",
+                   help="1:1 TAR@FAR: strict: the highest TPR with FPR <= FAR; insightface: the "
+                        "TPR of the ROC point whose FPR is nearest FAR (scikit-learn roc_curve, "
+                        "intermediate points dropped), the rule of insightface's eval_ijbc.py and "
+                        "of published IJB tables")
     # --- 1:N (facelt/faces/ijb_1n.py)
     p.add_argument("--protocol", choices=["11", "1n", "both"], default="11",
                    help="11: 1:1 verification; 1n: 1:N identification (meta/<t>_1N_gallery_G1.csv, "
@@ -52,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if one_one:
         report, scores, roc = evaluate_ijb(features, meta, paths.pairs,
                                            detector_score=not args.no_detector_score,
-                                           normalize_images=args.normalize_images)
+                                           normalize_images=args.normalize_images,
+                                           tar_rule=args.tar_rule)
         if args.out:
             write_ijb_report(report, scores, roc, args.out, args.target)
         blocks["11"] = report
@@ -91,6 +97,7 @@ def _print(args: argparse.Namespace, blocks: dict) -> None:
         report = blocks["11"]
         print(f"{args.target}: {report['pairs']:,} pairs, {report['templates']:,} templates")
         print("  ".join(f"TAR@FAR={k}: {100 * v:.2f}%" for k, v in report["tar_at_far"].items()))
+        print(f"TAR rule: {report['tar_rule']}")
     if "1n" in blocks:
         from facelt.faces.ijb_1n import summary_lines
         print("\n".join(summary_lines(blocks["1n"], args.target)))

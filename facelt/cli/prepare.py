@@ -22,16 +22,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ms1m_lt: expected number of kept images (default 887,500, the paper's)")
     p.add_argument("--splits", help="imagenet_lt / places_lt: folder of the public OLTR lists "
                                     "(class order check; their val images are never drawn)")
+    p.add_argument("--train-list",
+                   help="imagenet_lt: the official ImageNet_LT_train.txt (OLTR release; "
+                        "classifier-balancing's data/ImageNet_LT/), checked by its git blob hash "
+                        "and copied into --out; no rebuild, no --source needed")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from facelt.utils.io import ensure_writable_dir
     entry = PREPARE_TABLE[args.dataset]
-    if entry.needs_source and not args.source:
-        raise FaceltError(f"--source is required for --dataset {entry.name}")
+    if args.train_list and not entry.takes_train_list:
+        raise FaceltError(f"--train-list is for --dataset imagenet_lt, not {entry.name}")
+    if entry.needs_source and not args.source and not args.train_list:
+        raise FaceltError(f"--source is required for --dataset {entry.name}"
+                          + (" (or --train-list FILE)" if entry.takes_train_list else ""))
     ensure_writable_dir(args.out, "--out")
     result = entry.build(PrepareRequest(out=args.out, source=args.source, seed=args.seed,
-                                        target_images=args.target_images, splits=args.splits))
+                                        target_images=args.target_images, splits=args.splits,
+                                        train_list=args.train_list))
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -2,12 +2,14 @@
 
 A *method* is a YAML file ``METHODS_DIR/<name>.yaml`` (see ``configs/methods``)::
 
-    train: stage1 | stage2 | reuse     # own stage-1 run | stage 2 on plain's stage 1 | plain's model
+    train: stage1 | stage2 | reuse     # own stage-1 run | stage 2 on plain's stage 1 (on a stage 1
+                                       # of its own when its config changes stage 1) | plain's model
     posthoc: none | tau_norm | logit_adjust | openmax
     posthoc_args: {...}                # taus / tau / tailsize, alpha_rank, distance
     score: msp | energy | max_logit | openmax
     score_args: {T: 1.0}               # energy temperature
     config: {stage1: {...}}            # overlay on the base recipe (checked like any config)
+    by_recipe: {places_lt: {...}}      # an overlay for the recipe of that name only
 
 Every method's config is ``recipe + plain's overlay + its overlay + --set``; all of them share the
 data, backbone and sampler of the recipe.  Training goes to ``OUT/runs/<method>/stageN``; a
@@ -43,6 +45,7 @@ from facelt.compare.methods import BASE_METHOD, MethodSpec, load_method, method_
 from facelt.compare.report import COLUMNS, bar_chart, markdown_table, method_report
 from facelt.compare.runs import ensure_trained, recipe_diff, run_dir
 from facelt.data.build import Split, build_split
+from facelt.data.shots import shot_rule_text
 from facelt.errors import ConfigError, FaceltError
 from facelt.openset.metrics import auroc, matched_threshold
 from facelt.utils.io import write_json, write_text
@@ -62,14 +65,17 @@ def _needs(spec: MethodSpec) -> tuple[bool, bool]:
 def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir: str | Path,
             overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
             log: Callable[[str], None] = print, same_epochs: bool = False,
-            weights: str = "last") -> dict:
+            weights: str = "auto") -> dict:
     """Train or reuse every method, evaluate all with one protocol, write the report files.
 
     ``same_epochs``: add the ``plain_same_epochs`` row (plain trained as long as both OLTR stages,
-    :func:`facelt.compare.seeds.same_epochs_method`). ``weights``: evaluate each run's last epoch
-    (``checkpoint.pt``) or its best-on-val weights (``best.pt``, as the reference does)."""
+    :func:`facelt.compare.seeds.same_epochs_method`). ``weights``: evaluate each run's best-on-val
+    weights (``best``: ``best.pt``, as the reference does), its last epoch (``last``:
+    ``checkpoint.pt``) or ``auto`` (best where the run has a val split, else the last epoch;
+    :func:`facelt.models.eval_weights.evaluation_weights`)."""
     from facelt.compare.seeds import SAME_EPOCHS_METHOD, same_epochs_method
     from facelt.models.checkpoint import net_from_checkpoint
+    from facelt.models.eval_weights import WEIGHT_CHOICES, evaluation_weights, weights_label
     from facelt.parallel.process import pick_device
     if not methods:
         raise ConfigError("--methods: give at least one method")
@@ -81,8 +87,8 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
     base = specs.get(BASE_METHOD) or load_method(BASE_METHOD, Path(methods_dir))
     if base.train != "stage1":
         raise ConfigError(f"{base.source}: the base method must train stage1")
-    if weights not in ("last", "best"):
-        raise ConfigError(f"weights must be 'last' or 'best', got {weights!r}")
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
     extra: dict[str, list[str]] = {}
     if same_epochs and SAME_EPOCHS_METHOD not in specs:
         from facelt.config import load_config
@@ -105,14 +111,12 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
         if m == BASE_METHOD:
             continue
         ckpts[m] = (ckpts[BASE_METHOD] if s.train == "reuse"
-                    else ensure_trained(s, configs[m], out, resume, log))
-    if weights == "best":
-        for m, c in ckpts.items():
-            best = c.parent / "best.pt"
-            if not best.is_file():
-                raise FaceltError(f"{m}: {best} does not exist (no val split?); compare with "
-                                  f"--weights last")
-            ckpts[m] = best
+                    else ensure_trained(s, configs[m], out, resume, log, base_cfg=base_cfg))
+    for m, c in ckpts.items():
+        try:
+            ckpts[m] = evaluation_weights(c.parent, weights)
+        except FaceltError as exc:
+            raise FaceltError(f"{m}: {exc}") from None
 
     # 2. evaluation, one protocol
     ev = base_cfg.eval
@@ -171,8 +175,9 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
                 evaluator.info["val_accept_fraction"] = accept
             rep = method_report(evaluator.outputs(test), test.labels,
                                 evaluator.outputs(open_c) if open_c else None, counts,
-                                threshold, ev.many, ev.few)
-            rep.update(checkpoint=str(ckpt), train=spec.train, posthoc=spec.posthoc,
+                                threshold, ev.many, ev.few, ev.shot_rule)
+            rep.update(checkpoint=str(ckpt), weights=weights_label(state, ckpt),
+                       train=spec.train, posthoc=spec.posthoc,
                        score=spec.score, details=evaluator.info, method_file=str(spec.source))
             results[m] = rep
             log(f"{m}: closed overall {rep['closed_set']['overall']:.4f}, "
@@ -188,9 +193,8 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
         "protocol": ("closed: top-1 on test; open: test + open, rejected when score < threshold; "
                      "msp/openmax at eval.threshold, energy/max_logit at the val-matched "
                      "operating point of MSP; auroc: known vs open by the score"),
-        "shot_rule": f"many: > {ev.many} training images, few: < {ev.few}, medium: "
-                     f"{ev.few}..{ev.many} inclusive; bucket accuracy = mean of per-class "
-                     f"accuracies; overall = accuracy over known test images",
+        "shot_rule": shot_rule_text(ev.shot_rule, ev.many, ev.few) + "; bucket accuracy = "
+                     "mean of per-class accuracies; overall = accuracy over known test images",
     }
     from facelt.openset.reporting import round_floats
     report = round_floats(report)

@@ -17,6 +17,8 @@ from facelt.openset.posthoc import energy, logit_adjust, max_logit, msp, select_
 OPENMAX_LOGIT_AV_MAX_CLASSES = 4096
 """OpenMax uses the logit vector as activation vector (the paper) up to this many classes; above,
 its ``K x K`` MAVs would not fit (74.5K^2 floats = 22 GB) and the embedding ``v`` is used."""
+#: tau-norm's default sweep: classifier-balancing's tau_norm.py, np.linspace(0, 2, 21)
+TAU_SWEEP = [float(t) for t in np.linspace(0.0, 2.0, 21)]
 
 
 @dataclass
@@ -73,7 +75,7 @@ class MethodEvaluator:
         # classifier-balancing's tau_norm.py scores with the normalised weights only (no bias)
         keep_bias = bool(self.spec.posthoc_args.get("bias", False))
         b = bias.double().cpu().numpy() if keep_bias else 0.0
-        taus = [float(t) for t in self.spec.posthoc_args.get("taus", [0.0, 0.5, 1.0])]
+        taus = [float(t) for t in self.spec.posthoc_args.get("taus", TAU_SWEEP)]
 
         def tau_logits(tau: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
             w = tau_normalize(weight, tau).double().cpu().numpy()

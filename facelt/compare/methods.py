@@ -1,5 +1,9 @@
 """Method specifications of ``facelt compare``: ``METHODS_DIR/<name>.yaml`` read and checked, and a
-method's config (``recipe + plain's overlay + its overlay + --set``)."""
+method's config (``recipe + plain's overlay + its overlay [+ its overlay for this recipe] + --set``).
+
+``by_recipe: {<recipe name>: {...config keys...}}`` in a method file adds an overlay for the recipe
+of that ``name`` only (classifier-balancing's Places-LT cRT / LWS values differ from its
+ImageNet-LT ones)."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +31,7 @@ class MethodSpec:
     score: str = "msp"
     score_args: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    by_recipe: dict = field(default_factory=dict)
 
 
 _POSTHOC_ARGS = {"none": set(), "tau_norm": {"taus", "bias"}, "logit_adjust": {"tau"},
@@ -71,24 +76,32 @@ def load_method(name: str, methods_dir: Path) -> MethodSpec:
     config = data.get("config") or {}
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: 'config' must be a mapping of config keys")
-    if train == "reuse" and config:
+    by_recipe = data.get("by_recipe") or {}
+    if not isinstance(by_recipe, dict) or not all(isinstance(v, dict) for v in by_recipe.values()):
+        raise ConfigError(f"{path}: 'by_recipe' must map recipe names to mappings of config keys")
+    if train == "reuse" and (config or by_recipe):
         raise ConfigError(f"{path}: a 'reuse' method evaluates plain's model and cannot change "
                           f"its config")
     return MethodSpec(name, path, train, posthoc,
                       _args(data.get("posthoc_args"), _POSTHOC_ARGS[posthoc], "posthoc_args", path),
                       score, _args(data.get("score_args"), _SCORE_ARGS[score], "score_args", path),
-                      config)
+                      config, by_recipe)
 
 
 def method_config(recipe: Path, spec: MethodSpec, base: Optional[MethodSpec],
                   overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """``recipe + base overlay + spec overlay + overrides``, every key checked, component names
-    too (an unknown head or loss fails here, before any method trains; the error names the file
-    that brought it in)."""
+    """``recipe + base overlay + spec overlay (+ its ``by_recipe`` overlay for this recipe's
+    ``name``) + overrides``, every key checked, component names too (an unknown head or loss fails
+    here, before any method trains; the error names the file that brought it in)."""
     tree = load_yaml(recipe)
     check_component_names(config_from_dict(tree, str(recipe)), str(recipe))
+    name = tree.get("name", Config().name)
     for s in ([base] if base is not None and base is not spec else []) + [spec]:
-        tree = deep_merge(tree, s.config)
-        where = f"{s.source} (config overlay on {recipe})"
-        check_component_names(config_from_dict(tree, where), where)
+        for overlay, what in ((s.config, "config overlay"),
+                              (s.by_recipe.get(name), f"by_recipe.{name} overlay")):
+            if not overlay:
+                continue
+            tree = deep_merge(tree, overlay)
+            where = f"{s.source} ({what} on {recipe})"
+            check_component_names(config_from_dict(tree, where), where)
     return check_component_names(load_config(None, list(overrides), base=tree))

@@ -26,14 +26,16 @@ def _clean(d: dict) -> dict:
 
 
 def method_report(test: Outputs, test_labels: np.ndarray, open_: Optional[Outputs],
-                  counts: np.ndarray, threshold: float, many: int, few: int) -> dict:
-    """Closed-set, open-set (rejection at ``score < threshold``), F-measure and AUROC."""
-    closed = shot_accuracy(test.pred, test_labels, counts, many=many, few=few)
+                  counts: np.ndarray, threshold: float, many: int, few: int,
+                  rule: str = "paper") -> dict:
+    """Closed-set, open-set (rejection at ``score < threshold``), F-measure and AUROC; shot
+    buckets by ``rule`` (:data:`facelt.data.shots.SHOT_RULES`)."""
+    closed = shot_accuracy(test.pred, test_labels, counts, many=many, few=few, rule=rule)
     pred = np.concatenate([test.pred] + ([open_.pred] if open_ else []))
     score = np.concatenate([test.score] + ([open_.score] if open_ else []))
     labels = np.concatenate([test_labels] + ([np.full(len(open_.pred), -1)] if open_ else []))
     opened = open_set_scores_report(pred, score, labels, counts, threshold, many, few,
-                                    with_auroc=True)
+                                    with_auroc=True, rule=rule)
     return {"closed_set": _clean(closed), "open_set": _clean(opened), "threshold": float(threshold)}
 
 
@@ -57,8 +59,18 @@ def markdown_table(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Values in %. Open-set threshold {report['threshold']}. {report['protocol']}.",
               f"Shots: {report['shot_rule']}.", "",
+              *weights_lines(report),
               f"![every method, every column (%)]({CHART_NAME})", ""]
     return "\n".join(lines)
+
+
+def weights_lines(report: dict) -> list[str]:
+    """Which weights each method's numbers come from (``--weights``; empty for older reports)."""
+    per = {m: rep["weights"] for m, rep in report["methods"].items() if rep.get("weights")}
+    if not per:
+        return []
+    return [f"Weights (--weights {report.get('weights', '?')}): "
+            + "; ".join(f"{m} {w}" for m, w in per.items()) + ".", ""]
 
 
 def bar_chart(report: dict, path: Path) -> None:

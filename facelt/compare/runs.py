@@ -66,9 +66,32 @@ def is_complete(ckpt: Path, cfg: Config, stage: int) -> bool:
     return bool(state.get("complete"))
 
 
+def stage1_source(out: Path, spec: MethodSpec, cfg: Config, base_cfg: Optional[Config]
+                  ) -> tuple[Path, Optional[str]]:
+    """The run folder a ``stage2`` method's stage 2 starts from, and why: plain's run when the
+    method's config trains plain's stage 1 (``None``), else a run of its own stage 1 (the first
+    key that differs; e.g. classifier-balancing's Places-LT cRT / LWS on a stage 1 without
+    ``fc_add``). A complete stage 1 of that recipe under another method's run is shared."""
+    if base_cfg is None:
+        return run_dir(out, BASE_METHOD), None
+    diff = recipe_diff(base_cfg.to_dict(), cfg, 1)
+    if diff is None:
+        return run_dir(out, BASE_METHOD), None
+    runs = run_dir(out, BASE_METHOD).parent
+    for other in sorted(runs.iterdir()) if runs.is_dir() else []:
+        ck = other / "stage1" / "checkpoint.pt"
+        if other.name != spec.name and ck.is_file():
+            state = load_checkpoint(ck)
+            if state.get("complete") and recipe_diff(state.get("config", {}), cfg, 1) is None:
+                return other, diff
+    return run_dir(out, spec.name), diff
+
+
 def ensure_trained(spec: MethodSpec, cfg: Config, out: Path, resume: bool,
-                   log: Callable[[str], None] = print) -> Path:
-    """Train ``spec`` unless its complete checkpoint is there; return the checkpoint path."""
+                   log: Callable[[str], None] = print, base_cfg: Optional[Config] = None) -> Path:
+    """Train ``spec`` unless its complete checkpoint is there; return the checkpoint path. A
+    ``stage2`` method starts from plain's stage 1, or (``base_cfg`` given: plain's config) from a
+    stage 1 of its own when its config changes stage 1 (:func:`stage1_source`)."""
     from facelt.jobs.train import train
     ckpt = checkpoint_of(out, spec)
     stage = 2 if spec.train == "stage2" else 1
@@ -78,7 +101,12 @@ def ensure_trained(spec: MethodSpec, cfg: Config, out: Path, resume: bool,
     init = None
     if spec.train == "stage2":
         from facelt.train.stage import stage1_init_path
-        init = stage1_init_path(run_dir(out, BASE_METHOD), cfg.stage2)
+        source, why = stage1_source(out, spec, cfg, base_cfg)
+        if why is not None and not is_complete(source / "stage1" / "checkpoint.pt", cfg, 1):
+            log(f"{spec.name}: its config trains another stage 1 than plain's ({why}): "
+                f"training stage 1 -> {source / 'stage1'}")
+            train(cfg, [1], source, resume=resume)
+        init = stage1_init_path(source, cfg.stage2)
         if not init.is_file():
             raise FaceltError(f"{spec.name}: stage 2 starts from {init}, which does not exist")
     log(f"{spec.name}: training stage {stage} -> {ckpt.parent}")

@@ -87,7 +87,7 @@ def seeds_markdown(summary: dict, recipe: str, protocol: str) -> str:
 def compare_seeds(recipe: str | Path, methods: list[str], out: str | Path,
                   methods_dir: str | Path, seeds: list[int],
                   overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
-                  same_epochs: bool = True, weights: str = "last",
+                  same_epochs: bool = True, weights: str = "auto",
                   log: Callable[[str], None] = print) -> dict:
     """Run :func:`facelt.compare.compare` once per seed into ``OUT/seed<N>`` and summarise."""
     from facelt.compare import compare
@@ -101,7 +101,7 @@ def compare_seeds(recipe: str | Path, methods: list[str], out: str | Path,
     return write_seed_summary(out, reports, weights)
 
 
-def write_seed_summary(out: str | Path, reports: dict[int, dict], weights: str = "last") -> dict:
+def write_seed_summary(out: str | Path, reports: dict[int, dict], weights: str = "auto") -> dict:
     """Write ``OUT/report.{json,md}`` from the per-seed comparison reports."""
     out = Path(out)
     seeds = sorted(reports)

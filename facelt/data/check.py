@@ -19,9 +19,9 @@ __all__ = ["check_recipe_data"]
 
 def check_recipe_data(cfg: "Config", decode: bool = False) -> dict:
     """Check the splits of ``cfg.data``; returns ``{num_classes, <split>: {images, classes,
-    per_class}, train.shots, decoded}``."""
+    per_class}, train.shots, shot_rule, decoded}``."""
     from facelt.data.build import SPLITS, build_split, class_counts, infer_num_classes
-    from facelt.data.shots import shot_counts
+    from facelt.data.shots import shot_counts, shot_rule_text
     from facelt.data.verify import verify_split_data
     splits = {s: build_split(cfg.data, s, train=False, check_files=True) for s in SPLITS}
     if splits["train"] is None:
@@ -43,7 +43,9 @@ def check_recipe_data(cfg: "Config", decode: bool = False) -> dict:
                             + (f"\n  ... and {bad - len(shown)} more" if bad > len(shown) else ""))
     if problems:
         raise DataError("\n".join(problems))
-    report["train"]["shots"] = shot_counts(counts[counts > 0], cfg.eval.many, cfg.eval.few)
+    ev = cfg.eval
+    report["train"]["shots"] = shot_counts(counts[counts > 0], ev.many, ev.few, ev.shot_rule)
+    report["shot_rule"] = shot_rule_text(ev.shot_rule, ev.many, ev.few)
     report["decoded"] = bool(decode)
     return report
 

@@ -119,6 +119,20 @@ def read_list_text(path: str | os.PathLike) -> str:
         raise DataError(f"list file {path} cannot be read as {path.suffix or 'text'} ({e})") from None
 
 
+def list_file_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a list file as written (``.gz`` / ``.xz`` decompressed, line ends untouched):
+    what ``git hash-object`` of the plain file hashes."""
+    path = Path(path)
+    opener = COMPRESSED_SUFFIXES.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise DataError(f"list file {path} does not exist") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise DataError(f"list file {path} cannot be read as {path.suffix or 'text'} ({e})") from None
+
+
 def read_list(path: str | os.PathLike) -> ImageList:
     """Read an OLTR list file (plain, ``.gz`` or ``.xz``; ``NAME.txt`` also finds ``NAME.txt.gz``);
     raise :class:`DataError` naming file, line and text on a bad line."""
@@ -190,12 +204,13 @@ def check_files_exist(image_list: ImageList, root: str | os.PathLike, max_report
                         f"{what} under root {root}:\n{shown}{more}")
 
 
-def list_stats(image_list: ImageList, many: int = 100, few: int = 20) -> dict[str, int]:
+def list_stats(image_list: ImageList, many: int = 100, few: int = 20,
+               rule: str = "paper") -> dict[str, int]:
     """Class-size statistics over the classes that appear.
 
     ``many`` = classes with more than ``many`` images, ``few`` = fewer than ``few``, ``medium`` the
-    rest (the OLTR convention: many > 100, medium 20..100, few < 20).  ``images`` counts every item,
-    ``open`` the items labelled -1.
+    rest (``rule`` ``paper``: many > 100, medium 20..100, few < 20; ``oltr_code``: >= 100 and
+    <= 20, :mod:`facelt.data.shots`).  ``images`` counts every item, ``open`` the items labelled -1.
     """
     counts = image_list.class_counts()
     counts = counts[counts > 0]
@@ -205,5 +220,5 @@ def list_stats(image_list: ImageList, many: int = 100, few: int = 20) -> dict[st
         "open": int((image_list.labels < 0).sum()),
         "min_per_class": int(counts.min()) if counts.size else 0,
         "max_per_class": int(counts.max()) if counts.size else 0,
-        **shot_counts(counts, many, few),
+        **shot_counts(counts, many, few, rule),
     }

@@ -452,6 +452,8 @@ def prepare_longtail(spec: BenchmarkSpec, source_dir: str | os.PathLike, out_dir
         val_name = None
     manifest = {
         "benchmark": spec.name,
+        "split": "rebuilt: a new draw, not the official split (not comparable with published "
+                 "numbers)",
         "source": str(source_dir),
         "path_prefix": prefix,
         "rule": (f"Pareto(alpha={recipe.alpha}) quantiles at u=i/K, rescaled to "

@@ -15,9 +15,13 @@ The protocol (insightface's defaults):
   ``detector_score=False`` drops the weighting;
 * media feature = mean of the media's image features; template feature = sum of its media
   features, L2-normalised; pair score = cosine of the two templates;
-* TAR at FAR f = the highest TPR over score thresholds (accept ``score >= t``) whose FPR <= f;
-  0 when none (tied scores are accepted or rejected together).  insightface's printed table instead
-  takes the ROC point whose FPR is *nearest* f, which can lie above f.
+* TAR at FAR f, by a named rule (``tar_rule``, ``facelt ijb --tar-rule``): ``strict`` (default)
+  = the highest TPR over score thresholds (accept ``score >= t``) whose FPR <= f; 0 when none
+  (tied scores are accepted or rejected together).  ``insightface`` = the rule of the published
+  tables (``recognition/arcface_torch/eval_ijbc.py``): scikit-learn's ``roc_curve`` (intermediate
+  points dropped, :func:`sklearn_kept_points`), then the TPR of the point whose FPR is *nearest*
+  f (``argmin |fpr - f|``; of equal distances the point later in roc_curve's order, the higher
+  one), which can lie above f.
 
 Pairs stream through memory in blocks (IJB-C has 15.7M); the scores (float64) are kept, one sort
 gives the ROC.
@@ -34,6 +38,12 @@ import numpy as np
 from facelt.errors import DataError, FaceltError
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+TAR_RULES = {
+    "strict": "strict: the highest TPR over thresholds whose FPR <= FAR (0 when none)",
+    "insightface": ("insightface: the TPR of the ROC point whose FPR is nearest FAR (scikit-learn "
+                    "roc_curve, intermediate points dropped), as insightface's eval_ijbc.py "
+                    "prints it; that point can lie above FAR"),
+}
 TARGETS = ("IJBB", "IJBC")
 PAIR_BLOCK = 1 << 20
 SCORE_BLOCK = 1 << 13
@@ -317,9 +327,11 @@ def _template_rows(tids: np.ndarray, t: np.ndarray, where) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ ROC
 
-def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fpr, tpr, thresholds)`` of accepting ``score >= t`` at every distinct score (descending),
-    starting at (0, 0) for a threshold above every score; tied scores move together."""
+def roc_counts(scores: np.ndarray, labels: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """``(fps, tps, thresholds, positives, negatives)``: false / true accepts of ``score >= t``
+    at every distinct score ``t`` (descending; tied scores move together), as scikit-learn's
+    ``_binary_clf_curve`` counts them."""
     labels = np.asarray(labels).astype(bool)
     pos = int(labels.sum())
     neg = int(len(labels) - pos)
@@ -330,16 +342,40 @@ def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     lab = labels[order]
     del order
     ends = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-    thr = np.r_[np.inf, s[ends]]
+    thr = s[ends]
     del s
     tp = np.cumsum(lab, dtype=np.int64)[ends]
-    tpr = np.r_[0.0, tp / pos]
-    fpr = np.r_[0.0, (ends + 1 - tp) / neg]
-    return fpr, tpr, thr
+    return ends + 1 - tp, tp, thr, pos, neg
+
+
+def roc_rates(fps: np.ndarray, tps: np.ndarray, pos: int, neg: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of the counts, starting at (0, 0) (a threshold above every score)."""
+    return np.r_[0.0, fps / neg], np.r_[0.0, tps / pos]
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` of accepting ``score >= t`` at every distinct score (descending),
+    starting at (0, 0) for a threshold above every score; tied scores move together."""
+    fps, tps, thr, pos, neg = roc_counts(scores, labels)
+    fpr, tpr = roc_rates(fps, tps, pos, neg)
+    return fpr, tpr, np.r_[np.inf, thr]
+
+
+def sklearn_kept_points(fps: np.ndarray, tps: np.ndarray) -> np.ndarray:
+    """Indices of the points scikit-learn's ``roc_curve(drop_intermediate=True)`` keeps (its
+    default, what eval_ijbc.py calls): the first, the last, and every point where the second
+    difference of the false- or the true-accept counts is not zero (a corner); points in the
+    middle of a run of equal steps are dropped. (facelt does not depend on scikit-learn.)"""
+    n = len(fps)
+    if n <= 2:
+        return np.arange(n)
+    corner = (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0)
+    return np.flatnonzero(np.r_[True, corner, True])
 
 
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, fars=FARS) -> dict[str, float]:
-    """For each FAR: the highest TPR among ROC points with FPR <= FAR (0 when there is none)."""
+    """``strict``: for each FAR the highest TPR among ROC points with FPR <= FAR (0 when none)."""
     out = {}
     for f in fars:
         ok = fpr <= f
@@ -347,13 +383,40 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, fars=FARS) -> dict[str, float]:
     return out
 
 
+def tar_at_nearest_far(fpr: np.ndarray, tpr: np.ndarray, fars=FARS) -> dict[str, float]:
+    """``insightface``: for each FAR the TPR of the ROC point (``fpr`` ascending, as roc_curve
+    returns it) whose FPR is nearest FAR; of equal distances the last such point (eval_ijbc.py
+    flips the curve and takes the first minimum of ``(|fpr - far|, index)``)."""
+    out = {}
+    for f in fars:
+        d = np.abs(fpr - f)
+        out[far_key(f)] = float(tpr[np.flatnonzero(d == d.min())[-1]])
+    return out
+
+
+def tar_table(fps: np.ndarray, tps: np.ndarray, pos: int, neg: int, rule: str = "strict",
+              fars=FARS) -> dict[str, float]:
+    """TAR at each FAR from the ROC counts by ``rule`` (:data:`TAR_RULES`)."""
+    if rule not in TAR_RULES:
+        raise FaceltError(f"unknown TAR rule {rule!r} (known: {', '.join(TAR_RULES)})")
+    if rule == "strict":
+        return tar_at_far(*roc_rates(fps, tps, pos, neg), fars)
+    keep = sklearn_kept_points(fps, tps)
+    return tar_at_nearest_far(*roc_rates(fps[keep], tps[keep], pos, neg), fars)
+
+
 def evaluate_ijb(features: np.ndarray, meta: IJBMeta, pairs_path: Union[str, os.PathLike],
                  detector_score: bool = True, normalize_images: bool = False,
-                 fars=FARS) -> tuple[dict, np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """``(report, scores, (fpr, tpr))`` of the 1:1 protocol from raw image features."""
+                 fars=FARS, tar_rule: str = "strict"
+                 ) -> tuple[dict, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``(report, scores, (fpr, tpr))`` of the 1:1 protocol from raw image features; TAR at FAR
+    by ``tar_rule`` (:data:`TAR_RULES`, named in the report)."""
+    if tar_rule not in TAR_RULES:
+        raise FaceltError(f"unknown TAR rule {tar_rule!r} (known: {', '.join(TAR_RULES)})")
     tids, tfeats = template_features(features, meta, detector_score, normalize_images)
     scores, labels = pair_scores(tids, tfeats, pairs_path)
-    fpr, tpr, _ = roc_points(scores, labels)
+    fps, tps, _, pos, neg = roc_counts(scores, labels)
+    fpr, tpr = roc_rates(fps, tps, pos, neg)
     report = {
         "pairs": int(len(scores)),
         "genuine": int(labels.sum()),
@@ -362,7 +425,8 @@ def evaluate_ijb(features: np.ndarray, meta: IJBMeta, pairs_path: Union[str, os.
         "templates": int(len(tids)),
         "detector_score": bool(detector_score),
         "normalize_images": bool(normalize_images),
-        "tar_at_far": tar_at_far(fpr, tpr, fars),
+        "tar_rule": TAR_RULES[tar_rule],
+        "tar_at_far": tar_table(fps, tps, pos, neg, tar_rule, fars),
     }
     return report, scores, (fpr, tpr)
 
@@ -440,7 +504,7 @@ def write_ijb_report(report: dict, scores: np.ndarray, roc: tuple[np.ndarray, np
              f"- image features: flip-sum, {'L2-normalised' if report['normalize_images'] else 'raw norm'}"
              f"{', times detector score' if report['detector_score'] else ''}; media = mean, "
              "template = sum, L2; score = cosine",
-             "- TAR at FAR f: highest TPR over thresholds whose FPR <= f", "",
+             f"- TAR at FAR: {report.get('tar_rule', TAR_RULES['strict'])}", "",
              "| FAR | " + " | ".join(report["tar_at_far"]) + " |",
              "|---" * (len(report["tar_at_far"]) + 1) + "|",
              "| TAR | " + " | ".join(f"{100 * v:.2f}%" for v in report["tar_at_far"].values()) + " |",

@@ -18,8 +18,10 @@ The protocol is insightface's ``verification.py``:
   mean best threshold;
 * VAL at FAR 1e-3: per fold, the training folds' FAR curve over ``arange(0, 4, 0.001)`` gives the
   threshold where FAR reaches 1e-3 (linear interpolation between the two thresholds around the
-  first crossing; 0 when FAR never reaches it, as insightface), and the test fold's TAR and FAR at
-  it; ``val`` / ``val_std`` / ``far`` are their mean / std / mean.
+  first crossing; where FAR equals 1e-3 exactly on a run of thresholds, the last of them, as
+  scipy's ``interp1d(kind='slinear')`` in insightface's ``calculate_val`` returns; 0 when FAR never
+  reaches it, as insightface), and the test fold's TAR and FAR at it; ``val`` / ``val_std`` /
+  ``far`` are their mean / std / mean.
 """
 from __future__ import annotations
 
@@ -270,7 +272,9 @@ def tar_far(dist: np.ndarray, issame: np.ndarray, threshold: float) -> tuple[flo
 def threshold_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float,
                      thresholds: np.ndarray = VAL_THRESHOLDS) -> float:
     """The distance threshold where the FAR of ``dist < t`` reaches ``far_target`` (linear
-    interpolation between the thresholds around the first crossing); 0 when it never does."""
+    interpolation between the thresholds around the first crossing; the last threshold of a run
+    whose FAR equals ``far_target`` exactly, as insightface's ``interp1d`` gives); 0 when it never
+    does."""
     d = np.asarray(dist, dtype=np.float64)
     neg = np.sort(d[~issame])
     if len(neg) == 0:
@@ -279,6 +283,8 @@ def threshold_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float,
     if far.max() < far_target:
         return 0.0
     j = int(np.argmax(far >= far_target))
+    if far[j] == far_target:  # reached exactly: interp1d's value at a repeated x is its last y
+        return float(thresholds[j + int(np.sum(far[j:] == far_target)) - 1])
     if j == 0:
         return float(thresholds[0])
     f0, f1, t0, t1 = far[j - 1], far[j], thresholds[j - 1], thresholds[j]

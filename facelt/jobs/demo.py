@@ -49,7 +49,9 @@ SEEN_PROBES = 14
 @dataclass(frozen=True)
 class DemoOptions:
     """What ``facelt demo`` was asked for. ``recipe``: the demo's config (``configs/
-    demo_faces.yaml``); ``overrides``: ``KEY=VALUE`` on it; ``device``: sets its ``device`` key."""
+    demo_faces.yaml``); ``overrides``: ``KEY=VALUE`` on it; ``device``: sets its ``device`` key;
+    ``face_size``: the face images' side (None: the recipe's 32; 112 is insightface's crop, and
+    a model insightface's ``model_zoo.get_model`` routes)."""
 
     out: Path
     recipe: Path
@@ -58,9 +60,18 @@ class DemoOptions:
     distractors: int = 2000
     overrides: tuple[str, ...] = ()
     device: Optional[str] = None
+    face_size: Optional[int] = None
 
     def recipe_overrides(self) -> list[str]:
-        return [*self.overrides, *([f"device={self.device}"] if self.device else [])]
+        """``face_size`` first (``--set`` may still change what it sets): ``data.image_size`` and,
+        above 32 px, the conv spatial attention (the reference's Linear over the flattened
+        (S/4)^2 map would hold (S/4)^4 x 128 weights: 78.7M at 112)."""
+        size = []
+        if self.face_size is not None:
+            size = [f"data.image_size={self.face_size}"]
+            if self.face_size > 32:
+                size.append("stage2.spatial_attention=conv")
+        return [*size, *self.overrides, *([f"device={self.device}"] if self.device else [])]
 
 
 @dataclass
@@ -90,6 +101,7 @@ def run_demo(opts: DemoOptions) -> Path:
     from facelt.config import load_config
     from facelt.jobs.train import train
     from facelt.models.components import check_component_names
+    from facelt.models.eval_weights import evaluation_weights
     from facelt.openset.classify import evaluate_checkpoint
     t0 = time.time()
     out = Path(opts.out)
@@ -103,7 +115,7 @@ def run_demo(opts: DemoOptions) -> Path:
                                     *opts.recipe_overrides()])
     _step("training stage 1 (plain) and stage 2 (OLTR)")                                 # 3.
     train(cfg, [1, 2], out / "train", resume=True)
-    cls = {s: evaluate_checkpoint(out / "train" / f"stage{s}" / "checkpoint.pt",
+    cls = {s: evaluate_checkpoint(evaluation_weights(out / "train" / f"stage{s}"),  # no val: last
                                   out / f"classify_stage{s}", data=cfg.data) for s in (1, 2)}
     _step("face verification on unseen SYNTHETIC identities; ONNX export of stage 2")    # 4.
     ver = verify_and_export(out, evd / "verification.bin", cfg.data.image_size)
@@ -124,7 +136,12 @@ def sample_training_set(out: Path, identities: int, seed: int, size: int) -> Dem
         _step(f"rendering {identities} SYNTHETIC identities (long-tailed source)")
         counts = long_tail_counts(identities, max_count=160, min_count=4, alpha=1.1, seed=seed)
         write_synthetic_rec(src, counts, seed=seed, size=size)
-    source_counts = np.asarray(json.loads(manifest_path.read_text())["counts"])
+    rendered = json.loads(manifest_path.read_text())
+    if list(rendered.get("image_size", [size, size])) != [size, size]:
+        from facelt.errors import OutputError
+        raise OutputError(f"{out} holds a demo rendered at {rendered['image_size'][0]} px, this run "
+                          f"asks for {size} px: choose another --out")
+    source_counts = np.asarray(rendered["counts"])
     lt_dir = out / "ms1m_lt"
     if not (lt_dir / "manifest.json").exists():
         _step("sampling the long-tailed training set with the MS1M-LT rule")
@@ -180,9 +197,12 @@ def verify_and_export(out: Path, vbin: Path, image_size: int) -> dict:
         export_onnx(net, model, image_size=image_size, channels=ncfg.data.channels)
     min_cos = compare_with_torch(model, net, image_size)
     results["onnx"] = vs.evaluate_model(OnnxEmbedder(model), batch_size=256)
+    from facelt.faces.insightface_route import insightface_route_warning
     report = {"set": str(vbin), "pairs": vs.pairs, "positive": int(vs.issame.sum()),
               "identities": VERIFY_IDENTITIES, "onnx_model": str(model),
-              "onnx_min_cosine": min_cos, "results": results}
+              "onnx_min_cosine": min_cos, "results": results,
+              "insightface_get_model": (insightface_route_warning(image_size, ncfg.data.channels)
+                                        or "ArcFaceONNX (a recognition model)")}
     write_json(out / "verification" / "report.json", report)
     return report
 

@@ -38,6 +38,10 @@ def _verification_lines(ver: dict) -> list[str]:
     lines += ["", "ONNX model: [model.onnx](model.onnx) (the stage-2 embedding network; input "
               "N x 3 x S x S RGB, `(x - 127.5) / 127.5` outside the graph); min cosine vs facelt "
               f"over 8 random images: {ver['onnx_min_cosine']:.6f}.", ""]
+    if ver.get("insightface_get_model"):
+        lines += [f"insightface's `model_zoo.get_model` on it: {ver['insightface_get_model']}"
+                  + ("" if ver["insightface_get_model"].startswith("ArcFaceONNX")
+                     else " (`facelt demo --face-size 112` trains a model it routes)") + ".", ""]
     return lines
 
 
@@ -51,7 +55,8 @@ def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: 
     previous = json.loads(path.read_text()) if path.is_file() else {}
     summary = {
         "manifest": {"totals": manifest["totals"], "C": manifest["C"], "shots": manifest["shots"]},
-        "classify": {str(s): {"closed_set": cls[s]["closed_set"], "open_set": cls[s]["open_set"]}
+        "classify": {str(s): {k: cls[s][k] for k in ("closed_set", "open_set", "shot_rule",
+                                                     "weights") if k in cls[s]}
                      for s in (1, 2)},
         "megaface": {"results": [{k: r[k] for k in ("gallery", "rank1", "trials")}
                                  for r in mf.get("results", [mf])],
@@ -85,7 +90,13 @@ def write_demo_report(out: Path) -> Path:
         c, o = cls[s]["closed_set"], cls[s]["open_set"]
         lines.append(f"| {name} | {_fmt(c['overall'])} | {_fmt(c['many'])} | {_fmt(c['medium'])} | "
                      f"{_fmt(c['few'])} | {_fmt(o['overall'])} | {_fmt(o['f_measure'])} |")
-    lines += ["", "Per-class accuracy and threshold sweep: "
+    lines += [""]
+    if cls[2].get("shot_rule"):
+        lines += [f"Shot buckets: {cls[2]['shot_rule']}.", ""]
+    if cls[2].get("weights"):
+        lines += [f"Weights: stage 1 {cls[1].get('weights', '?')}, stage 2 {cls[2]['weights']}.",
+                  ""]
+    lines += ["Per-class accuracy and threshold sweep: "
               "[stage 1](classify_stage1/report.md), [stage 2](classify_stage2/report.md).", ""]
     if summary.get("verification"):
         lines += _verification_lines(summary["verification"])

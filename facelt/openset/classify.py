@@ -9,10 +9,12 @@ import torch
 
 from facelt.config import DataConfig
 from facelt.data.build import build_split
+from facelt.data.shots import shot_rule_text
 from facelt.errors import FaceltError
 from facelt.openset.evaluate import (closed_set_report, concat_predictions, open_set_report, predict,
                              write_predictions_csv)
 from facelt.models.checkpoint import net_from_checkpoint
+from facelt.models.eval_weights import weights_label
 from facelt.parallel.process import pick_device
 from facelt.utils.io import write_json
 
@@ -28,8 +30,11 @@ def _clean(d: dict) -> dict:
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
                         data: Optional[DataConfig] = None, threshold: Optional[float] = None,
-                        device: str = "auto") -> dict:
-    """Closed- and open-set evaluation; writes ``report.json`` and ``predictions.csv``."""
+                        device: str = "auto", shot_rule: Optional[str] = None) -> dict:
+    """Closed- and open-set evaluation of the weights file ``checkpoint`` (pick it with
+    :func:`facelt.models.eval_weights.evaluation_weights`); writes ``report.json`` (which weights:
+    ``weights``, ``weights_file``) and ``predictions.csv``. ``shot_rule`` (None: the
+    checkpoint's ``eval.shot_rule``) names the bucket rule."""
     dev = pick_device(device)
     net, cfg, state = net_from_checkpoint(checkpoint, dev)
     data = data or cfg.data
@@ -44,19 +49,23 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path,
     if (p_test.labels >= len(counts)).any():
         raise FaceltError(f"test split has labels >= {len(counts)} (the checkpoint's classes)")
     p_open = predict(net, open_split.dataset, dev, bs, nw, desc="open") if open_split else None
-    closed = closed_set_report(p_test, counts, cfg.eval.many, cfg.eval.few)
-    opened = open_set_report(p_test, p_open, counts, thr, cfg.eval.many, cfg.eval.few,
-                             cfg.eval.sweep)
+    ev = cfg.eval
+    if shot_rule is not None:
+        from dataclasses import replace
+        ev = replace(ev, shot_rule=shot_rule)
+    closed = closed_set_report(p_test, counts, ev.many, ev.few, ev.shot_rule)
+    opened = open_set_report(p_test, p_open, counts, thr, ev.many, ev.few, ev.sweep, ev.shot_rule)
     report = {
         "closed_set": _clean(closed),
         "open_set": _clean({k: v for k, v in opened.items() if k != "sweep"}),
         "threshold": thr,
         "threshold_sweep": [_clean(r) for r in opened["sweep"]],
         "per_class": _per_class(p_test, counts, state.get("class_names") or []),
-        "shot_rule": f"many: > {cfg.eval.many} training images, few: < {cfg.eval.few}, "
-                     f"medium: {cfg.eval.few}..{cfg.eval.many} inclusive; bucket accuracy = mean "
-                     f"of per-class accuracies; overall = accuracy over known test images",
+        "shot_rule": shot_rule_text(ev.shot_rule, ev.many, ev.few) + "; bucket accuracy = mean "
+                     "of per-class accuracies; overall = accuracy over known test images",
         "checkpoint": str(checkpoint),
+        "weights": weights_label(state, checkpoint),
+        "weights_file": str(checkpoint),
         "stage": int(state["stage"]),
         "test_images": int(len(p_test.labels)),
         "open_images": int(len(p_open.labels)) if p_open else 0,

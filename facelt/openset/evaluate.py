@@ -1,8 +1,8 @@
 """Closed-set and open-set evaluation as the OLTR benchmark does it.
 
-* closed set: top-1 on the (balanced) test split, overall and per shot bucket (many > ``many``
-  training images, few < ``few``, medium in between, both bounds medium), each bucket the mean of its
-  classes' accuracies;
+* closed set: top-1 on the (balanced) test split, overall and per shot bucket (``eval.shot_rule``
+  ``paper``: many > ``many`` training images, few < ``few``, medium in between, both bounds medium;
+  ``oltr_code``: many >= ``many``, few <= ``few``), each bucket the mean of its classes' accuracies;
 * open set: test + open images, predicting ``unknown`` (-1) when the max softmax is below the
   threshold; the same buckets over known images with rejection, the OpenMax-style F-measure with the
   reference's fixed rule, the fraction of open images rejected, and a threshold sweep.
@@ -57,8 +57,9 @@ def predict(net: torch.nn.Module, dataset: Dataset, device: torch.device, batch_
                        np.concatenate(labels).astype(np.int64))
 
 
-def closed_set_report(p: Predictions, train_counts: np.ndarray, many: int, few: int) -> dict:
-    return shot_accuracy(p.pred, p.labels, train_counts, many=many, few=few)
+def closed_set_report(p: Predictions, train_counts: np.ndarray, many: int, few: int,
+                      rule: str = "paper") -> dict:
+    return shot_accuracy(p.pred, p.labels, train_counts, many=many, few=few, rule=rule)
 
 
 class ClosedSetValidation:
@@ -67,34 +68,38 @@ class ClosedSetValidation:
     (``data.counts``); the trainer chooses ``best.pt`` on its ``overall``."""
 
     def __init__(self, device: torch.device, batch_size: int, num_workers: int, many: int,
-                 few: int) -> None:
+                 few: int, rule: str = "paper") -> None:
         self.device = device
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.many = many
         self.few = few
+        self.rule = rule
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> "ClosedSetValidation":
-        """``eval.{batch_size,many,few}`` and ``data.num_workers`` of a recipe."""
-        return cls(device, cfg.eval.batch_size, cfg.data.num_workers, cfg.eval.many, cfg.eval.few)
+        """``eval.{batch_size,many,few,shot_rule}`` and ``data.num_workers`` of a recipe."""
+        return cls(device, cfg.eval.batch_size, cfg.data.num_workers, cfg.eval.many, cfg.eval.few,
+                   cfg.eval.shot_rule)
 
     def __call__(self, net: torch.nn.Module, data) -> dict:
         p = predict(net, data.val.dataset, self.device, self.batch_size, self.num_workers,
                     desc="val")
-        return closed_set_report(p, data.counts, self.many, self.few)
+        return closed_set_report(p, data.counts, self.many, self.few, self.rule)
 
 
 def open_set_scores_report(pred: np.ndarray, score: np.ndarray, labels: np.ndarray,
                            train_counts: np.ndarray, threshold: float, many: int, few: int,
-                           sweep: Optional[list[float]] = None, with_auroc: bool = False) -> dict:
+                           sweep: Optional[list[float]] = None, with_auroc: bool = False,
+                           rule: str = "paper") -> dict:
     """The open-set report of known + open images (``labels`` -1 for open): predictions are
     rejected as unknown where ``score < threshold``; shot-bucket accuracy of the known images,
     F-measure, the fraction of open images rejected (None without any), and optionally the
     threshold ``sweep`` (``score`` a probability) and the known-vs-open AUROC of ``score``."""
     rejected = reject(score, pred, threshold)
     known = labels >= 0
-    rep = shot_accuracy(rejected[known], labels[known], train_counts, many=many, few=few)
+    rep = shot_accuracy(rejected[known], labels[known], train_counts, many=many, few=few,
+                        rule=rule)
     rep["f_measure"] = open_set_f_measure(rejected, labels)
     rep["open_rejected"] = open_set_accuracy(rejected, labels) if (~known).any() else None
     if sweep is not None:
@@ -105,11 +110,12 @@ def open_set_scores_report(pred: np.ndarray, score: np.ndarray, labels: np.ndarr
 
 
 def open_set_report(test: Predictions, open_: Optional[Predictions], train_counts: np.ndarray,
-                    threshold: float, many: int, few: int, sweep: list[float]) -> dict:
+                    threshold: float, many: int, few: int, sweep: list[float],
+                    rule: str = "paper") -> dict:
     """:func:`open_set_scores_report` of test + open predictions scored by max softmax."""
     both = concat_predictions(test, open_)
     return open_set_scores_report(both.pred, both.max_prob, both.labels, train_counts, threshold,
-                                  many, few, sweep=sweep)
+                                  many, few, sweep=sweep, rule=rule)
 
 
 def concat_predictions(a: Predictions, b: Optional[Predictions]) -> Predictions:

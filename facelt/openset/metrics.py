@@ -35,13 +35,14 @@ def per_class_accuracy(preds: Sequence[int], labels: Sequence[int], num_classes:
 
 
 def shot_accuracy(preds: Sequence[int], labels: Sequence[int], train_counts: Sequence[int],
-                  many: int = 100, few: int = 20) -> dict[str, float]:
-    """Overall sample accuracy over known samples and the mean per-class accuracy per shot bucket."""
+                  many: int = 100, few: int = 20, rule: str = "paper") -> dict[str, float]:
+    """Overall sample accuracy over known samples and the mean per-class accuracy per shot bucket
+    (``rule``: :data:`facelt.data.shots.SHOT_RULES`)."""
     p, y = _as_int_pair(preds, labels)
     known = y >= 0
     overall = float(np.mean(p[known] == y[known])) if known.any() else float("nan")
     per_class = per_class_accuracy(p, y, len(train_counts))
-    shots = shot_of_counts(train_counts, many, few)
+    shots = shot_of_counts(train_counts, many, few, rule)
     out = {"overall": overall}
     for bucket in ("many", "medium", "few"):
         accs = per_class[(shots == bucket) & ~np.isnan(per_class)]

@@ -59,7 +59,8 @@ def write_classification_report(report: dict, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     c, o = report["closed_set"], report["open_set"]
     lines = ["# Classification report", "",
-             f"Checkpoint: `{report.get('checkpoint', '?')}` (stage {report.get('stage', '?')}); "
+             f"Checkpoint: `{report.get('checkpoint', '?')}` (stage {report.get('stage', '?')}"
+             + (f", weights {report['weights']}" if report.get("weights") else "") + "); "
              f"{report.get('test_images', '?')} test and {report.get('open_images', '?')} open images; "
              f"open-set threshold {report['threshold']}.", "",
              f"Shot rule: {report.get('shot_rule', '')}", "",

@@ -23,7 +23,7 @@ from facelt.errors import ConfigError
 RESUME_FREE_KEYS = (
     "name", "out", "device", "log_every", "log.",
     "data.num_workers",
-    "eval.batch_size", "eval.threshold", "eval.sweep", "eval.many", "eval.few",
+    "eval.batch_size", "eval.threshold", "eval.sweep", "eval.many", "eval.few", "eval.shot_rule",
     "eval.verification", "eval.verify_every",
     "stage1.checkpoint_every", "stage2.checkpoint_every",
     # the class-sharded head computes the same maths and saves consolidated checkpoints, so a run

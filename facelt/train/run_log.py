@@ -21,6 +21,27 @@ TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_PIP = "pip install 'facelt[tensorboard]'  (or: pip install tensorboard)"
 
 
+def learning_rates(optimizer) -> dict[str, float]:
+    """``{group name: lr}`` of the optimizer now (read it before ``scheduler.step()`` for the
+    rates an epoch trained at)."""
+    return {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+
+def schedule_description(st) -> str:
+    """The LR schedule a stage runs, with its numbers (the multipliers of the first and last
+    epochs come from :func:`facelt.train.stage.lr_factor`, the schedule itself)."""
+    from facelt.train.stage import lr_factor
+    first, last = lr_factor(st, 0), lr_factor(st, st.epochs - 1)
+    if st.lr_schedule == "step":
+        return f"schedule step x{st.lr_gamma:g} every {st.lr_step} epochs"
+    if st.lr_schedule == "cosine":
+        return (f"schedule cosine over {st.epochs} epochs, set at each epoch's start "
+                f"(classifier-balancing): x{first:.4g} in epoch 1 .. x{last:.4g} in epoch "
+                f"{st.epochs}")
+    return (f"schedule poly power {st.poly_power:g} after {st.warmup_epochs} warmup epochs: "
+            f"x{first:.4g} in epoch 1 .. x{last:.4g} in epoch {st.epochs}")
+
+
 def config_key_lines(parts) -> list[str]:
     """The resolved config's lines a user checks before a long run (stage ``parts.stage``)."""
     cfg, st, data, dist = parts.cfg, parts.st, parts.data, parts.dist
@@ -38,8 +59,7 @@ def config_key_lines(parts) -> list[str]:
         f"{'' if st.aux_loss == 'none' else f' + {st.aux_loss}'}, sampler {st.sampler}"
         f"{', attention' if st.attention else ''}{', frozen backbone' if st.freeze_backbone else ''}",
         f"  optimiser: batch {st.batch_size} ({per_rank} a process), lr {lrs}, momentum "
-        f"{st.momentum:g}, weight decay {st.weight_decay:g}, step x{st.lr_gamma:g} every "
-        f"{st.lr_step} epochs",
+        f"{st.momentum:g}, weight decay {st.weight_decay:g}, {schedule_description(st)}",
     ]
     return lines
 

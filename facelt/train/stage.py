@@ -206,14 +206,15 @@ def build_optimizer(net: OLTRNet, st: StageConfig) -> torch.optim.Optimizer:
 
 def lr_factor(st: StageConfig, epoch: int) -> float:
     """The LR multiplier of epoch ``epoch`` (0-based) under ``st.lr_schedule``:
-    ``step``: ``lr_gamma ** (epoch // lr_step)``; ``cosine``: ``(1 + cos(pi epoch / epochs)) / 2``
-    (torch's CosineAnnealingLR with ``T_max = epochs``, ``eta_min = 0``, as classifier-balancing);
-    ``poly``: ``(epoch + 1) / (warmup_epochs + 1)`` during warmup, then
+    ``step``: ``lr_gamma ** (epoch // lr_step)``; ``cosine``: ``(1 + cos(pi (epoch + 1) / epochs))
+    / 2``, classifier-balancing's CosineAnnealingLR (``T_max = epochs``, ``eta_min = 0``) stepped
+    at the start of each epoch (``run_networks.py``), so epoch 1 of 10 trains at 0.976 of the LR
+    and the last at 0; ``poly``: ``(epoch + 1) / (warmup_epochs + 1)`` during warmup, then
     ``(1 - (epoch - warmup) / (epochs - warmup)) ** poly_power``."""
     if st.lr_schedule == "step":
         return st.lr_gamma ** (epoch // max(1, st.lr_step))
     if st.lr_schedule == "cosine":
-        return (1.0 + math.cos(math.pi * epoch / st.epochs)) / 2.0
+        return (1.0 + math.cos(math.pi * (epoch + 1) / st.epochs)) / 2.0
     warm = min(st.warmup_epochs, st.epochs - 1)
     if epoch < warm:
         return (epoch + 1) / (warm + 1)

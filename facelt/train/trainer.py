@@ -35,7 +35,7 @@ from facelt.parallel import process as D
 from facelt.models.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
 from facelt.train.hooks import EpochEvaluation, StageStart, Validation
-from facelt.train.run_log import config_key_lines, eta_line, tensorboard_logger
+from facelt.train.run_log import config_key_lines, eta_line, learning_rates, tensorboard_logger
 from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
                                steps_in_epoch, train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
@@ -211,10 +211,10 @@ class StageTrainer:
             began = time.monotonic()
             position, state.position = state.position, None
             train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path)
+            trained_lr = learning_rates(parts.optimizer)  # the rates this epoch trained at
             parts.scheduler.step()
             val_m = validate(parts, self.validation)
-            metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m,
-                       "lr": {g["name"]: g["lr"] for g in parts.optimizer.param_groups},
+            metrics = {"stage": self.stage, "epoch": epoch + 1, **train_m, "lr": trained_lr,
                        "val": val_m}
             for evaluation in self.evaluations:
                 metrics[evaluation.key] = evaluation.at_epoch_end(epoch)

@@ -22,6 +22,14 @@ from facelt.errors import DataError
 PathLike = Union[str, os.PathLike]
 
 
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob hash of ``data`` (what ``git hash-object`` prints for a file holding it):
+    sha1 of ``b"blob <len>\\0"`` followed by the bytes."""
+    h = hashlib.sha1(b"blob %d\0" % len(data))
+    h.update(data)
+    return h.hexdigest()
+
+
 def _stat(path: Path) -> os.stat_result:
     try:
         return path.stat()
