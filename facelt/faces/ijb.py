@@ -364,6 +364,7 @@ def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_siz
     (``loose_crop/<image>`` warped with its 5 points to the ArcFace template), from that row."""
     import cv2
 
+    from facelt.data.decode import imread
     from facelt.faces.align import norm_crop
     from facelt.features.embed import batched
     image_dir = Path(image_dir)
@@ -371,10 +372,7 @@ def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_siz
     def images(first: int):
         for i in range(first, len(meta)):
             path = image_dir / meta.names[i]
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise DataError(f"IJB image {path} (row {i + 1} of the 5-points file): missing or "
-                                "not an image OpenCV can decode")
+            img = imread(path, cv2.IMREAD_COLOR, f"IJB image, row {i + 1} of the 5-points file")
             crop = norm_crop(img, meta.landmarks[i].astype(np.float64), image_size)
             yield cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 

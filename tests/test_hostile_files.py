@@ -1,0 +1,292 @@
+"""Issue 20 (hard knocks, round three), hostile files: a verification .bin, an image, a RecordIO
+file, a YAML recipe, an extraction's progress file or a report.json made to exhaust memory, to
+change library state or to crash a reader ends in a FaceltError naming the file and what is wrong
+(exit 2, no traceback), before anything large is allocated."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facelt.cli import main as cli_main
+from facelt.errors import ConfigError, DataError, FaceltError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = cli_main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def limited_python(code: str, mem_mb: int = 1200, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter whose data segment (heap and private anonymous maps) is
+    capped at ``mem_mb`` MiB, so a reader that allocates what a hostile file declares fails here
+    instead of exhausting the machine."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (mem_mb << 20, mem_mb << 20))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=cap, env=env, cwd=str(ROOT))
+
+
+# ------------------------------------------------------------------------- pickle opcodes by hand
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _unicode(s: str) -> bytes:
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _int(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def _long(n: int) -> bytes:
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+
+def _bytes(b: bytes) -> bytes:
+    return b"B" + struct.pack("<I", len(b)) + b
+
+
+def _dtype(flags: int = 0) -> bytes:
+    """numpy.dtype('u1', False, True) then BUILD with its state, ``flags`` as the dtype flags."""
+    return (_global("numpy", "dtype") + _unicode("u1") + b"\x89\x88\x87R" + b"(" + _int(3)
+            + _unicode("|") + b"NNN" + _int(-1) + _int(-1) + _int(flags) + b"tb")
+
+
+def _pair_list(first_image: bytes, flags: bytes = b"(\x88l") -> bytes:
+    """A protocol-3 pickle of ``([first_image, b'b'], [True])`` from raw opcodes."""
+    return b"\x80\x03(" + first_image + _bytes(b"b") + b"l" + flags + b"\x86."
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_a_50_byte_bin_declaring_a_10_gb_array_is_refused_before_allocating(tmp_path):
+    # numpy.ndarray(shape=(10**10,), dtype=uint8, buffer=b'x', offset=0, strides=(0,)): a view of
+    # one byte that claims 10 GB; the reader used to copy it (tobytes) and exhaust memory
+    stride0 = (_global("numpy", "ndarray") + b"((" + _long(10 ** 10) + b"t" + _dtype()
+               + _bytes(b"x") + _int(0) + b"(" + _int(0) + b"ttR")
+    # an array whose BUILD state claims 10**10 elements over 1 byte of data
+    claimed = (_global("numpy._core.multiarray", "_reconstruct") + _global("numpy", "ndarray")
+               + _int(0) + b"\x85" + _bytes(b"b") + b"\x87R" + b"(" + _int(1) + _long(10 ** 10)
+               + b"\x85" + _dtype() + b"\x89" + _bytes(b"x") + b"tb")
+    # BINBYTES8 declaring 10 GB in a short file, and a memo index of 2**32 - 1 (the C unpickler
+    # sizes its memo table by the index it is given)
+    bytes8 = b"\x80\x04\x8e" + struct.pack("<Q", 10 ** 10) + b"xy."
+    memo = b"\x80\x03(" + _bytes(b"a") + b"r" + struct.pack("<I", 2 ** 32 - 1) + _bytes(b"b") + b"l(\x88l\x86."
+    paths = [_write(tmp_path, n, d) for n, d in (("stride0.bin", _pair_list(stride0)),
+                                                  ("claimed.bin", _pair_list(claimed)),
+                                                  ("bytes8.bin", bytes8), ("memo.bin", memo))]
+    assert all(p.stat().st_size < 300 for p in paths)
+    r = limited_python(f"""
+        from facelt.errors import DataError
+        from facelt.faces.verification import read_bin
+        for p in {[str(p) for p in paths]!r}:
+            try:
+                read_bin(p)
+            except DataError as exc:
+                print("REFUSED", exc)
+            else:
+                print("LOADED", p)
+        """, mem_mb=1500)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4 and all(ln.startswith("REFUSED") for ln in lines), r.stdout
+    for ln, p in zip(lines, paths):
+        assert p.name in ln and "MemoryError" not in ln
+    assert "numpy.ndarray" in lines[0] and "refused" in lines[0]
+    assert "10000000000" in lines[1]                      # the size the state claims
+    assert "10000000000" in lines[2]                      # the size BINBYTES8 declares
+    assert "memo" in lines[3]
+
+
+def test_build_on_an_allowed_dtype_cannot_rewrite_numpy_state(tmp_path):
+    """BUILD on numpy.dtype used to set the dtype's flags (here: 'holds Python objects'), after
+    which numpy failed with internal errors; only the exact state of uint8 / bool is accepted."""
+    arr = (_global("numpy._core.multiarray", "_reconstruct") + _global("numpy", "ndarray") + _int(0)
+           + b"\x85" + _bytes(b"b") + b"\x87R" + b"(" + _int(1) + _int(2) + b"\x85" + _dtype(flags=1)
+           + b"\x89" + _bytes(b"\x01\x01") + b"tb")
+    path = _write(tmp_path, "dtype.bin", b"\x80\x03(" + _bytes(b"a") + _bytes(b"b") + b"l" + arr + b"\x86.")
+    r = limited_python(f"""
+        import numpy as np
+        from facelt.errors import DataError
+        from facelt.faces.verification import read_bin
+        try:
+            read_bin({str(path)!r})
+        except DataError as exc:
+            print("REFUSED", exc)
+        a = np.zeros(4, np.uint8) + np.uint8(3)
+        print("NUMPY OK", int(a.sum()), np.dtype("u1").flags)
+        """)
+    assert r.returncode == 0 and "Internal error" not in r.stderr, r.stderr
+    assert "REFUSED" in r.stdout and "dtype.bin" in r.stdout and "state" in r.stdout
+    assert "NUMPY OK 12 0" in r.stdout
+
+
+class _Call:
+    """Pickles as a call of ``fn(*args)``."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def test_the_allow_list_holds_constructors_that_change_no_state(tmp_path):
+    from facelt.faces.verification import read_bin
+    from facelt.faces import bin_pickle
+    good = tmp_path / "good.bin"
+    good.write_bytes(pickle.dumps(([b"a", b"b"], [True]), protocol=2))
+    cases = {
+        # calling an allowed class or function other than as numpy's pickles do
+        "ndarray_call.bin": pickle.dumps(([_Call(np.ndarray, (4,)), b"b"], [True]), protocol=2),
+        # BUILD on an allowed global (it would set attributes of the allow-list's callables)
+        "build_global.bin": b"\x80\x03(" + _global("numpy", "dtype") + b"(" + _unicode("x")
+                            + _int(1) + b"tb" + _bytes(b"b") + b"l(\x88l\x86.",
+        # opcodes that instantiate classes or reach the extension registry
+        "newobj.bin": b"\x80\x03" + _global("numpy", "dtype") + b")\x81.",
+        "inst.bin": b"(" + b"inumpy\ndtype\n.",
+        "ext.bin": b"\x80\x03\x82\x01.",
+        "dict.bin": b"\x80\x03}" + _unicode("k") + _bytes(b"v") + b"s.",
+        # a second BUILD on a finished dtype, and an array built twice
+        "rebuild.bin": b"\x80\x03(" + _bytes(b"a") + _bytes(b"b") + b"l(" + _dtype()
+                       + b"(" + _int(3) + _unicode("|") + b"NNN" + _int(-1) + _int(-1) + _int(0)
+                       + b"tbl\x86.",
+        # objects never found in a verification set
+        "object_dtype.bin": pickle.dumps(([np.array([b"x"], dtype=object), b"y"], [True]), protocol=4),
+        "float_dtype.bin": pickle.dumps(([np.zeros(3, np.float64), b"y"], [True]), protocol=2),
+        "subclass.bin": pickle.dumps(([np.zeros(3, np.uint8).view(np.recarray), b"y"], [True]),
+                                     protocol=2),
+    }
+    before = {k: v for k, v in vars(bin_pickle).items() if not k.startswith("__")}
+    for name, data in cases.items():
+        p = _write(tmp_path, name, data)
+        with pytest.raises(DataError, match=rf"{name}.*refused") as info:
+            read_bin(p)
+        assert "Internal error" not in str(info.value)
+    after = {k: v for k, v in vars(bin_pickle).items() if not k.startswith("__")}
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    for g in bin_pickle.ALLOWED_GLOBALS.values():  # nothing was set on the callables
+        assert not hasattr(g, "__dict__") or not vars(g)
+    assert read_bin(good)[0] == [b"a", b"b"]
+
+
+def test_every_numpy_flavour_still_loads(tmp_path):
+    from facelt.faces.verification import read_bin
+    img = np.arange(30, dtype=np.uint8).reshape(30, 1)
+    for proto in (2, 3, 4, 5):
+        p = tmp_path / f"p{proto}.bin"
+        p.write_bytes(pickle.dumps(([img, img[:, 0].copy()], np.array([True])), protocol=proto))
+        bins, same = read_bin(p)
+        assert bins == [img.tobytes(), img.tobytes()] and same.tolist() == [True]
+        p.write_bytes(pickle.dumps(([img, b"x"], [np.bool_(False)]), protocol=proto))
+        assert read_bin(p)[1].tolist() == [False]
+
+
+# ----------------------------------------------------------------------------------- images
+
+def _png_header_only(width: int, height: int, color_type: int = 2) -> bytes:
+    """A PNG whose IHDR declares ``width x height`` followed by one short IDAT: decoding it would
+    allocate the whole declared image first."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def _small_png(seed: int = 0, size: int = 8) -> bytes:
+    rng = np.random.default_rng(seed)
+    return cv2.imencode(".png", rng.integers(0, 256, (size, size, 3), dtype=np.uint8))[1].tobytes()
+
+
+def test_an_image_declaring_1_2_gb_is_refused_from_its_header(tmp_path):
+    bomb = _png_header_only(20000, 20000)  # 20000 x 20000 RGB = 1.2 GB decoded
+    assert len(bomb) < 200
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "bomb.png").write_bytes(bomb)
+    binf = tmp_path / "bomb.bin"
+    binf.write_bytes(pickle.dumps(([_small_png(), bomb], [True]), protocol=4))
+    r = limited_python(f"""
+        from facelt.errors import DataError
+        from facelt.faces.verification import VerificationSet
+        from facelt.data.rec_dataset import decode_image
+        from facelt.features.embed import files_source
+        from facelt.data.images import load_image
+        bomb = open({str(tmp_path / "imgs" / "bomb.png")!r}, "rb").read()
+        for what, call in (
+                ("bin", lambda: VerificationSet.load({str(binf)!r})),
+                ("record", lambda: decode_image(bomb, where="x.rec record 7")),
+                ("file", lambda: files_source([{str(tmp_path / "imgs" / "bomb.png")!r}]).read(0)),
+                ("pil", lambda: load_image({str(tmp_path / "imgs" / "bomb.png")!r}, "RGB", "line 3"))):
+            try:
+                call()
+            except DataError as exc:
+                print("REFUSED", what, exc)
+            else:
+                print("DECODED", what)
+        """, mem_mb=1000)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["REFUSED", w] for w in ("bin", "record", "file", "pil")], r.stdout
+    for ln in lines:
+        assert "20000x20000" in ln, ln
+    assert "bomb.bin" in lines[0] and "image 1" in lines[0]
+    assert "x.rec record 7" in lines[1] and "bomb.png" in lines[2] and "line 3" in lines[3]
+
+
+def test_an_empty_image_inside_a_bin_is_named(tmp_path, capsys):
+    from facelt.faces.verification import VerificationSet
+    p = tmp_path / "empty.bin"
+    p.write_bytes(pickle.dumps(([_small_png(0), b"", _small_png(1), _small_png(2)],
+                                [True, False]), protocol=4))
+    with pytest.raises(DataError, match=r"empty\.bin: image 1\b.*empty"):
+        VerificationSet.load(p)
+    from facelt.data.rec_dataset import decode_image
+    with pytest.raises(DataError, match=r"rec key 3.*empty"):
+        decode_image(b"", where="rec key 3")
+
+
+def test_an_empty_image_in_a_verification_set_stops_training_before_it_starts(tmp_path, capsys):
+    from pipelines.synthetic_faces import write_synthetic_rec
+    d = tmp_path / "faces"
+    write_synthetic_rec(d / "train", counts=[3, 3], seed=1, size=16)
+    bins = [_small_png(i, 16) for i in range(20)]
+    bins[5] = b""
+    (d / "lfw.bin").write_bytes(pickle.dumps((bins, [True, False] * 5), protocol=4))
+    over = [f"data.root={d}", "data.format=rec", "data.train=train", "data.image_size=16",
+            "data.num_workers=0", "device=cpu", "model.backbone=small_cnn", "model.neck=face",
+            "model.embedding_dim=8", "stage1.epochs=1", "stage1.head=linear",
+            "eval.verification=[lfw]"]
+    out = tmp_path / "run"
+    rc, err = _run(["train", "--config", str(ROOT / "configs" / "demo_faces.yaml"), "--stage", "1",
+                    "--out", str(out)] + [a for o in over for a in ("--set", o)], capsys)
+    assert rc == 2 and "lfw.bin" in err and "image 5" in err and "empty" in err
+    assert not (out / "stage1" / "checkpoint.pt").exists()
