@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from facelt.cli.face_model import add_model_args, model_spec
+from facelt.cli.face_model import add_model_args, check_onnx_output, model_spec
 from facelt.errors import FaceltError
 
 
@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from facelt.features.files import FeatureFile
     from facelt.faces.ijb import evaluate_ijb, ijb_paths, read_meta, write_ijb_report
+    check_onnx_output(args)
     paths = ijb_paths(args.root, args.target)
     meta = read_meta(paths)
     if args.features:
