@@ -290,3 +290,63 @@ def test_an_empty_image_in_a_verification_set_stops_training_before_it_starts(tm
                     "--out", str(out)] + [a for o in over for a in ("--set", o)], capsys)
     assert rc == 2 and "lfw.bin" in err and "image 5" in err and "empty" in err
     assert not (out / "stage1" / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------------------------- YAML
+
+def _config(tmp_path, text, capsys, name="recipe.yaml") -> tuple[int, str]:
+    p = tmp_path / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return _run(["config", "--config", str(p)], capsys)
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_key_and_lines(tmp_path, capsys):
+    rc, err = _config(tmp_path, "name: a\nstage1:\n  epochs: 2\n  lr: 0.1\n  epochs: 5\n", capsys)
+    assert rc == 2 and "recipe.yaml" in err and "'stage1.epochs'" in err
+    assert "lines 3 and 5" in err
+    rc, err = _config(tmp_path, "seed: 1\nname: a\nseed: 2\n", capsys)
+    assert rc == 2 and "'seed'" in err and "lines 1 and 3" in err
+    rc, err = _run(["config", "--dataset", "demo_list", "--set", "stage1={epochs: 1, epochs: 2}"],
+                   capsys)
+    assert rc == 2 and "--set stage1" in err and "'epochs'" in err
+    # a merge key is not a duplicate: explicit keys override the merged ones, as YAML says
+    rc, err = _config(tmp_path, "stage1: &s {epochs: 3, batch_size: 4}\n"
+                                "stage2:\n  <<: *s\n  epochs: 7\n", capsys)
+    assert rc == 0, err
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """The billion-laughs shape: each list holds 9 aliases of the previous one (9**9 strings)."""
+    names = "abcdefghijkl"
+    items = ['&a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, levels):
+        items.append(f"&{names[i]} [" + ",".join([f"*{names[i - 1]}"] * 9) + "]")
+    return "[" + ", ".join(items) + "]"
+
+
+def test_a_1_kb_alias_bomb_is_refused_with_its_expansion_bounded(tmp_path, capsys):
+    text = f"seed: {_alias_bomb()}\n"
+    assert len(text) < 1024
+    r = limited_python(f"""
+        from facelt.cli import main
+        import sys
+        sys.exit(main(["config", "--config", {str(_write(tmp_path, "bomb.yaml", text.encode()))!r}]))
+        """, mem_mb=1500, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "bomb.yaml" in r.stderr and "alias" in r.stderr and "nodes" in r.stderr
+    rc, err = _config(tmp_path, "name: &a [x, *a]\n", capsys, "loop.yaml")
+    assert rc == 2 and "loop.yaml" in err and "recursive" in err
+
+
+def test_non_utf8_deep_and_huge_yaml_are_named(tmp_path, capsys):
+    rc, err = _config(tmp_path, b"name: caf\xe9\nseed: 1\n", capsys, "latin1.yaml")
+    assert rc == 2 and "latin1.yaml" in err and "UTF-8" in err and "line 1" in err
+    rc, err = _config(tmp_path, "name: " + "[" * 5000 + "]" * 5000 + "\n", capsys, "deep.yaml")
+    assert rc == 2 and "deep.yaml" in err and "nested" in err
+    rc, err = _config(tmp_path, "seed: " + "9" * 5000 + "\n", capsys, "digits.yaml")
+    assert rc == 2 and "digits.yaml" in err and "seed" in err
+    rc, err = _config(tmp_path, "name: a\n" + "#" * (2 << 20) + "\n", capsys, "big.yaml")
+    assert rc == 2 and "big.yaml" in err and "bytes" in err
+    # an error shows a value briefly, not the whole of it
+    rc, err = _config(tmp_path, "seed: [" + ", ".join(["1"] * 5000) + "]\n", capsys, "long.yaml")
+    assert rc == 2 and "long.yaml" in err and len(err) < 600
