@@ -350,3 +350,52 @@ def test_non_utf8_deep_and_huge_yaml_are_named(tmp_path, capsys):
     # an error shows a value briefly, not the whole of it
     rc, err = _config(tmp_path, "seed: [" + ", ".join(["1"] * 5000) + "]\n", capsys, "long.yaml")
     assert rc == 2 and "long.yaml" in err and len(err) < 600
+
+
+# -------------------------------------------------------------------------------- RecordIO
+
+def _synthetic_rec(tmp_path):
+    from facelt.data.recordio import RecordReader
+    from pipelines.synthetic_faces import write_synthetic_rec
+    d = tmp_path / "rec"
+    write_synthetic_rec(d / "train", counts=[3, 3, 2], seed=2, size=16)
+    with RecordReader(d / "train.rec", d / "train.idx") as r:
+        offsets = dict(zip(r.keys.tolist(), r.offsets.tolist()))
+    # record 0, images 1..8, identity records 9..11
+    assert sorted(offsets) == list(range(12))
+    return d, offsets
+
+
+def test_a_rec_cut_at_a_record_boundary_is_said_to_be_truncated(tmp_path, capsys):
+    d, offsets = _synthetic_rec(tmp_path)
+    rec, idx = d / "train.rec", d / "train.idx"
+    full_rec, full_idx = rec.read_bytes(), idx.read_bytes()
+    rec.write_bytes(full_rec[:offsets[5]])   # the .idx still lists 12 records
+    rc, err = _run(["rec", "inspect", str(d / "train")], capsys)
+    assert rc == 2 and "train.rec" in err and "truncated" in err and "7 of the 12" in err
+    from facelt.data.recordio import read_insightface
+    with pytest.raises(DataError, match=r"train\.rec.*truncated.*7 of the 12"):
+        read_insightface(d / "train")
+    # both cut alike (an interrupted copy of both): record 0's identity range says 12 records
+    idx.write_bytes(b"".join(ln + b"\n" for ln in full_idx.splitlines()[:5]))
+    rc, err = _run(["rec", "inspect", str(d / "train")], capsys)
+    assert rc == 2 and "truncated" in err and "record 0" in err and "12 records" in err
+    with pytest.raises(DataError, match=r"truncated.*record 0.*12 records"):
+        read_insightface(d / "train")
+    # no .idx at all: counted by walking the framing
+    idx.unlink()
+    rc, err = _run(["rec", "inspect", str(d / "train")], capsys)
+    assert rc == 2 and "truncated" in err and "12 records" in err and "5" in err
+    # the whole file again: listed, exit 0
+    rec.write_bytes(full_rec)
+    idx.write_bytes(full_idx)
+    capsys.readouterr()
+    assert cli_main(["rec", "inspect", str(d / "train"), "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 12
+
+
+def test_a_property_that_disagrees_with_record_0_is_named(tmp_path, capsys):
+    d, _ = _synthetic_rec(tmp_path)
+    (d / "property").write_text("5,16,16")
+    rc, err = _run(["rec", "inspect", str(d / "train")], capsys)
+    assert rc == 2 and "property" in err and "5 classes" in err and "3" in err
