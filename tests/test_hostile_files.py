@@ -399,3 +399,139 @@ def test_a_property_that_disagrees_with_record_0_is_named(tmp_path, capsys):
     (d / "property").write_text("5,16,16")
     rc, err = _run(["rec", "inspect", str(d / "train")], capsys)
     assert rc == 2 and "property" in err and "5 classes" in err and "3" in err
+
+
+# ---------------------------------------------------------------------- feature extraction files
+
+def _rows_embed(x):
+    return np.asarray(x, np.float32)
+
+
+def _killed_after(batches, n_ok):
+    def gen():
+        for i, b in enumerate(batches):
+            if i == n_ok:
+                raise KeyboardInterrupt
+            yield b
+    return gen()
+
+
+def _feature_batches(rows=12, dim=4, size=3, seed=0):
+    x = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32) + 0.1
+    return x, [x[a:a + size] for a in range(0, rows, size)]
+
+
+def test_a_tampered_progress_file_never_finalises_unwritten_rows(tmp_path):
+    from facelt.features.files import extract_features, partial_path
+    x, batches = _feature_batches()
+    out = tmp_path / "f.npy"
+    progress = tmp_path / "f.npy.progress.json"
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(_rows_embed, _killed_after(batches, 1), out, 12, 4, flip=False)
+    good = json.loads(progress.read_text())
+    assert good["rows_done"] == 3
+    # the progress file claims every row: the partial file holds 3; it used to finalise 9 rows
+    # of zeros and exit 0
+    progress.write_text(json.dumps({**good, "rows_done": 12}))
+    with pytest.raises(DataError, match=r"f\.npy\.progress\.json.*rows"):
+        extract_features(_rows_embed, iter(batches), out, 12, 4, flip=False)
+    assert not out.exists() and partial_path(out).exists()
+    for bad in ("{not json", "[1, 2]", json.dumps({**good, "rows_done": "3"}),
+                json.dumps({**good, "rows_done": -3}), json.dumps({**good, "rows_done": 1e30}),
+                json.dumps({**good, "rows_done": 13}), json.dumps({**good, "last_crc32": 1})):
+        progress.write_text(bad)
+        with pytest.raises(DataError, match=r"f\.npy\.progress\.json"):
+            extract_features(_rows_embed, iter(batches), out, 12, 4, flip=False)
+        assert not out.exists()
+    # the untampered record resumes, and the file equals a run that was never killed
+    progress.write_text(json.dumps(good))
+    extract_features(_rows_embed, iter(batches), out, 12, 4, flip=False)
+    want = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-6)
+    # a tampered .source.json is not a finished file of this source (no traceback)
+    src = tmp_path / "f.npy.source.json"
+    src.write_text("[1, 2, 3]")
+    from facelt.features.files import finished_with
+    assert finished_with(out, "anything") is False
+
+
+def test_tampered_rank_progress_files_are_named(tmp_path):
+    from facelt.features.distributed import check_shares_done, rank_progress_path
+    out = tmp_path / "f.npy"
+    rank_progress_path(out, 0).write_text("{broken")
+    with pytest.raises(DataError, match=r"progress\.rank0\.json"):
+        check_shares_done(out, 12, 3, 2)
+    rank_progress_path(out, 0).write_text(json.dumps({"start": 0, "stop": 6, "rows_done": [6]}))
+    with pytest.raises(DataError, match=r"progress\.rank0\.json"):
+        check_shares_done(out, 12, 3, 2)
+
+
+def test_reserving_the_feature_file_reports_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    from facelt.errors import OutputError
+    from facelt.features.files import extract_features, partial_path
+    x, batches = _feature_batches()
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    out = tmp_path / "f.npy"
+    with pytest.raises(OutputError, match=r"f\.npy\.partial.*No space left.*[0-9,]+ bytes"):
+        extract_features(_rows_embed, iter(batches), out, 12, 4, flip=False)
+    assert not partial_path(out).exists() and not out.exists()
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    where.mkdir(exist_ok=True)
+    try:
+        r = subprocess.run(["unshare", "-r", "-m", "sh", "-c",
+                            f"mount -t tmpfs -o size=64k tmpfs {where}"], capture_output=True,
+                           timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+def test_a_full_disk_during_extraction_is_an_error_not_sigbus(tmp_path):
+    """On a 1 MiB file system, a 4 MiB feature file used to be created sparse and mapped; the
+    first write past the free space killed the process with SIGBUS."""
+    mnt = tmp_path / "small"
+    if not _can_mount_tmpfs(mnt):
+        pytest.skip("cannot mount a small tmpfs here (unshare -r -m)")
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from facelt.errors import FaceltError
+        from facelt.features.files import extract_features
+        x = np.ones((2048, 512), np.float32)
+        try:
+            extract_features(lambda b: b, iter([x[a:a + 256] for a in range(0, 2048, 256)]),
+                             {str(mnt / "f.npy")!r}, 2048, 512, flip=False)
+        except FaceltError as exc:
+            print("REFUSED", exc)
+        """)
+    script = tmp_path / "fill.py"
+    script.write_text(code)
+    r = subprocess.run(["unshare", "-r", "-m", "sh", "-c",
+                        f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
+                        f"PYTHONPATH={ROOT} {sys.executable} {script}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "REFUSED" in r.stdout and "f.npy.partial" in r.stdout and "4,194,432 bytes" in r.stdout
+
+
+def test_a_full_disk_while_writing_a_small_file_keeps_the_old_copy(tmp_path, monkeypatch):
+    import errno
+    from facelt.errors import OutputError
+    from facelt.utils.io import write_json
+    target = tmp_path / "f.npy.progress.json"
+    write_json(target, {"rows_done": 3})
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OutputError, match=r"f\.npy\.progress\.json: No space left"):
+        write_json(target, {"rows_done": 6})
+    assert json.loads(target.read_text()) == {"rows_done": 3}
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
