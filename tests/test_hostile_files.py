@@ -535,3 +535,121 @@ def test_a_full_disk_while_writing_a_small_file_keeps_the_old_copy(tmp_path, mon
         write_json(target, {"rows_done": 6})
     assert json.loads(target.read_text()) == {"rows_done": 3}
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+# ----------------------------------------------------------------------------- report.json
+
+def _report_tree(root: Path) -> Path:
+    """One report of each kind `facelt report` rewrites, as facelt writes them."""
+    from eval_megaface.report import write_report
+    from facelt.jobs.demo_report import write_demo_summary
+    closed = {"overall": 0.5, "many": 0.6, "medium": 0.5, "few": 0.25}
+    opened = dict(closed, f_measure=0.4)
+    (root / "cls").mkdir(parents=True)
+    (root / "cls" / "report.json").write_text(json.dumps({
+        "closed_set": closed, "open_set": opened, "threshold": 0.1, "stage": 2,
+        "per_class": [{"class": k, "train_count": 5 + k, "accuracy": 0.5} for k in range(4)],
+        "threshold_sweep": [{"threshold": 0.1, "f_measure": 0.4, "closed_accuracy_known": 0.5,
+                             "open_rejection": 0.2}]}))
+    ps = {b: {"rank1": 0.5, "probes": 3} for b in ("many", "few", "one", "zero")}
+    mf = {"gallery": 10, "rank1": 0.8, "trials": 4, "cmc": [0.8] * 10, "pseudo_shots": ps,
+          "meta": {"stage": 2, "pseudo_shot_threshold": 0.7}}
+    write_report(mf, root / "mf")
+    (root / "cmp").mkdir()
+    (root / "cmp" / "report.json").write_text(json.dumps({
+        "recipe": "r.yaml", "threshold": 0.1, "protocol": "p", "shot_rule": "s",
+        "methods": {"plain": {"closed_set": closed, "open_set": opened}}}))
+    manifest = {"totals": {"images": 10, "identities": 3}, "C": 2.0,
+                "shots": {"many": 0, "medium": 1, "few": 2}}
+    (root / "demo").mkdir()
+    write_demo_summary(root / "demo", manifest, {s: {"closed_set": closed, "open_set": opened}
+                                                 for s in (1, 2)}, mf, 12.0)
+    return root
+
+
+def _snapshot(root: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _tamper(path: Path, change) -> None:
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+TAMPERINGS = [
+    ("cls", lambda r: r.pop("closed_set"), "closed_set"),
+    ("cls", lambda r: r["closed_set"].update(overall="high"), "closed_set.overall"),
+    ("cls", lambda r: r.update(threshold="a"), "threshold"),
+    ("cls", lambda r: r.update(per_class=5), "per_class"),
+    ("cls", lambda r: r["per_class"][1].pop("train_count"), "per_class[1].train_count"),
+    ("cls", lambda r: r["per_class"][2].update(train_count=10 ** 400), "per_class[2].train_count"),
+    ("cls", lambda r: r.update(threshold_sweep=[{"f_measure": 0.1}]), "threshold_sweep[0].threshold"),
+    ("cls", lambda r: r["threshold_sweep"].append({"threshold": 0.2}), None),  # keys may be absent
+    ("mf", lambda r: r.update(gallery="ten"), "gallery"),
+    ("mf", lambda r: r.update(cmc=[0.8]), "cmc"),
+    ("mf", lambda r: r.update(meta=[1]), "meta"),
+    ("mf", lambda r: r["pseudo_shots"].update(many=3), "pseudo_shots.many"),
+    ("mf", lambda r: r.update(results=[{"gallery": 10}]), "results[0].trials"),
+    ("cmp", lambda r: r.update(methods=[]), "methods"),
+    ("cmp", lambda r: r["methods"]["plain"].update(open_set=None), "methods.plain.open_set"),
+    ("demo", lambda r: r["classify"].pop("2"), "classify.2"),
+    ("demo", lambda r: r["classify"].update(x=r["classify"]["1"]), "classify.x"),
+    ("demo", lambda r: r["manifest"].update(C="x"), "manifest.C"),
+    ("demo", lambda r: r.pop("total_seconds"), "total_seconds"),
+    ("demo", lambda r: r.update(verification={"pairs": 4}), "verification.positive"),
+]
+
+
+@pytest.mark.parametrize("where, change, key", TAMPERINGS)
+def test_report_on_a_tampered_report_names_the_file_and_key(tmp_path, capsys, where, change, key):
+    root = _report_tree(tmp_path / "runs")
+    name = "demo_summary.json" if where == "demo" else "report.json"
+    _tamper(root / where / name, change)
+    before = _snapshot(root)
+    rc, err = _run(["report", str(root)], capsys)
+    if key is None:
+        assert rc == 0, err
+        return
+    assert rc == 2, err
+    assert str(root / where / name) in err and f"'{key}'" in err, err
+    assert _snapshot(root) == before  # refused before any report.md was rewritten
+
+
+def test_report_on_unreadable_json_is_named(tmp_path, capsys):
+    root = _report_tree(tmp_path / "runs")
+    for where, name, data in (("cls", "report.json", b'{"closed_set": "caf\xe9"}'),
+                              ("cmp", "report.json", b"[" * 100000 + b"]" * 100000),
+                              ("demo", "demo_summary.json", b"{not json")):
+        good = (root / where / name).read_bytes()
+        (root / where / name).write_bytes(data)
+        rc, err = _run(["report", str(root)], capsys)
+        assert rc == 2 and str(root / where / name) in err, err
+        (root / where / name).write_bytes(good)
+    assert _run(["report", str(root)], capsys)[0] == 0
+
+
+def _seed_reports(root: Path) -> None:
+    from facelt.compare.report import COLUMNS
+    for seed, v in ((0, 0.25), (1, 0.75)):
+        cols = {k: v for _, k in COLUMNS}
+        rep = {"recipe": "r.yaml", "weights": "best", "threshold": 0.1, "protocol": "p",
+               "shot_rule": "s",
+               "methods": {m: {"closed_set": dict(cols), "open_set": dict(cols)}
+                           for m in ("plain", "oltr")}}
+        (root / f"seed{seed}").mkdir(parents=True)
+        (root / f"seed{seed}" / "report.json").write_text(json.dumps(rep))
+
+
+def test_report_regenerates_a_seeds_summary_and_refuses_a_tampered_seed(tmp_path, capsys):
+    from facelt.compare.seeds import summarize_seed_folders
+    root = tmp_path / "cmp"
+    _seed_reports(root)
+    summarize_seed_folders(root, [0, 1])
+    (root / "report.md").unlink()
+    rc, err = _run(["report", str(root)], capsys)       # the summary's report.json too
+    assert rc == 0, err
+    assert "| oltr | 50.00 ± 35.36 |" in (root / "report.md").read_text()
+    _tamper(root / "seed1" / "report.json", lambda r: r["methods"]["oltr"].pop("open_set"))
+    with pytest.raises(DataError, match=r"seed1/report\.json.*'methods\.oltr\.open_set'"):
+        summarize_seed_folders(root, [0, 1])
