@@ -653,3 +653,36 @@ def test_report_regenerates_a_seeds_summary_and_refuses_a_tampered_seed(tmp_path
     _tamper(root / "seed1" / "report.json", lambda r: r["methods"]["oltr"].pop("open_set"))
     with pytest.raises(DataError, match=r"seed1/report\.json.*'methods\.oltr\.open_set'"):
         summarize_seed_folders(root, [0, 1])
+
+
+# ------------------------------------------------------------------ the CLI's catch-all for bugs
+
+def test_a_bug_is_an_internal_error_with_what_to_report(tmp_path, capsys, monkeypatch):
+    from facelt.cli import config_cmd
+
+    def broken(args):
+        raise RuntimeError("boom in the library")
+
+    monkeypatch.setattr(config_cmd, "run", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("FACELT_DEBUG", raising=False)
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    capsys.readouterr()
+    rc = cli_main(["config", "--dataset", "demo_list"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("facelt config: internal error: RuntimeError: boom in the library")
+    assert "please report it with the command line and this traceback" in lines[0]
+    saved = Path(lines[0].rsplit(" ", 1)[-1])
+    assert saved.parent == tmp_path and saved.is_file()
+    text = saved.read_text()
+    assert "Traceback" in text and "boom in the library" in text
+    assert "config --dataset demo_list" in text  # the command line is in the file
+    # FACELT_DEBUG=1 prints the traceback as well
+    monkeypatch.setenv("FACELT_DEBUG", "1")
+    rc = cli_main(["config", "--dataset", "demo_list"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" in err and "internal error" in err
