@@ -686,3 +686,37 @@ def test_a_bug_is_an_internal_error_with_what_to_report(tmp_path, capsys, monkey
     rc = cli_main(["config", "--dataset", "demo_list"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" in err and "internal error" in err
+
+
+def test_one_byte_and_short_images_are_named(tmp_path):
+    """Found by the fuzz test: a header parser that raised struct.error on a 1-byte image."""
+    from facelt.data.decode import imdecode
+    for payload in (b"\x00", b"\x89", b"\xff\xd8", b"BM", b"II*\x00", b"GIF8"):
+        with pytest.raises(DataError, match="record 4"):
+            imdecode(payload, cv2.IMREAD_COLOR, "record 4")
+
+
+def test_found_by_fuzzing_feature_headers_ijb_text_and_cmc(tmp_path, capsys):
+    from facelt.features.files import FeatureFile
+    np.save(tmp_path / "f.npy", np.zeros((6, 4), np.float32))
+    raw = bytearray((tmp_path / "f.npy").read_bytes())
+    raw[20:24] = b"((((" # the header is a Python literal numpy parses: now an unclosed one
+    (tmp_path / "f.npy").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"f\.npy: not a valid \.npy"):
+        FeatureFile.open(tmp_path / "f.npy")
+    from facelt.faces.ijb import read_landmarks
+    (tmp_path / "lm.txt").write_bytes(b"a.jpg " + b"1 " * 10 + b"0.9\nb\xff.jpg " + b"1 " * 10 + b"1\n")
+    with pytest.raises(DataError, match=r"lm\.txt: not UTF-8 text: byte 0xff at line 2, column 2"):
+        read_landmarks(tmp_path / "lm.txt")
+    root = _report_tree(tmp_path / "runs")
+    _tamper(root / "mf" / "report.json", lambda r: r["cmc"].__setitem__(3, None))
+    rc, err = _run(["report", str(root)], capsys)
+    assert rc == 2 and "'cmc[3]'" in err
+
+
+def test_report_leaves_every_report_json_as_it_was(tmp_path, capsys):
+    root = _report_tree(tmp_path / "runs")
+    _tamper(root / "mf" / "report.json", lambda r: r.update(rank1=0.81234567891))
+    before = {p: p.read_bytes() for p in root.rglob("*.json")}
+    assert _run(["report", str(root)], capsys)[0] == 0
+    assert {p: p.read_bytes() for p in root.rglob("*.json")} == before

@@ -201,3 +201,9 @@ def test_embedder_refuses_a_graph_without_shapes_or_outputs(tmp_path):
     onnx.save(model, str(m))
     with pytest.raises(CheckpointError, match=r"noshape\.onnx.*input 'x'.*no declared shape"):
         OnnxEmbedder(m)
+
+
+def test_a_fixed_batch_too_large_to_hold_is_refused(tmp_path):
+    from facelt.faces.onnx_io import OnnxEmbedder
+    with pytest.raises(CheckpointError, match=r"batch\.onnx.*fixed batch of 2,147,483,647.*needs"):
+        OnnxEmbedder(_model(tmp_path / "batch.onnx", batch=2 ** 31 - 1))

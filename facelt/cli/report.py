@@ -45,11 +45,11 @@ def regenerate_reports(folder: Path) -> list[Path]:
     """Rewrite every report.md (and its plots) under ``folder``; returns the report.md paths.
     A report.json or demo summary that is not what facelt wrote is refused before any file is
     rewritten."""
-    from eval_megaface.report import write_report
+    from eval_megaface.report import plot_buckets, plot_cmc, render_markdown
     from facelt.compare.report import CHART_NAME, bar_chart, markdown_table
     from facelt.compare.seeds import seeds_markdown
     from facelt.jobs.demo_report import write_demo_report
-    from facelt.openset.reporting import write_classification_report
+    from facelt.openset.reporting import round_floats, write_classification_report
     from facelt.utils.io import write_text
     reports, summaries = read_reports(folder)
     written = []
@@ -57,8 +57,12 @@ def regenerate_reports(folder: Path) -> list[Path]:
         md = path.parent / "report.md"
         if kind == "classification":
             write_classification_report(report, path.parent)
-        elif kind == "megaface":
-            write_report(report, path.parent)
+        elif kind == "megaface":  # its report.json is an input here: left as it is
+            r = round_floats(report)
+            write_text(md, render_markdown(r))
+            plot_cmc(r, path.parent / "cmc.png")
+            if r.get("pseudo_shots"):
+                plot_buckets(r, path.parent / "pseudo_shots.png")
         elif kind == "seeds":
             write_text(md, seeds_markdown(report, str(report["recipe"]), str(report["protocol"])))
         else:

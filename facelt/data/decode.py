@@ -53,9 +53,9 @@ def declared_image_size(fh: BinaryIO, where: str) -> tuple[int, int]:
     prefix = fh.read(16)
     for fmt in Image.ID:  # Image.open's own loop
         factory, accept = Image.OPEN[fmt]
-        if accept is not None and not accept(prefix):
-            continue
         try:
+            if accept is not None and not accept(prefix):
+                continue
             fh.seek(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

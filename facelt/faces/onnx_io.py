@@ -193,6 +193,11 @@ def _input_of(model, where: str) -> tuple[str, tuple[int, int], Optional[int]]:
                               f"at most {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}: refused before "
                               "allocating a batch of them")
     batch = n if isinstance(n, int) and n > 0 else None
+    if batch is not None:  # a fixed batch is run in chunks of it, the last padded: it must fit
+        from facelt.utils.limits import check_allocation
+        check_allocation(batch * 3 * side[0] * side[1] * 4,
+                         f"{where}: input {inp.name!r} declares a fixed batch of {batch:,}, "
+                         "which", error=CheckpointError)
     return inp.name, (int(side[0]), int(side[1])), batch
 
 

@@ -82,8 +82,9 @@ class FeatureFile:
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
                 offset = fh.tell()
-        except ValueError as exc:
-            raise DataError(f"feature file {p}: not a valid .npy file ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 -- a damaged header (numpy parses it as Python)
+            raise DataError(f"feature file {p}: not a valid .npy file ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
         if dtype != FEATURE_DTYPE:
             raise DataError(f"feature file {p}: dtype {dtype}, expected little-endian float32")
         if len(shape) != 2:

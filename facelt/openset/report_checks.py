@@ -36,7 +36,7 @@ CLASSIFICATION = Fields(
 MEGAFACE_BUCKETS = ("many", "few", "one", "zero")
 _MF_RESULT = Fields(
     {"gallery": INTEGER, "trials": INTEGER},
-    {"cmc": nullable(ListOf(_PCT, min_len=10)), "rank1": _PCT,
+    {"cmc": nullable(ListOf(NUMBER, min_len=10)), "rank1": _PCT,
      "approx": nullable(MapOf(_PCT)),
      "pseudo_shots": nullable(Fields({b: Fields({"rank1": _PCT, "probes": ANY})
                                       for b in MEGAFACE_BUCKETS})),

@@ -22,6 +22,7 @@ from typing import Any, Union
 import yaml
 
 from facelt.errors import ConfigError
+from facelt.utils.text import decode_utf8
 
 __all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "decode_yaml_bytes",
            "load_yaml_text"]
@@ -44,13 +45,7 @@ def decode_yaml_bytes(raw: bytes, where: str) -> str:
     if len(raw) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: {len(raw):,} bytes; a recipe has at most {MAX_YAML_BYTES:,}")
     encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), "utf-8")
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(f"{where}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line}, "
-                          f"column {column} (save the file as UTF-8)") from None
+    return decode_utf8(raw, where, ConfigError, encoding)
 
 
 def _check_depth(text: str, where: str) -> None:
