@@ -720,3 +720,25 @@ def test_report_leaves_every_report_json_as_it_was(tmp_path, capsys):
     before = {p: p.read_bytes() for p in root.rglob("*.json")}
     assert _run(["report", str(root)], capsys)[0] == 0
     assert {p: p.read_bytes() for p in root.rglob("*.json")} == before
+
+
+def test_declared_sizes_are_those_of_the_written_images():
+    import io as _io
+    from PIL import Image
+    from facelt.data.decode import encoded_image_size
+    rng = np.random.default_rng(1)
+    for h, w in ((112, 112), (37, 91), (300, 7)):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for ext, params in ((".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+                            (".png", []), (".bmp", []), (".webp", []), (".tiff", [])):
+            buf = cv2.imencode(ext, img, params)[1].tobytes()
+            assert encoded_image_size(buf, "x") == (w, h), ext
+        b = _io.BytesIO()  # PIL's JPEG with an EXIF block before the frame header
+        exif = Image.Exif()
+        exif[274] = 6
+        Image.fromarray(img).save(b, "JPEG", exif=exif.tobytes())
+        assert encoded_image_size(b.getvalue(), "x") == (w, h)
+    jpg = cv2.imencode(".jpg", rng.integers(0, 256, (9, 9, 3), dtype=np.uint8))[1].tobytes()
+    for cut in (3, 10, 40):  # a header cut short is named, never an IndexError
+        with pytest.raises(DataError, match="rec key 1"):
+            encoded_image_size(jpg[:cut], "rec key 1")

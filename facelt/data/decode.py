@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Optional, Union
 
 import cv2
 import numpy as np
@@ -68,11 +69,57 @@ def declared_image_size(fh: BinaryIO, where: str) -> tuple[int, int]:
     raise DataError(f"{where}: not an image facelt can read (unrecognised or damaged header)")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (they hold the size); C4, C8 and CC are not frames
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])
+
+
+def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+    """The frame size of a baseline / progressive JPEG from its markers (None when unsure)."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if marker in _JPEG_SOF:
+            if pos + 9 > n:
+                return None
+            h, w = struct.unpack_from(">HH", data, pos + 5)
+            return (w, h) if w and h else None
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not sure
+            return None
+        pos += 2 + length
+    return None
+
+
+def _quick_size(data: bytes) -> Optional[tuple[int, int]]:
+    """``(width, height)`` of a PNG or JPEG read straight from its header (the common cases, a
+    few microseconds); None for anything else, left to PIL's parsers."""
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+        w, h = struct.unpack_from(">II", data, 16)
+        return (w, h) if w and h else None
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    return None
+
+
 def encoded_image_size(payload: bytes, where: str) -> tuple[int, int]:
-    """``(width, height)`` that the encoded image ``payload`` declares (:func:`declared_image_size`);
-    :class:`DataError` naming ``where`` when it is empty or not an image."""
+    """``(width, height)`` that the encoded image ``payload`` declares (PNG and JPEG headers
+    read directly, other formats by :func:`declared_image_size`); :class:`DataError` naming
+    ``where`` when it is empty or not an image."""
     if len(payload) == 0:
         raise DataError(f"{where}: the image is empty (0 bytes)")
+    quick = _quick_size(payload)
+    if quick is not None:
+        return quick
     try:
         return declared_image_size(io.BytesIO(payload), where)
     except DataError:
