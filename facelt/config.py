@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,18 @@ from typing import Any, Literal, Mapping, Optional, Union, get_args, get_origin
 import yaml
 
 from facelt.errors import ConfigError
+from facelt.utils.safe_yaml import MAX_YAML_BYTES, load_yaml_text
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut short (``reprlib``'s limits, then ``limit`` characters): error
+    messages show a value, not all of it."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 60
 
 
 @dataclass
@@ -328,7 +341,7 @@ def _convert(value: Any, tp: Any, key: str, where: str, default: Any = None) -> 
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices or type(value) is bool and not any(c is value for c in choices):
-            raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {brief(value)}")
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -342,33 +355,33 @@ def _convert(value: Any, tp: Any, key: str, where: str, default: Any = None) -> 
                 return _convert(value, a, key, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {brief(value)}")
     if origin in (list, typing.List):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {brief(value)}")
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {brief(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {brief(value)}")
         return value
     if tp is float:
         if isinstance(value, str):
             value = parse_float(value, key, where)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a number, got {brief(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {brief(value)}")
         return float(value)
     if tp is str:
         if value is None:
             return ""
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a string, got {brief(value)}")
         return str(value)
     raise ConfigError(f"{where}: '{key}' has unsupported type {tp!r}")  # pragma: no cover
 
@@ -413,7 +426,7 @@ def check_field_rules(value: Any, metadata: Any, key: str, where: str) -> None:
             if not ok(v, bound):
                 whole = " and ".join(f"{_RULES[n][0]} {b}" for n, b in rules)
                 at = f"{key}[{i}]" if isinstance(value, list) else key
-                raise ConfigError(f"{where}: '{at}' must be {whole}, got {v!r}")
+                raise ConfigError(f"{where}: '{at}' must be {whole}, got {brief(v)}")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -474,10 +487,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set: expected key=value, got {text!r}")
     key, raw = text.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+    value = load_yaml_text(raw, f"--set {key}") if raw.strip() != "" else ""
     return key, value
 
 
@@ -486,9 +496,13 @@ def load_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{p}: {size:,} bytes; a recipe has at most {MAX_YAML_BYTES:,}")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    data = load_yaml_text(raw, str(p)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data

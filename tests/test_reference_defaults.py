@@ -9,7 +9,6 @@ config/Places_LT/cls_{crt,lws}.yaml; tau_norm.py sweeps ``np.linspace(0, 2, 21)`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

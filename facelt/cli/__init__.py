@@ -67,7 +67,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 -- a bug: say so, keep the traceback for the report
+        report_internal_error(args.command, argv, exc)
+        return 1
     return int(rc or 0)
+
+
+def report_internal_error(command: str, argv: list[str], exc: BaseException) -> None:
+    """One line on stderr for an exception that is not a :class:`FaceltError` (a bug, not the
+    user's input): what it was and where its traceback was saved (a file in the temporary folder,
+    with the command line and version); ``FACELT_DEBUG=1`` prints the traceback too."""
+    import os
+    import shlex
+    import tempfile
+    import traceback
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    what = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+    if os.environ.get("FACELT_DEBUG", "") not in ("", "0"):
+        print(trace, file=sys.stderr, end="")
+    body = (f"facelt {package_version()}, python {sys.version.split()[0]}\n"
+            f"command: facelt {shlex.join(argv)}\n\n{trace}")
+    try:
+        fd, path = tempfile.mkstemp(prefix="facelt-internal-error-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(body)
+        where = f"this traceback: {path}"
+    except OSError:  # no writable temporary folder: the traceback goes to stderr instead
+        print(body, file=sys.stderr)
+        where = "the traceback above"
+    print(f"facelt {command}: internal error: {what}; please report it with the command line "
+          f"and {where}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

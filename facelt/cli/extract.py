@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from facelt.cli.common import add_device_arg, positive_int
+from facelt.cli.face_model import add_onnx_output_arg, check_onnx_output
 from facelt.utils.io import ensure_writable_file
 
 
@@ -25,11 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npy (a .rows.txt manifest is written beside)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored image's embedding")
+    add_onnx_output_arg(p)
     add_device_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_onnx_output(args)
     ensure_writable_file(args.out, "--out")
     if args.onnx:
         import os
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
                               "--checkpoint (the rows are then split over the processes)")
         from facelt.faces.onnx_io import extract_onnx_features
         path, rows = extract_onnx_features(args.onnx, args.out, args.rec, args.list_file, args.root,
-                                           args.images, args.batch_size, not args.no_flip)
+                                           args.images, args.batch_size, not args.no_flip,
+                                           args.onnx_output)
         print(f"{rows} rows -> {path}")
         return 0
     from facelt.features.extract import dataset_for, extract_checkpoint_features

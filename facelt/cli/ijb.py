@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from facelt.cli.face_model import add_model_args, model_spec
+from facelt.cli.face_model import add_model_args, check_onnx_output, model_spec
 from facelt.errors import FaceltError
 
 
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facelt.faces.ijb import evaluate_ijb, ijb_paths, read_meta, write_ijb_report
+    check_onnx_output(args)
     one_one, one_n = args.protocol in ("11", "both"), args.protocol in ("1n", "both")
     paths = ijb_paths(args.root, args.target, pairs=one_one)
     lists = None

@@ -126,8 +126,9 @@ def summarize_seed_folders(out: str | Path, seeds: list[int]) -> dict:
         path = out / f"seed{s}" / "report.json"
         if not path.is_file():
             raise ConfigError(f"{path} does not exist: run the comparison of seed {s} first")
-        import json
-        reports[s] = json.loads(path.read_text())
+        from facelt.openset.report_checks import check_compare_report
+        from facelt.utils.structure import read_json_file
+        reports[s] = check_compare_report(read_json_file(path, "report.json"), path)
     first = reports[seeds[0]]
     for s, r in reports.items():
         for key in ("recipe", "weights"):

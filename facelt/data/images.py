@@ -16,6 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
+from facelt.data.decode import check_decoded_size, declared_image_size
 from facelt.data.lists import OPEN_LABEL, ImageList
 from facelt.errors import DataError
 
@@ -33,9 +34,17 @@ def pil_mode(channels: int) -> str:
 
 def load_image(path: str | os.PathLike, mode: str, where: str) -> Image.Image:
     """Decode ``path`` into a PIL image of ``mode``; ``where`` names the list entry for errors."""
+    name = f"image {path} ({where})"
     try:
-        with Image.open(path) as img:
-            return img.convert(mode)
+        with open(path, "rb") as fh:
+            try:
+                w, h = declared_image_size(fh, name)
+            except DataError:
+                raise DataError(f"{name} cannot be decoded: unrecognised or damaged image "
+                                "header") from None
+            check_decoded_size(w, h, name)  # before PIL allocates what the header declares
+            with Image.open(fh) as img:
+                return img.convert(mode)
     except FileNotFoundError:
         raise DataError(f"image {path} ({where}) does not exist") from None
     except IsADirectoryError:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from facelt.data.decode import imdecode
 from facelt.data.recordio import RecordReader, read_insightface
 from facelt.errors import DataError
 
@@ -28,9 +29,7 @@ def decode_image(payload: bytes, rgb: bool = True, where: str = "record",
     if channels not in (1, 3):
         raise DataError(f"{where}: channels must be 1 (grey) or 3 (colour), got {channels!r}")
     flags = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(payload, np.uint8), flags)
-    if image is None:
-        raise DataError(f"{where}: payload of {len(payload)} bytes is not an image OpenCV can decode")
+    image = imdecode(payload, flags, where)  # the declared size is checked before decoding
     if channels == 1:
         return image[:, :, None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if rgb else image

@@ -6,15 +6,19 @@ import hashlib
 from pathlib import Path
 from typing import Iterator
 
-from facelt.data.recordio import RecordReader, insightface_paths, unpack
+from facelt.data.recordio import RecordReader, check_rec_complete, insightface_paths, unpack
 
 __all__ = ["inspect_records"]
 
 
 def inspect_records(prefix: str | Path) -> Iterator[dict]:
-    """One dict per record of ``PREFIX.rec`` in file order (key None when it has no .idx)."""
-    rec_path, idx_path, _ = insightface_paths(prefix)
+    """One dict per record of ``PREFIX.rec`` in file order (key None when it has no .idx).
+
+    A file shorter than its ``.idx`` or its record 0 say is refused before any row
+    (:func:`~facelt.data.recordio.check_rec_complete`)."""
+    rec_path, idx_path, prop_path = insightface_paths(prefix)
     reader = RecordReader(rec_path, idx_path if idx_path.is_file() else None)
+    check_rec_complete(reader, prop_path)
     return _rows(reader)
 
 

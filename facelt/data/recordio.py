@@ -382,6 +382,18 @@ class RecordReader:
         """The record whose first part starts at byte ``offset``."""
         return self._read(offset, self.key_at(offset), None)
 
+    def file_size(self) -> int:
+        """Bytes in the ``.rec`` file."""
+        self._file()
+        return self._size
+
+    def record_end(self, offset: int) -> int:
+        """The byte after the last part of the record starting at ``offset`` (its framing walked,
+        the payload skipped); :class:`DataError` when the file ends inside it."""
+        src = _PreadSource(self._file(), 64)
+        key = self.key_at(offset)
+        return _walk(src, offset, self._size, lambda: self.where(key, offset), keep=False)[1]
+
     def read_unpacked(self, key: int) -> tuple[IRHeader, bytes]:
         """``unpack(read(key))`` with errors naming this file, the key and the offset."""
         pos, offset = self._locate(key)
@@ -752,6 +764,54 @@ def _read_property(path: Path) -> Optional[tuple[int, int, int]]:
     return k, h, w
 
 
+def _identity_range(header: Optional[IRHeader]) -> Optional[tuple[int, int]]:
+    """Record 0's ``(first identity record, end)`` in the insightface layout, else None."""
+    if header is None or header.flag < 2 or not isinstance(header.label, tuple):
+        return None
+    start, end = (float(v) for v in header.label[:2])
+    if not (start.is_integer() and end.is_integer() and 1 <= start <= end):
+        return None
+    return int(start), int(end)
+
+
+def check_rec_complete(reader: RecordReader, property_path: Optional[PathLike] = None) -> None:
+    """:class:`DataError` when the ``.rec`` behind ``reader`` holds fewer records than its
+    ``.idx`` lists (offsets at or past its end, or a last record the file ends inside), than its
+    record 0 says (the insightface identity range ``[first identity, end)``: records ``0 ..
+    end - 1``), or when the ``property`` file's class count disagrees with that range.  A file cut
+    at a record boundary reads cleanly up to the cut: this is what says it was cut."""
+    size = reader.file_size()
+    keys, offsets = reader.keys, reader.offsets
+    if keys.size:
+        past = np.flatnonzero(offsets >= size)
+        if past.size:
+            i = int(past[np.argmin(offsets[past])])
+            raise DataError(f"{reader.rec_path}: truncated: {past.size} of the {keys.size} records "
+                            f"{reader.idx_path} lists start at or past its end ({size:,} bytes; "
+                            f"key {int(keys[i])} at byte {int(offsets[i]):,}): the file was cut "
+                            "short (an interrupted copy or download?)")
+        reader.record_end(int(offsets.max()))  # the last record ends inside the file
+    if size == 0:
+        return
+    try:
+        head0 = reader.read_header(0) if keys.size else unpack(reader.read_at(0), reader.where(0, 0))[0]
+    except DataError:
+        return  # no record 0, or not a header: not the insightface layout
+    ids = _identity_range(head0)
+    if ids is None:
+        return
+    count = int(keys.size) if keys.size else len(reader)
+    where = reader.idx_path if keys.size else f"{reader.rec_path} (walked, no .idx)"
+    if count < ids[1]:
+        raise DataError(f"{reader.rec_path}: truncated: record 0 says the file holds {ids[1]} "
+                        f"records (images 1..{ids[0] - 1}, identity records {ids[0]}..{ids[1] - 1}), "
+                        f"but {where} holds {count}: the file was cut short")
+    prop = _read_property(Path(property_path)) if property_path is not None else None
+    if prop is not None and prop[0] != ids[1] - ids[0]:
+        raise DataError(f"{property_path}: says {prop[0]} classes but record 0 of "
+                        f"{reader.rec_path} holds {ids[1] - ids[0]} identity records")
+
+
 def _first_label(header: IRHeader) -> float:
     return header.label if isinstance(header.label, float) else (header.label or (0.0,))[0]
 
@@ -768,6 +828,7 @@ def read_insightface(prefix: PathLike) -> InsightfaceIndex:
                         f"and {idx_path.name})")
     reader = RecordReader(rec_path, idx_path)
     try:
+        check_rec_complete(reader, prop_path)
         head0 = reader.read_header(0) if 0 in reader else None
         if head0 is not None and head0.flag > 0:
             keys, labels, ranges = _from_identity_records(reader, head0)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 import cv2
 import numpy as np
 
+from facelt.data.decode import imread
 from facelt.errors import DataError, FaceltError
 from facelt.faces.align import check_image_size, norm_crop
 from facelt.faces.landmarks import MTCNNDetector, read_landmarks, read_megaface_json
@@ -112,9 +113,10 @@ def build_sources(spec: AlignSources) -> list[LandmarkSource]:
 def align_one(rel: str, src: Path, dst: Path, sources: list[LandmarkSource],
               size: int) -> Optional[str]:
     """Align ``src`` into ``dst``; return None on success, else the reason it failed."""
-    img = cv2.imread(str(src), cv2.IMREAD_COLOR)
-    if img is None:
-        return "unreadable image"
+    try:
+        img = imread(src, cv2.IMREAD_COLOR)
+    except DataError as exc:
+        return f"unreadable image ({exc})"
     reasons = []
     for source in sources:
         try:

@@ -18,13 +18,15 @@ __all__ = ["FaceModelSpec", "face_embedder", "model_fingerprint"]
 class FaceModelSpec:
     """One of ``checkpoint`` / ``onnx`` / ``config`` (a recipe: its ``model.pretrained`` weights,
     evaluated without training); ``device`` (auto / cpu / cuda) for the torch models; ``flip``:
-    embed each image and its mirror."""
+    embed each image and its mirror; ``onnx_output``: the embedding output of an ONNX model with
+    several."""
 
     checkpoint: Optional[str] = None
     onnx: Optional[str] = None
     config: Optional[str] = None
     device: str = "auto"
     flip: bool = True
+    onnx_output: Optional[str] = None  # the embedding among an ONNX model's outputs
 
     @property
     def path(self) -> Path:
@@ -40,7 +42,7 @@ def face_embedder(spec: FaceModelSpec):
     model (the caller evaluates precomputed features)."""
     if spec.onnx:
         from facelt.faces.onnx_io import OnnxEmbedder
-        return OnnxEmbedder(spec.onnx)
+        return OnnxEmbedder(spec.onnx, output=spec.onnx_output)
     if spec.checkpoint:
         from facelt.features.embed import embedder_for_checkpoint
         from facelt.models.checkpoint import net_from_checkpoint
@@ -70,7 +72,10 @@ def model_fingerprint(spec: FaceModelSpec, rows: list[str], extra: Optional[dict
         from facelt.config import load_config
         files.append(Path(load_config(spec.config).model.pretrained))
     stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    h = hashlib.sha256(json.dumps([stamp, spec.flip, extra or {}]).encode())
+    extra = dict(extra or {})
+    if spec.onnx_output:
+        extra["onnx_output"] = spec.onnx_output
+    h = hashlib.sha256(json.dumps([stamp, spec.flip, extra]).encode())
     for r in rows:
         h.update(r.encode() + b"\n")
     return h.hexdigest()

@@ -107,22 +107,33 @@ class IJBMeta:
         return len(self.names)
 
 
+def text_lines(path: Union[str, os.PathLike]) -> list[str]:
+    """The lines of a UTF-8 text file; :class:`DataError` naming it (and the line) when it is
+    missing or not UTF-8."""
+    from facelt.utils.text import decode_utf8
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    return decode_utf8(raw, str(p)).splitlines()
+
+
 def read_landmarks(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``<t>_name_5pts_score.txt``: names, (N, 5, 2) landmarks, (N,) detector scores."""
     names, rows = [], []
-    with open(path, encoding="utf-8") as fh:
-        for ln, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 12:
-                raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 12 (image, ten "
-                                "landmark coordinates, detector score)")
-            try:
-                rows.append([float(x) for x in parts[1:]])
-            except ValueError:
-                raise DataError(f"{path} line {ln}: landmarks and score must be numbers") from None
-            names.append(parts[0])
+    for ln, line in enumerate(text_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 12:
+            raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 12 (image, ten "
+                            "landmark coordinates, detector score)")
+        try:
+            rows.append([float(x) for x in parts[1:]])
+        except ValueError:
+            raise DataError(f"{path} line {ln}: landmarks and score must be numbers") from None
+        names.append(parts[0])
     if not names:
         raise DataError(f"{path}: no images")
     arr = np.asarray(rows, dtype=np.float32)
@@ -132,20 +143,21 @@ def read_landmarks(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray
 def read_faces(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``<t>_face_tid_mid.txt``: names, template ids, media ids."""
     names, tids, mids = [], [], []
-    with open(path, encoding="utf-8") as fh:
-        for ln, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 3 (image, "
-                                "template id, media id)")
-            try:
-                tids.append(int(parts[1]))
-                mids.append(int(parts[2]))
-            except ValueError:
-                raise DataError(f"{path} line {ln}: template and media ids must be integers") from None
-            names.append(parts[0])
+    for ln, line in enumerate(text_lines(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3:
+            raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 3 (image, "
+                            "template id, media id)")
+        try:
+            tids.append(int(parts[1]))
+            mids.append(int(parts[2]))
+        except ValueError:
+            raise DataError(f"{path} line {ln}: template and media ids must be integers") from None
+        if not -2 ** 63 <= tids[-1] < 2 ** 63 or not -2 ** 63 <= mids[-1] < 2 ** 63:
+            raise DataError(f"{path} line {ln}: template and media ids must fit in 64 bits")
+        names.append(parts[0])
     return names, np.asarray(tids, dtype=np.int64), np.asarray(mids, dtype=np.int64)
 
 
@@ -439,6 +451,7 @@ def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_siz
     (``loose_crop/<image>`` warped with its 5 points to the ArcFace template), from that row."""
     import cv2
 
+    from facelt.data.decode import imread
     from facelt.faces.align import norm_crop
     from facelt.features.embed import batched
     image_dir = Path(image_dir)
@@ -446,10 +459,7 @@ def aligned_batches(meta: IJBMeta, image_dir: Union[str, os.PathLike], batch_siz
     def images(first: int):
         for i in range(first, len(meta)):
             path = image_dir / meta.names[i]
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise DataError(f"IJB image {path} (row {i + 1} of the 5-points file): missing or "
-                                "not an image OpenCV can decode")
+            img = imread(path, cv2.IMREAD_COLOR, f"IJB image, row {i + 1} of the 5-points file")
             crop = norm_crop(img, meta.landmarks[i].astype(np.float64), image_size)
             yield cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 

@@ -3,9 +3,11 @@
 The file: a pickle of ``(bins, issame_list)``; ``bins`` holds ``2N`` encoded images, pair ``i`` is
 ``bins[2i]`` vs ``bins[2i+1]``; ``issame_list`` holds ``N`` booleans.  Images are JPEG/PNG bytes
 (Python 2 ``str``, read as bytes) or ``cv2.imencode`` output (uint8 numpy arrays).  A ``.bin`` is a
-pickle from the internet, so :func:`read_bin` unpickles it with an allow-list
-(:class:`BinUnpickler`): lists, tuples, bools, bytes/str and numpy's uint8/bool array and scalar
-reconstruction.  Any other global (``os.system`` ...) is refused before anything is called.
+pickle from the internet, so :func:`read_bin` unpickles it with allow-lists of opcodes, globals
+and states (:mod:`facelt.faces.bin_pickle`): lists, tuples, bools, bytes/str and numpy's uint8/bool
+array and scalar reconstruction, into inert placeholders.  Anything else (``os.system``, a call of
+``numpy.ndarray``, a dtype state that is not uint8's ...) is refused before anything is called or
+allocated.
 
 The protocol is insightface's ``verification.py``:
 
@@ -25,7 +27,6 @@ The protocol is insightface's ``verification.py``:
 """
 from __future__ import annotations
 
-import codecs
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -36,112 +37,38 @@ import cv2
 import numpy as np
 
 from facelt.errors import DataError, FaceltError
+from facelt.faces.bin_pickle import UnsafePickleError, load_bin_pickle
 
 ACC_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
 NUM_FOLDS = 10
 FAR_TARGET = 1e-3
 
-_ALLOWED_DTYPES = {"u1", "uint8", "|u1", "b1", "bool", "|b1", "?"}
-
-
-class UnsafePickleError(DataError):
-    """A ``.bin`` pickle asked for something a verification set never holds."""
-
-
-def _dtype_ok(dt: Any) -> np.dtype:
-    spec = dt.decode("latin1") if isinstance(dt, bytes) else dt
-    if isinstance(spec, np.dtype):
-        if spec in (np.dtype(np.uint8), np.dtype(np.bool_)):
-            return spec
-    elif isinstance(spec, str) and spec in _ALLOWED_DTYPES:
-        return np.dtype(spec)
-    raise UnsafePickleError(f"numpy dtype {dt!r} (only uint8 and bool are allowed)")
-
-
-def _safe_dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
-    # a fresh dtype object (numpy pickles pass copy=True): BUILD then sets its state, and must
-    # not touch numpy's shared uint8 / bool singletons
-    return np.dtype(_dtype_ok(spec), align=False, copy=True)
-
-
-def _safe_reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
-        raise UnsafePickleError(f"array reconstruction of {subtype!r} (only numpy.ndarray)")
-    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
-
-
-def _safe_scalar(dtype: Any, data: Any = None) -> Any:
-    dt = _dtype_ok(dtype)
-    if not isinstance(data, (bytes, bytearray)) or len(data) != dt.itemsize:
-        raise UnsafePickleError(f"numpy scalar data {data!r:.40} for {dt}")
-    return np.frombuffer(bytes(data), dtype=dt)[0]
-
-
-def _safe_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
-    dt = _dtype_ok(dtype)
-    if not isinstance(buf, (bytes, bytearray, memoryview)):
-        raise UnsafePickleError(f"array buffer of type {type(buf).__name__}")
-    order = order.decode() if isinstance(order, bytes) else order
-    if order not in ("C", "F"):
-        raise UnsafePickleError(f"array order {order!r}")
-    return np.frombuffer(bytes(buf), dtype=dt).reshape(tuple(int(s) for s in shape), order=order)
-
-
-def _safe_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r}")
-    return codecs.encode(text, "latin1")
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _safe_dtype,
-    ("_codecs", "encode"): _safe_encode,
-}
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _ALLOWED_GLOBALS[(_mod, "_reconstruct")] = _safe_reconstruct
-    _ALLOWED_GLOBALS[(_mod, "scalar")] = _safe_scalar
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    _ALLOWED_GLOBALS[(_mod, "_frombuffer")] = _safe_frombuffer
-
-
-class BinUnpickler(pickle.Unpickler):
-    """Unpickles what verification ``.bin`` files hold and nothing else (see the module doc)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(f"global {module}.{name} is not allowed in a verification "
-                                    "set") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("persistent ids are not allowed in a verification set")
-
-
-def _check_array(a: np.ndarray) -> None:
-    if a.dtype not in (np.dtype(np.uint8), np.dtype(np.bool_)):
-        raise UnsafePickleError(f"array of dtype {a.dtype}")
-
 
 def read_bin(path: Union[str, os.PathLike]) -> tuple[list[bytes], np.ndarray]:
     """``(encoded images, issame)`` of a ``.bin`` file: ``2N`` byte strings and ``N`` booleans.
 
     Raises :class:`DataError` naming the file when it is missing, not a pickle, not of that shape,
-    or asks for anything outside the allow-list (nothing in it is executed).
+    or asks for anything outside the allow-list (:mod:`facelt.faces.bin_pickle`: nothing in it is
+    executed, nothing it declares is allocated beyond the bytes the file holds).
     """
+    from facelt.utils.limits import check_allocation
     p = Path(path)
     if not p.is_file():
         raise DataError(f"verification set {p}: not found")
     try:
-        with open(p, "rb") as fh:
-            obj = BinUnpickler(fh, encoding="bytes").load()
+        size = p.stat().st_size
+        check_allocation(3 * size, f"verification set {p} ({size:,} bytes, read whole)")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"verification set {p}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        obj = load_bin_pickle(data)
     except UnsafePickleError as exc:
         raise DataError(f"verification set {p}: refused, unsafe pickle: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 -- any unpickling failure is the file's fault
-        raise DataError(f"verification set {p}: not a readable pickle ({type(exc).__name__}: "
-                        f"{exc})") from None
+    except DataError as exc:
+        raise DataError(f"verification set {p}: {exc}") from None
+    del data
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise DataError(f"verification set {p}: expected a pickled (bins, issame_list) pair, got "
                         f"{type(obj).__name__}")
@@ -149,12 +76,15 @@ def read_bin(path: Union[str, os.PathLike]) -> tuple[list[bytes], np.ndarray]:
     if not isinstance(bins, (list, tuple)):
         raise DataError(f"verification set {p}: bins is a {type(bins).__name__}, expected a list")
     images: list[bytes] = []
+    as_bytes: dict[int, bytes] = {}  # an array the pickle references many times is copied once
     for i, b in enumerate(bins):
         if isinstance(b, np.ndarray):
             if b.dtype != np.uint8:
                 raise DataError(f"verification set {p}: image {i} is a {b.dtype} array, expected "
                                 "uint8 encoded bytes")
-            b = b.tobytes()
+            if id(b) not in as_bytes:
+                as_bytes[id(b)] = b.tobytes()
+            b = as_bytes[id(b)]
         elif isinstance(b, str):  # a py2 str read with a text encoding
             b = b.encode("latin1")
         elif isinstance(b, bytearray):
@@ -164,9 +94,8 @@ def read_bin(path: Union[str, os.PathLike]) -> tuple[list[bytes], np.ndarray]:
                             "encoded image bytes")
         images.append(b)
     if isinstance(issame, np.ndarray):
-        _check_array(issame)
         flags = issame.reshape(-1).astype(bool)
-    elif isinstance(issame, (list, tuple)) and all(isinstance(x, (bool, np.bool_, int)) for x in issame):
+    elif isinstance(issame, (list, tuple)) and all(type(x) in (bool, int) for x in issame):
         flags = np.asarray([bool(x) for x in issame], dtype=bool)
     else:
         raise DataError(f"verification set {p}: issame_list must be a list of booleans")
@@ -200,23 +129,32 @@ def decode_images(encoded: list[bytes], where: str = "images",
     """Decode encoded images into one ``(N, H, W, 3)`` uint8 RGB array.
 
     Every image is resized to ``size`` (height, width) when given, else to the first image's size
-    when they differ.
+    when they differ.  Each image's declared size is checked from its header before it is decoded
+    (:mod:`facelt.data.decode`), and the whole array against the memory there is before it is
+    allocated; an empty or undecodable image is a :class:`DataError` naming it.
     """
+    from facelt.data.decode import imdecode
+    from facelt.utils.limits import check_allocation
     from facelt.utils.progress import progress
-    out: Optional[np.ndarray] = None
-    for i, payload in enumerate(progress(encoded, desc=f"decode {where}", unit="img")):
-        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"{where}: image {i} ({len(payload)} bytes) is not an image OpenCV "
-                            "can decode")
-        if out is None:
-            h, w = size if size is not None else img.shape[:2]
-            out = np.empty((len(encoded), int(h), int(w), 3), dtype=np.uint8)
-        if img.shape[:2] != out.shape[1:3]:
-            img = cv2.resize(img, (out.shape[2], out.shape[1]), interpolation=cv2.INTER_LINEAR)
-        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[i])
-    if out is None:
+    if not encoded:
         raise DataError(f"{where}: no images")
+    first = imdecode(encoded[0], cv2.IMREAD_COLOR, f"{where}: image 0 of the set")
+    h, w = (int(size[0]), int(size[1])) if size is not None else first.shape[:2]
+    check_allocation(len(encoded) * h * w * 3,
+                     f"{where}: {len(encoded):,} decoded images of {w}x{h} pixels")
+    out = np.empty((len(encoded), h, w, 3), dtype=np.uint8)
+    decoded: dict[int, int] = {}  # a payload object the file holds many times is decoded once
+    for i, payload in enumerate(progress(encoded, desc=f"decode {where}", unit="img")):
+        if id(payload) in decoded:
+            out[i] = out[decoded[id(payload)]]
+            continue
+        img = first if i == 0 else imdecode(payload, cv2.IMREAD_COLOR,
+                                            f"{where}: image {i} of the set")
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[i])
+        decoded[id(payload)] = i
+    del first
     return out
 
 

@@ -15,15 +15,15 @@ another source or another world size is refused with what to delete.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
 
 from facelt.errors import DataError
-from facelt.features.files import (PROGRESS_SUFFIX, embed_rows, finalize_feature_memmap, partial_path,
-                             source_path, write_feature_memmap)
+from facelt.features.files import (PROGRESS_SUFFIX, check_rows_written, embed_rows,
+                                   finalize_feature_memmap, partial_path, progress_record,
+                                   read_progress, source_path, write_feature_memmap)
 from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.utils.io import write_json
@@ -54,7 +54,7 @@ def check_shares_done(out: Union[str, os.PathLike], num_rows: int, batch_size: i
         if start == stop:
             continue
         p = rank_progress_path(out, r)
-        done = json.loads(p.read_text()).get("rows_done") if p.exists() else None
+        done = read_progress(p, start, stop)["rows_done"] if p.exists() else None
         if done != stop:
             raise DataError(f"rank {r} of {world} has not finished its rows {start}..{stop} of "
                             f"{partial_path(out)} ({p}: rows_done {done}); rerun the same command "
@@ -80,13 +80,9 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
                 "batch_size": int(batch_size), "world": int(world)}
     if dist.is_primary:
         resume = header.exists() and partial_path(out).exists()
-        if resume:
-            state = json.loads(header.read_text())
-            if {k: state.get(k) for k in settings} != settings:
-                raise DataError(f"progress file {header}: written with {state}, now asked for "
-                                f"{settings} (resuming needs the same source, settings and number "
-                                f"of processes); delete it and {partial_path(out)} to start over")
-            del state
+        if resume:  # resuming needs the same source, settings and number of processes
+            read_progress(header, None, None, settings,
+                          f"delete it and {partial_path(out)} to start over")
         else:
             for r in range(world):
                 rank_progress_path(out, r).unlink(missing_ok=True)
@@ -98,15 +94,16 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
     start, stop = batch_share(num_rows, batch_size, rank, world)
     mine = rank_progress_path(out, rank)
     done = start
+    saved = None
+    restart = f"delete {header} and {partial_path(out)} to start over"
     if mine.exists():
-        saved = json.loads(mine.read_text())
-        if (saved.get("start"), saved.get("stop")) != (start, stop):
-            raise DataError(f"progress file {mine}: share {saved.get('start')}..{saved.get('stop')}, "
-                            f"expected {start}..{stop}; delete {header} to start over")
+        saved = read_progress(mine, start, stop, {"start": start, "stop": stop}, restart)
         done = int(saved["rows_done"])
-    if done < stop:
+    if done < stop or saved is not None:
         mm = write_feature_memmap(out, num_rows, dim, reuse=True)
         try:
+            if saved is not None:
+                check_rows_written(saved, mm, mine, start, restart)
             row = done
             for batch in batches(done, stop):
                 n = len(batch)
@@ -115,7 +112,7 @@ def extract_features_distributed(embed_fn: Callable[[Any], Any],
                 mm[row:row + n] = embed_rows(embed_fn, batch, dim, flip, normalize)
                 mm.flush()
                 row += n
-                write_json(mine, {"start": start, "stop": stop, "rows_done": row})
+                write_json(mine, progress_record(row, mm, row - n, start=start, stop=stop))
             if row != stop:
                 raise DataError(f"rank {rank}: batches ended after row {row}, its share ends at "
                                 f"{stop} (progress kept in {mine}: rerun to resume)")

@@ -275,8 +275,6 @@ def files_source(paths: Sequence[Union[str, Path]], rows: Optional[Sequence[str]
         raise ValueError(f"{len(paths)} paths for {len(names)} row names")
 
     def read_file(i: int) -> np.ndarray:
-        img = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"image {paths[i]}: missing or not an image OpenCV can decode")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        from facelt.data.decode import imread
+        return cv2.cvtColor(imread(paths[i], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return ImageSource(names, read_file)

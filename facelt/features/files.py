@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
@@ -43,9 +44,10 @@ def finished_with(path: Union[str, os.PathLike], fingerprint: str) -> bool:
     if not Path(path).is_file() or not src.is_file():
         return False
     try:
-        return json.loads(src.read_text()).get("fingerprint") == fingerprint
-    except json.JSONDecodeError:
+        record = json.loads(src.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: not a finished file
         return False
+    return isinstance(record, dict) and record.get("fingerprint") == fingerprint
 
 
 def l2_normalize(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -80,8 +82,9 @@ class FeatureFile:
                 else:
                     raise ValueError(f"unsupported .npy version {version}")
                 offset = fh.tell()
-        except ValueError as exc:
-            raise DataError(f"feature file {p}: not a valid .npy file ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 -- a damaged header (numpy parses it as Python)
+            raise DataError(f"feature file {p}: not a valid .npy file ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
         if dtype != FEATURE_DTYPE:
             raise DataError(f"feature file {p}: dtype {dtype}, expected little-endian float32")
         if len(shape) != 2:
@@ -209,12 +212,52 @@ def write_feature_memmap(path: Union[str, os.PathLike], rows: int, dim: int,
     tmp = partial_path(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     if reuse and tmp.exists():
-        mm = np.load(tmp, mmap_mode="r+")
+        try:
+            mm = np.load(tmp, mmap_mode="r+")
+        except (ValueError, OSError) as exc:
+            raise DataError(f"partial feature file {tmp}: not a readable .npy ({exc}); delete it "
+                            "to start over") from None
         if mm.shape == (rows, dim) and mm.dtype == FEATURE_DTYPE:
+            with open(tmp, "rb+") as fh:  # a file made sparse by an older run gets its blocks
+                reserve_file_space(fh.fileno(), mm.offset + mm.nbytes, tmp)
             return mm
         raise DataError(f"partial feature file {tmp}: shape {mm.shape} {mm.dtype}, expected "
                         f"({rows}, {dim}) float32; delete it to start over")
-    return np.lib.format.open_memmap(tmp, mode="w+", dtype=FEATURE_DTYPE, shape=(rows, dim))
+    try:
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, {"descr": FEATURE_DTYPE.str,
+                                                      "fortran_order": False,
+                                                      "shape": (int(rows), int(dim))})
+            reserve_file_space(fh.fileno(), fh.tell() + rows * dim * FEATURE_DTYPE.itemsize, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return np.lib.format.open_memmap(tmp, mode="r+")
+
+
+def reserve_file_space(fd: int, size: int, path: Union[str, os.PathLike]) -> None:
+    """Give the file behind ``fd`` its ``size`` bytes of disk blocks now (``posix_fallocate``),
+    so that writing through a memory map of it can never hit a full disk: a memory-mapped write
+    that finds no free block kills the process with SIGBUS.  A full disk or quota is an
+    :class:`~facelt.errors.OutputError` naming ``path``, the bytes needed and the bytes free."""
+    import errno
+    from facelt.errors import OutputError
+    from facelt.utils.limits import format_bytes
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover -- macOS, Windows
+        return
+    try:
+        os.posix_fallocate(fd, 0, int(size))
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", -1)):
+            return  # the file system cannot reserve: writes stay as safe as they were
+        try:
+            st = os.statvfs(Path(path).parent)
+            free = f"; {format_bytes(st.f_bavail * st.f_frsize)} free there"
+        except OSError:
+            free = ""
+        human = f" ({format_bytes(int(size))})" if size >= 1024 else ""
+        raise OutputError(f"{path}: {exc.strerror or exc}: the feature file needs "
+                          f"{int(size):,} bytes{human}, reserved before writing{free}") from None
 
 
 def finalize_feature_memmap(mm: np.memmap, path: Union[str, os.PathLike]) -> Path:
@@ -226,6 +269,72 @@ def finalize_feature_memmap(mm: np.memmap, path: Union[str, os.PathLike]) -> Pat
         os.fsync(fh.fileno())
     os.replace(src, final)
     return final
+
+
+# ------------------------------------------------------------------------------ progress records
+
+def batch_checksum(mm: np.ndarray, start: int, stop: int) -> int:
+    """CRC-32 of rows ``[start, stop)`` of a feature memmap (what a progress record keeps of the
+    last batch it wrote)."""
+    return zlib.crc32(np.ascontiguousarray(mm[start:stop]).tobytes())
+
+
+def progress_record(rows_done: int, mm: np.ndarray, first: int, **fields: Any) -> dict:
+    """What a progress file holds after a batch of rows ``[first, rows_done)``: ``fields``,
+    ``rows_done``, and that batch's rows and checksum (so a resumed run can tell the record
+    from the rows it describes)."""
+    return {**fields, "rows_done": int(rows_done), "last_rows": [int(first), int(rows_done)],
+            "last_crc32": batch_checksum(mm, first, rows_done)}
+
+
+def read_progress(path: Union[str, os.PathLike], lo: Optional[int], hi: Optional[int],
+                  expected: Optional[dict] = None, restart: str = "") -> dict:
+    """A progress file checked before it is trusted: a JSON object (holding ``expected``'s
+    values, when given) whose ``rows_done`` is a whole number in ``[lo, hi]`` (not looked at
+    when ``lo`` is None: a header without rows); :class:`DataError` naming the file (and
+    ``restart``: what to delete to start over) otherwise."""
+    p = Path(path)
+    tail = f"; {restart}" if restart else ""
+    try:
+        state = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"progress file {p}: not a progress record facelt wrote "
+                        f"({type(exc).__name__}){tail}") from None
+    if not isinstance(state, dict):
+        raise DataError(f"progress file {p}: holds a {type(state).__name__}, not a progress "
+                        f"record{tail}")
+    if expected is not None and {k: state.get(k) for k in expected} != expected:
+        raise DataError(f"progress file {p}: written with {state}, now asked for {expected}{tail}")
+    done = state.get("rows_done")
+    if lo is not None and (type(done) is not int or not lo <= done <= hi):
+        raise DataError(f"progress file {p}: rows_done {done!r}; expected a whole number of rows "
+                        f"from {lo} to {hi}{tail}")
+    return state
+
+
+def check_rows_written(state: dict, mm: np.ndarray, path: Union[str, os.PathLike], lo: int,
+                       restart: str = "") -> None:
+    """The rows a progress record (:func:`read_progress`) says are written are there: its last
+    batch's checksum matches the partial file (a record from an older facelt without one: the
+    last row is not empty). :class:`DataError` naming the file otherwise."""
+    done = int(state["rows_done"])
+    if done == lo:
+        return
+    tail = f"; {restart}" if restart else ""
+    last, crc = state.get("last_rows"), state.get("last_crc32")
+    if last is None and crc is None:
+        if not np.any(mm[done - 1]):
+            raise DataError(f"progress file {path}: says rows {lo}..{done - 1} are written, but "
+                            f"row {done - 1} of the partial file is empty{tail}")
+        return
+    if not (isinstance(last, list) and len(last) == 2 and all(type(v) is int for v in last)
+            and lo <= last[0] < last[1] == done and type(crc) is int):
+        raise DataError(f"progress file {path}: its last batch {last!r} (checksum {crc!r}) does "
+                        f"not end at rows_done {done}{tail}")
+    if batch_checksum(mm, last[0], last[1]) != crc:
+        raise DataError(f"progress file {path}: says rows {lo}..{done - 1} are written, but rows "
+                        f"{last[0]}..{last[1] - 1} of the partial file do not hold what was "
+                        f"written (one of the two files was changed){tail}")
 
 
 # ------------------------------------------------------------------------------------- extraction
@@ -280,14 +389,15 @@ def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
     settings = {"num_rows": int(num_rows), "dim": int(dim), "flip": bool(flip),
                 "normalize": bool(normalize), "fingerprint": str(fingerprint)}
     done = 0
+    restart = f"delete it and {partial_path(out)} to start over"
+    state = None
     if resume and sidecar.exists() and partial_path(out).exists():
-        state = json.loads(sidecar.read_text())
-        if {k: state.get(k) for k in settings} != settings:
-            raise DataError(f"progress file {sidecar}: written with {state}, now asked for "
-                            f"{settings}; delete it and {partial_path(out)} to start over")
+        state = read_progress(sidecar, 0, num_rows, settings, restart)
         done = int(state["rows_done"])
     mm = write_feature_memmap(out, num_rows, dim, reuse=done > 0)
     try:
+        if state is not None:
+            check_rows_written(state, mm, sidecar, 0, restart)
         batches = batches_iter(done) if callable(batches_iter) else batches_iter
         row = done if callable(batches_iter) else 0
         for batch in batches:
@@ -303,7 +413,7 @@ def extract_features(embed_fn: Callable[[Any], Any], batches_iter: Batches,
             mm[row:row + n] = embed_rows(embed_fn, batch, dim, flip, normalize)
             mm.flush()
             row += n
-            write_json(sidecar, {**settings, "rows_done": row})
+            write_json(sidecar, progress_record(row, mm, row - n, **settings))
         if row != num_rows:
             raise DataError(f"batches ended after {row} rows; expected num_rows={num_rows} "
                             f"(progress kept in {sidecar}: rerun to resume)")

@@ -3,7 +3,6 @@
 calls)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from facelt.utils.io import write_json, write_text
@@ -45,6 +44,21 @@ def _verification_lines(ver: dict) -> list[str]:
     return lines
 
 
+def _previous_summary(path: Path) -> dict:
+    """An earlier run's summary, or ``{}`` when there is none or it is not one (it is replaced)."""
+    from facelt.errors import DataError
+    from facelt.utils.structure import read_json_file
+    if not path.is_file():
+        return {}
+    try:
+        previous = read_json_file(path, "demo summary")
+    except DataError:
+        return {}
+    if not isinstance(previous, dict) or type(previous.get("total_seconds")) not in (int, float):
+        return {}
+    return previous
+
+
 def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: float,
                        ver: dict | None = None) -> Path:
     """Record the demo's results in ``OUT/demo_summary.json`` and write ``OUT/report.md`` from it.
@@ -52,7 +66,7 @@ def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: 
     own time beside it and never replaces it."""
     from facelt.openset.reporting import round_floats
     path = Path(out) / SUMMARY_NAME
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous = _previous_summary(path)
     summary = {
         "manifest": {"totals": manifest["totals"], "C": manifest["C"], "shots": manifest["shots"]},
         "classify": {str(s): {k: cls[s][k] for k in ("closed_set", "open_set", "shot_rule",
@@ -71,7 +85,10 @@ def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: 
 
 def write_demo_report(out: Path) -> Path:
     """``OUT/report.md`` from ``OUT/demo_summary.json`` (also what ``facelt report OUT`` calls)."""
-    summary = json.loads((Path(out) / SUMMARY_NAME).read_text())
+    from facelt.openset.report_checks import check_demo_summary
+    from facelt.utils.structure import read_json_file
+    path = Path(out) / SUMMARY_NAME
+    summary = check_demo_summary(read_json_file(path, "demo summary"), path)
     manifest = summary["manifest"]
     cls = {int(s): v for s, v in summary["classify"].items()}
     mf = summary["megaface"]

@@ -100,7 +100,7 @@ def threshold_sweep_figure(sweep: list[dict], threshold: float, where: str = "")
     for key, label in (("f_measure", "F-measure"), ("closed_accuracy_known", "known accuracy"),
                        ("open_rejection", "open images rejected")):
         if key in sweep[0]:
-            ax.plot(t, [100 * r[key] if r[key] is not None else float("nan") for r in sweep],
+            ax.plot(t, [100 * r[key] if r.get(key) is not None else float("nan") for r in sweep],
                     marker="o", ms=3, label=label)
     ax.axvline(threshold, color="grey", ls=":", lw=1, label=f"threshold used ({threshold:g})")
     ax.set_xlabel("threshold on max softmax")

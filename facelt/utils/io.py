@@ -7,6 +7,7 @@ partial file under the final name and never destroys the previous good copy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -62,7 +63,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched; a full disk or
+    quota becomes an :class:`~facelt.errors.OutputError` naming ``path``.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +79,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"{final}: {exc.strerror}: it cannot be written (the previous "
+                              "copy, if any, is kept)") from None
         raise
 
 
