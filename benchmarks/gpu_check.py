@@ -10,10 +10,12 @@ HOW TO RUN IT (a session whose task has a GPU; nothing else to prepare):
   PyYAML, tqdm, matplotlib and onnx, and NOT faiss: the MegaFace section then searches with
   facelt's ``torch`` backend on the GPU and checks rank-1 against the ``numpy`` CPU path (with
   faiss it would use ``blas``); nothing needs carrying.
-* About 5-6 minutes on one H200 (per-section times are printed and in ``seconds``); no section
-  starts after ``--budget`` seconds (it is recorded as skipped); ``timeout -s TERM`` stops it
-  before the tool's limit, and on SIGTERM the section in progress is recorded as interrupted.
-  The JSON is rewritten (atomically) after every section, so a killed run keeps what it measured.
+* About 5-6 minutes on one H200 by estimate (the GPU sizes have never run; per-section times are
+  printed and in ``seconds``). No section starts after ``--budget`` seconds (it is recorded as
+  skipped); ``timeout -s TERM`` stops it before the tool's limit, and on SIGTERM the section in
+  progress is recorded as interrupted (exit 124). The JSON is rewritten atomically after every
+  section, so a killed run keeps what it measured. The session's 15 device minutes include the
+  machine's start: that leaves one rerun of failed sections, at once (warm for 30 s).
 * It writes ``$OUT/gpu_<date>.json`` and the log ``$OUT/gpu_check.log``: commit the JSON as
   ``benchmarks/results/gpu_<date>.json`` (same name) and fill the README's GPU column from its
   top-level keys. A rerun of failed sections only: ``--sections NAME,...`` (or ``--skip``); call
@@ -50,8 +52,9 @@ Not a test (a test runs ``--device cpu --tiny`` so the script cannot rot).  Sect
              device) against one plain matmul + topk over the same data (the floor, with and
              without the host-to-device copy); rank-1 identical to the CPU path.
 ``amp``      AMP vs fp32 loss curves of the trainer over 200 steps on a small problem.
-``ddp``      a 1-process torchrun run (NCCL on CUDA, gloo on CPU) of stage 2 with mid-epoch
-             checkpoints, killed after the first one and resumed with ``--resume``.
+``ddp``      stage 1 in this process, then stage 2 under a 1-process torchrun with mid-epoch
+             checkpoints, killed after the first one and resumed with ``--resume`` (one process
+             starts no process group, so NCCL itself needs two GPUs to be exercised).
 
     python benchmarks/gpu_check.py                      # the full check on CUDA
     python benchmarks/gpu_check.py --device cpu --tiny  # the same code paths, small, on the CPU
