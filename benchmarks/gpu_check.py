@@ -392,8 +392,13 @@ def section_amp_centroid_drift(work: Path, sz: Sizes, device: str, workers: int,
         if device == "cuda" and not out["variants"]:  # the noise floor, once (on the CPU the
             runs["fp32_repeat"] = ["amp=false"]         # AMP runs are fp32 repeats already)
         for tag, extra in runs.items():
-            c, ok = stage2_centroids(face_config(prefix, sz, device, workers, base + extra), init,
-                                     work / f"drift_{name}_{tag}")
+            try:
+                c, ok = stage2_centroids(face_config(prefix, sz, device, workers, base + extra),
+                                         init, work / f"drift_{name}_{tag}")
+            except Exception as exc:  # e.g. a non-finite loss under float16: a finding, recorded
+                entry[tag] = {"error": f"{type(exc).__name__}: {exc}"}
+                out.setdefault("failed_runs", []).append(f"{name}.{tag}")
+                continue
             entry[tag] = {**centroid_drift(c, c32, c0), "loss_finite": ok and finite}
         out["variants"][name] = entry
     first = out["variants"][next(iter(out["variants"]))]
@@ -1004,6 +1009,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     errors = [n for n in sections if isinstance(res.get(n), dict) and "error" in res[n]]
     for n in errors:
         print(f"section {n} failed: {res[n]['error']}", file=sys.stderr)
+    for n in sections:
+        if _get(res, n, "failed_runs"):
+            print(f"section {n}: runs failed: {', '.join(res[n]['failed_runs'])}", file=sys.stderr)
     print(f"results: {out}")
     if interrupted:
         return 124
