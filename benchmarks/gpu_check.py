@@ -115,7 +115,7 @@ class Sizes:
     drift_stage1_steps: int = 20   # a stage-1 start of its own when the train section did not run
     # (centroid_loss.update, shard_head) of the drift runs, most important first
     drift_variants: tuple = (("reference", False), ("autograd", False), ("reference", True))
-    pipe_batches: int = 60         # timed loader batches (after a warm-up of one batch a worker)
+    pipe_batches: int = 80         # timed loader batches (after a warm-up of two batches a worker)
     decode_repeats: int = 10       # timed decode_jpeg calls over one batch
     shard_classes: int = 1_000_000
     shard_dim: int = 512
@@ -428,7 +428,7 @@ def section_input_pipeline(work: Path, sz: Sizes, device: str, workers: int, res
     from facelt.data.rec_dataset import RecordDataset
     prefix = synthetic_faces(work, sz)
     cfg = face_config(prefix, sz, device, workers)
-    warm = max(1, workers)
+    warm = 2 * max(1, workers)  # the workers' start and their prefetched batches (2 a worker)
     cpu_ds = RecordDataset(prefix, train=True)
     cpu_loader = training_loader(cpu_ds, cfg, sz, device, warm + sz.pipe_batches)
     loader_img_s = loader_rate(cpu_loader, lambda b: b[0].to(device, non_blocking=True), device, warm)
