@@ -164,12 +164,15 @@ def eval_indices(n: int, rank: int, world: int) -> list[int]:
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=None,
-                drop_last: bool = False, pin: bool = False, persistent: bool = False) -> DataLoader:
+                drop_last: bool = False, pin: bool = False, persistent: bool = False,
+                collate_fn=None) -> DataLoader:
     """``persistent``: keep the worker processes between epochs (the training loader: a new
-    epoch then starts without forking and warming ``num_workers`` processes again)."""
+    epoch then starts without forking and warming ``num_workers`` processes again);
+    ``collate_fn``: the loader's default when None (e.g.
+    :func:`facelt.data.device_decode.collate_encoded` for encoded records)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, drop_last=drop_last, pin_memory=pin,
-                      persistent_workers=persistent and num_workers > 0)
+                      persistent_workers=persistent and num_workers > 0, collate_fn=collate_fn)
 
 
 def read_class_names(cfg: DataConfig, num_classes: int, train: Optional[Split] = None) -> list[str]:

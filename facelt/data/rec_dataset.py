@@ -45,8 +45,10 @@ def to_tensor(image: np.ndarray, flip: bool = False) -> torch.Tensor:
     return tensor.div_(127.5).sub_(1.0)
 
 
-def _flip_now(train: bool, flip: bool) -> bool:
-    # torch's RNG is re-seeded per DataLoader worker (numpy's is not), so draws differ across workers.
+def draw_flip(train: bool, flip: bool) -> bool:
+    """Whether a training item is mirrored: one draw from torch's RNG when ``train and flip``
+    (none otherwise). torch's RNG is re-seeded per DataLoader worker (numpy's is not), so draws
+    differ across workers."""
     return train and flip and bool(torch.rand(()) < 0.5)
 
 
@@ -78,4 +80,4 @@ class RecordDataset(torch.utils.data.Dataset):
         header, payload = self.reader.read_unpacked(key)
         where = self.reader.where(key, self.reader.offset_of(key))
         image = decode_image(payload, self.rgb, where, self.channels)
-        return to_tensor(image, _flip_now(self.train, self.flip)), int(self.labels[index]), int(index)
+        return to_tensor(image, draw_flip(self.train, self.flip)), int(self.labels[index]), int(index)
