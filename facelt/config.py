@@ -190,6 +190,12 @@ class StageConfig:
     ``h*w*C`` map to ``h*w`` scores (position-specific, as the reference's ``fc_spatial`` over 7x7;
     the map size is fixed by the backbone and ``data.image_size``); ``conv``: a 1x1 convolution
     shared across positions (any map size)."""
+    attention_init: Literal["reference", "identity"] = "reference"
+    """Initialisation of the modulated attention's non-local block: ``reference`` (the OLTR
+    code's: its ResNet init loop redraws all four attention convs from ``normal(0, sqrt(2 / n))``,
+    ``n = k_h * k_w * out_channels``, so the attention is not the identity at start and stage 2's
+    centroids are computed through it) or ``identity`` (the output conv at zero: ``f_att = f`` at
+    start, facelt's former variant)."""
     fc_add: int = field(default=0, metadata={"ge": -1})
     """Width of ``ReLU(Linear)`` after the neck (the reference's ``use_fc: True``: 512); 0: none;
     -1 (stage 2): the same as ``stage1.fc_add`` (cRT / LWS on stage 1's features).
@@ -507,6 +513,7 @@ LEGACY_STAGE_KEYS = {
 FORMER_STAGE_DEFAULTS = {
     ("spatial_attention",): "conv", ("frozen_bn",): "eval", ("init_weights",): "last",
     ("meta", "hallucinator_init"): "random", ("centroid_loss", "update"): "autograd",
+    ("attention_init",): "identity",  # issue 19
 }
 
 

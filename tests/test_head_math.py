@@ -188,3 +188,37 @@ def test_scaled_collective_gradient_in_a_world_of_one():
     (scaled,) = torch.autograd.grad(col.gather_rows(x, grad_scale=3.0), x, SCALE * g)
     torch.testing.assert_close(plain, 3.0 * g)
     torch.testing.assert_close(scaled / SCALE, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("update", ["reference", "autograd"])
+def test_meta_step_touches_its_k_by_d_tables_few_times(update):
+    """Issue 19 item 12: a stage-2 step of the meta head (CE + centroid loss) allocates at most 3
+    ``K x d`` tables outside the matmuls (the normalised classifier, its gradient, the centroids'
+    gradient; before: 14 to 16, from autograd's generic backward of ``F.normalize`` and of the
+    closed-form sums), and runs 9 matmuls with a K side (4 forward, 5 backward; before: 10, the
+    extra one the backward of the nearest-centroid distances through the whole ``B x K``
+    matrix)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(5)
+    k, d, b = 3000, 300, 16                   # K x d above the 2 MiB blocks of the CPU reductions
+    head = MetaEmbeddingHead(d, k)
+    head.init_centroids(torch.randn(k, d))
+    v = torch.randn(b, d, requires_grad=True)
+    y = torch.randint(0, k, (b,))
+    closs = DiscCentroidLoss(centroid_update=update, loss_weight=0.01)
+
+    def step():
+        head.zero_grad(set_to_none=True)
+        logits, _ = head(v, y)
+        (F.cross_entropy(logits, y) + 0.01 * closs(v, y, head.centroids)).backward()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
+        step()
+    matmuls = ("aten::mm", "aten::addmm", "aten::addmm_")
+    tables = [e.name for e in prof.events()
+              if e.cpu_memory_usage >= k * d * 4 and not e.cpu_children and e.name not in matmuls]
+    with_k = [e.name for e in prof.events()
+              if e.name in matmuls and any(k in shape for shape in e.input_shapes)]
+    assert len(tables) <= 3, tables
+    assert len(with_k) == 9, with_k

@@ -42,7 +42,8 @@ def build_body(cfg: Config, stage: int, image_size: int | None = None) -> Body:
     attention = None
     if st.attention:
         attention = ModulatedAttention(
-            channels, map_size=size if st.spatial_attention == "reference" else None)
+            channels, map_size=size if st.spatial_attention == "reference" else None,
+            init=st.attention_init)
     if cfg.model.neck == "pool":
         neck = PoolNeck(channels)
     else:
