@@ -80,6 +80,10 @@ class ModelConfig:
     pretrained_format: Literal["auto", "torchvision", "caffe", "insightface"] = "auto"
     """``insightface``: an arcface_torch IResNet ``backbone.pth`` (trunk + its bn2/fc/features
     embedding layer, which loads into the ``face`` neck); needs an ``iresnet*`` backbone."""
+    neck_bn_eps: Optional[float] = field(default=None, metadata={"gt": 0})
+    """BatchNorm eps of the ``face`` neck. ``null``: the convention of the weights it starts
+    from: 1e-5 with ``pretrained_format: insightface`` (arcface_torch's ``bn2`` / ``features``,
+    as in its whole IResNet), otherwise 2e-5 (insightface's MXNet-trained models)."""
 
 
 @dataclass
@@ -517,6 +521,10 @@ FORMER_STAGE_DEFAULTS = {
 }
 
 
+#: model keys added later, with the value a saved config that lacks them was trained with
+FORMER_MODEL_DEFAULTS = {"neck_bn_eps": 2e-5}  # issue 19: the face neck's eps was always 2e-5
+
+
 def upgrade_saved_config(tree: dict) -> dict:
     """A config saved in a checkpoint, with the flat stage keys of older versions moved into
     their sections (``stage1.cos_scale`` -> ``stage1.cosine.scale``, a float ``stage1.margin`` ->
@@ -525,6 +533,8 @@ def upgrade_saved_config(tree: dict) -> dict:
     saved without ``spatial_attention`` had the 1x1-conv attention). A current config comes back
     unchanged."""
     out = dict(tree)
+    if isinstance(out.get("model"), dict):
+        out["model"] = {**FORMER_MODEL_DEFAULTS, **out["model"]}
     for stage in ("stage1", "stage2"):
         st = out.get(stage)
         if not isinstance(st, dict):
