@@ -65,8 +65,9 @@ def sharded_cross_entropy(local_logits: torch.Tensor, targets: torch.Tensor,
     """Mean cross-entropy over all K classes from this rank's ``(B, K_local)`` logits;
     ``targets[i]`` is row i's column here or -1 when another rank owns its class.  Every row's
     class must be owned by exactly one rank (labels in ``[0, K)``).  Half-precision logits are
-    computed in float32, as ``F.cross_entropy`` does under autocast."""
-    return _ShardedCrossEntropy.apply(at_least_float32(local_logits), targets.long(), group)
+    computed in float32, as ``F.cross_entropy`` does under autocast (autocast is off inside)."""
+    with torch.autocast(local_logits.device.type, enabled=False):
+        return _ShardedCrossEntropy.apply(at_least_float32(local_logits), targets.long(), group)
 
 
 class ShardedDiscCentroidLoss(DiscCentroidLoss):
