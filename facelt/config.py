@@ -93,6 +93,10 @@ class ModelConfig:
     pretrained_format: Literal["auto", "torchvision", "caffe", "insightface"] = "auto"
     """``insightface``: an arcface_torch IResNet ``backbone.pth`` (trunk + its bn2/fc/features
     embedding layer, which loads into the ``face`` neck); needs an ``iresnet*`` backbone."""
+    neck_bn_eps: Optional[float] = field(default=None, metadata={"gt": 0})
+    """BatchNorm eps of the ``face`` neck. ``null``: the convention of the weights it starts
+    from: 1e-5 with ``pretrained_format: insightface`` (arcface_torch's ``bn2`` / ``features``,
+    as in its whole IResNet), otherwise 2e-5 (insightface's MXNet-trained models)."""
 
 
 @dataclass
@@ -203,6 +207,12 @@ class StageConfig:
     ``h*w*C`` map to ``h*w`` scores (position-specific, as the reference's ``fc_spatial`` over 7x7;
     the map size is fixed by the backbone and ``data.image_size``); ``conv``: a 1x1 convolution
     shared across positions (any map size)."""
+    attention_init: Literal["reference", "identity"] = "reference"
+    """Initialisation of the modulated attention's non-local block: ``reference`` (the OLTR
+    code's: its ResNet init loop redraws all four attention convs from ``normal(0, sqrt(2 / n))``,
+    ``n = k_h * k_w * out_channels``, so the attention is not the identity at start and stage 2's
+    centroids are computed through it) or ``identity`` (the output conv at zero: ``f_att = f`` at
+    start, facelt's former variant)."""
     fc_add: int = field(default=0, metadata={"ge": -1})
     """Width of ``ReLU(Linear)`` after the neck (the reference's ``use_fc: True``: 512); 0: none;
     -1 (stage 2): the same as ``stage1.fc_add`` (cRT / LWS on stage 1's features).
@@ -527,7 +537,12 @@ LEGACY_STAGE_KEYS = {
 FORMER_STAGE_DEFAULTS = {
     ("spatial_attention",): "conv", ("frozen_bn",): "eval", ("init_weights",): "last",
     ("meta", "hallucinator_init"): "random", ("centroid_loss", "update"): "autograd",
+    ("attention_init",): "identity",  # issue 19
 }
+
+
+#: model keys added later, with the value a saved config that lacks them was trained with
+FORMER_MODEL_DEFAULTS = {"neck_bn_eps": 2e-5}  # issue 19: the face neck's eps was always 2e-5
 
 
 def upgrade_saved_config(tree: dict) -> dict:
@@ -538,6 +553,8 @@ def upgrade_saved_config(tree: dict) -> dict:
     saved without ``spatial_attention`` had the 1x1-conv attention). A current config comes back
     unchanged."""
     out = dict(tree)
+    if isinstance(out.get("model"), dict):
+        out["model"] = {**FORMER_MODEL_DEFAULTS, **out["model"]}
     for stage in ("stage1", "stage2"):
         st = out.get(stage)
         if not isinstance(st, dict):

@@ -104,7 +104,11 @@ def test_sharded_equals_replicated_across_epoch_boundaries(seven_class_data, tmp
     over = base_overrides(seven_class_data) + [
         "model.backbone=resnet10", "model.face_stem=true", "data.augment=true",
         "stage2.freeze_backbone=false", "stage2.epochs=3", "stage2.lr_step=1",
-        "stage2.lr_gamma=0.5", "stage2.max_steps_per_epoch=3"]
+        "stage2.lr_gamma=0.5", "stage2.max_steps_per_epoch=3",
+        # the reference's random attention init amplifies the last-bit differences of the two
+        # strategies' reductions (1e-7 after one step, 4e-5 on the stem conv after nine, against
+        # 1e-6 with the attention starting as the identity): this test is about the strategies
+        "stage2.attention_init=identity"]
     run_worker(2, "epochs", CONFIG, str(tmp_path), *over)
     metrics = {}
     for name in ("replicated", "sharded"):

@@ -86,12 +86,33 @@ def test_reference_centroid_update_is_the_center_loss_style_gradient():
     v = torch.tensor([[0.0], [4.0], [9.0]], dtype=torch.float64, requires_grad=True)
     c = torch.tensor([[1.0], [5.0]], dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 0, 1])
-    loss = DiscCentroidLoss(margin=0.0, centroid_update="reference")(v, y, c)
+    loss = DiscCentroidLoss(margin=0.0, centroid_update="reference", loss_weight=0.01)(v, y, c)
     assert loss.item() == pytest.approx((1 + 9 + 16) / 6)
     (0.01 * loss).backward()
     torch.testing.assert_close(c.grad, torch.tensor([[-2 / 9], [-2 / 3]], dtype=torch.float64))
     torch.testing.assert_close(v.grad, 0.01 * torch.tensor([[-1.0], [3.0], [4.0]],
                                                            dtype=torch.float64) / 3)
+
+
+def test_reference_centroid_update_carries_the_loss_scale():
+    """The hand case above under a loss scale S = 2**16 (what a GradScaler's ``scale(loss)``
+    does): every gradient, the reference centroid step included, is S times the unscaled one, so
+    the scaler's unscaling gives back -2/9 and -2/3. Before issue 19 the centroid step ignored the
+    incoming gradient and came out 1/S of the float32 step after unscaling."""
+    import torch
+    from facelt.losses import DiscCentroidLoss
+    v = torch.tensor([[0.0], [4.0], [9.0]], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([[1.0], [5.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    scale = 2.0 ** 16
+    loss = DiscCentroidLoss(margin=0.0, centroid_update="reference", loss_weight=0.01)(v, y, c)
+    (scale * (0.01 * loss)).backward()
+    torch.testing.assert_close(c.grad / scale,
+                               torch.tensor([[-2 / 9], [-2 / 3]], dtype=torch.float64))
+    torch.testing.assert_close(v.grad / scale, 0.01 * torch.tensor([[-1.0], [3.0], [4.0]],
+                                                                   dtype=torch.float64) / 3)
+    with pytest.raises(ValueError, match="loss_weight"):
+        DiscCentroidLoss(centroid_update="reference", loss_weight=0.0)
 
 
 class _ThreadSum:

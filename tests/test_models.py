@@ -119,13 +119,50 @@ def test_face_neck_rejects_wrong_map_size():
 @pytest.mark.parametrize("hw", [(7, 7), (4, 4)])
 def test_modulated_attention_is_identity_at_init_and_trains_output_conv(hw):
     torch.manual_seed(0)
-    att = ModulatedAttention(8)
+    att = ModulatedAttention(8, init="identity")
     x = torch.randn(2, 8, *hw)
     out = att(x)
     assert torch.equal(out, x)
     (out * torch.randn_like(out)).sum().backward()
     grad = att.nonlocal_block.out.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("map_size", [None, 7])
+def test_reference_attention_init_is_the_reference_resnet_loop(map_size):
+    """The OLTR reference builds ModulatedAttLayer inside its ResNet, whose init loop then redraws
+    every Conv2d weight from normal(0, sqrt(2 / n)), n = kernel_h * kernel_w * out_channels:
+    theta / phi / g (1x1, C -> C/2): std sqrt(2 / (C/2)); the output conv (1x1, C/2 -> C): std
+    sqrt(2 / C), not zero; conv biases stay 0 (the loop touches weights only), the spatial
+    attention keeps PyTorch's default. So the attention is not the identity at start."""
+    torch.manual_seed(3)
+    c = 256
+    att = ModulatedAttention(c, map_size=map_size)                     # the default: reference
+    nl = att.nonlocal_block
+    for conv, out_channels in ((nl.theta, c // 2), (nl.phi, c // 2), (nl.g, c // 2), (nl.out, c)):
+        w = conv.weight.detach().double()
+        want = math.sqrt(2.0 / (1 * 1 * out_channels))
+        # sample std of N normals: relative standard error 1 / sqrt(2N) (< 0.4% here): 3% bound
+        assert abs(w.std().item() / want - 1.0) < 0.03, (conv, w.std().item(), want)
+        assert abs(w.mean().item()) < 4 * want / math.sqrt(w.numel())
+    for conv in (nl.theta, nl.phi, nl.g):
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+    assert nl.out.bias is None
+    # Kaiming fan-in (the layer's own init_weights) would give sqrt(2 / C) for theta: 0.088
+    # against the reference's 0.125
+    assert nl.theta.weight.std().item() > 1.3 * math.sqrt(2.0 / c)
+    spatial = att.spatial.fc if map_size else att.spatial.score
+    fan_in = spatial.weight[0].numel()
+    assert spatial.weight.abs().max().item() <= 1.0 / math.sqrt(fan_in)  # PyTorch's default bound
+    x = torch.randn(2, c, 7, 7)
+    with torch.no_grad():
+        assert (att(x) - x).abs().max().item() > 1e-3                   # not the identity
+    ident = ModulatedAttention(c, map_size=map_size, init="identity")
+    assert torch.equal(ident.nonlocal_block.out.weight, torch.zeros_like(nl.out.weight))
+    with torch.no_grad():
+        assert torch.equal(ident(x), x)
+    with pytest.raises(ConfigError, match="attention init"):
+        ModulatedAttention(c, init="zeros")
 
 
 def test_spatial_attention_by_hand():

@@ -41,6 +41,8 @@ def test_imagenet_lt_recipe_is_the_reference():
     assert (s2.meta.hallucinator_init, s2.spatial_attention, s2.init_weights) == \
         ("stage1", "reference", "best")
     assert (s2.meta.reach_scale, s2.cosine.scale) == (10.0, 16.0)
+    # models/ResNetFeature.py: the init loop after ModulatedAttLayer redraws its convs (issue 19)
+    assert s2.attention_init == "reference"
 
 
 def test_places_lt_recipe_is_the_reference():
@@ -57,6 +59,7 @@ def test_places_lt_recipe_is_the_reference():
         (0.0001, 0.0001, 0.01, 0.01)
     assert (s2.freeze_backbone, s2.frozen_bn, s2.fc_add, s2.attention) == (True, "train", 512, True)
     assert (s2.centroid_loss.update, s2.meta.hallucinator_init) == ("reference", "stage1")
+    assert s2.attention_init == "reference"        # ResNet152Feature: the same init loop
 
 
 def test_crt_and_lws_overlays_are_classifier_balancing():
@@ -90,6 +93,7 @@ def test_config_command_prints_every_key(capsys):
         return out
     assert keys(tree) == keys(Config().to_dict())
     assert tree["stage2"]["fc_add"] == 256 and tree["stage2"]["attention_lr"] == 0.01
+    assert tree["stage2"]["attention_init"] == "reference"
     # the printed text loads back to the same config
     assert yaml.safe_load(config_yaml(load_config(None, base=tree))) == tree
 
@@ -122,7 +126,7 @@ def test_reference_spatial_attention_on_a_7x7_map():
     with pytest.raises(ConfigError, match="conv form"):
         sa(torch.randn(1, 2, 6, 6))
     # in the modulated attention, zero-initialised: the identity at the start
-    ma = ModulatedAttention(2, map_size=7)
+    ma = ModulatedAttention(2, map_size=7, init="identity")
     assert isinstance(ma.spatial, ReferenceSpatialAttention)
     with torch.no_grad():
         torch.testing.assert_close(ma(x), x)
@@ -326,6 +330,7 @@ def test_checkpoints_saved_before_the_reference_defaults_keep_what_they_were_tra
     s2 = config_from_dict(upgrade_saved_config(old)).stage2
     assert (s2.spatial_attention, s2.frozen_bn, s2.init_weights, s2.meta.hallucinator_init,
             s2.centroid_loss.update) == ("conv", "eval", "last", "random", "autograd")
+    assert s2.attention_init == "identity"              # the default before issue 19
     # a current config (every key present) comes back unchanged
     now = Config().to_dict()
     assert upgrade_saved_config(now) == now
@@ -336,6 +341,7 @@ def test_checkpoints_saved_before_the_reference_defaults_keep_what_they_were_tra
     ("oltr_conv_attention", ("spatial_attention",), "conv"),
     ("oltr_no_fc_add", ("fc_add",), 0),
     ("oltr_random_hallucinator", ("meta", "hallucinator_init"), "random"),
+    ("oltr_identity_attention", ("attention_init",), "identity"),
 ])
 def test_each_ablation_overlay_differs_from_oltr_in_one_key(name, key, value):
     from facelt.compare import load_method, method_config

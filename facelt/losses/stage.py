@@ -30,6 +30,10 @@ class StageLoss:
                  centroids: Optional[Callable[[], torch.Tensor]] = None) -> None:
         if centroid is not None and centroids is None:
             raise ValueError("a centroid loss needs the head's centroids")
+        if centroid is not None and centroid.loss_weight != centroid_weight:
+            # the reference centroid update divides its incoming gradient by this weight
+            raise ValueError(f"the centroid loss has loss_weight {centroid.loss_weight}, but the "
+                             f"objective weighs it {centroid_weight}: they must be equal")
         self.classify = classify
         self.aux = aux
         self.aux_weight = aux_weight
@@ -65,6 +69,7 @@ def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts,
     cl = st.centroid_loss
     if head.uses_centroid_loss and cl.weight > 0:
         centroid = DiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
-                                    centroid_update=cl.update, global_sum=global_sum)
+                                    centroid_update=cl.update, global_sum=global_sum,
+                                    loss_weight=cl.weight)
     return StageLoss(build_loss(st, class_counts), build_aux_loss(st), st.aux_loss_weight,
                      centroid, cl.weight, lambda: head.centroids)

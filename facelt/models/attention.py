@@ -2,8 +2,17 @@
 
 ``NL`` is an embedded-Gaussian non-local block (Wang et al., 2018) without its residual: theta, phi
 and g are 1x1 convolutions to ``C / reduction`` channels, the affinity ``softmax(theta^T phi)`` is
-taken over the ``h*w`` positions, and an output 1x1 convolution maps back to ``C``.  That output
-convolution starts at zero, so the whole block starts as the identity.
+taken over the ``h*w`` positions, and an output 1x1 convolution maps back to ``C``.
+
+Initialisation (``init``): ``reference`` is what the OLTR reference ends with. Its
+``ModulatedAttLayer.init_weights`` draws theta / phi / g with Kaiming (fan-in) and zeroes the output
+conv, but the layer is built inside its ResNet, whose init loop then runs over every module and
+redraws EVERY ``Conv2d`` weight, the four of the attention included, from ``normal(0, sqrt(2 / n))``
+with ``n = kernel_h * kernel_w * out_channels`` (BatchNorm weights 1, biases 0; the attention has
+none); the conv biases stay 0 and its ``fc_spatial`` Linear keeps PyTorch's default. So the
+reference's attention is NOT the identity at start, and its stage-2 centroids are computed
+through it. ``identity``: facelt's former variant, the output conv at zero, so
+``f_att = f`` at start.
 
 ``SA`` is a spatial softmax attention: a 1x1 convolution scores every position of the input map and
 a softmax over the ``h*w`` positions turns the scores into a ``(B, 1, h, w)`` mask that modulates
@@ -15,17 +24,35 @@ map; defined for the map size it was built for, 7x7 in the reference), and
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from facelt.errors import ConfigError
 
 
-class NonLocal(nn.Module):
-    """Embedded-Gaussian non-local response ``W_z(softmax(theta^T phi) g)``, zero at init."""
+#: the initialisations of the modulated attention (see the module docstring)
+ATTENTION_INITS = ("reference", "identity")
 
-    def __init__(self, channels: int, reduction: int = 2) -> None:
+
+@torch.no_grad()
+def resnet_init_conv(conv: nn.Conv2d) -> None:
+    """The OLTR reference ResNet's init of a convolution weight: ``normal(0, sqrt(2 / n))``,
+    ``n = kernel_h * kernel_w * out_channels`` (the bias, if any, is left as it is)."""
+    n = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+    conv.weight.normal_(0.0, math.sqrt(2.0 / n))
+
+
+class NonLocal(nn.Module):
+    """Embedded-Gaussian non-local response ``W_z(softmax(theta^T phi) g)``; ``init``: one of
+    :data:`ATTENTION_INITS` (``identity``: zero at start)."""
+
+    def __init__(self, channels: int, reduction: int = 2, init: str = "reference") -> None:
         super().__init__()
+        if init not in ATTENTION_INITS:
+            raise ConfigError(f"attention init must be one of {', '.join(ATTENTION_INITS)}, "
+                              f"got {init!r}")
         inter = max(1, channels // reduction)
         self.theta = nn.Conv2d(channels, inter, 1)
         self.phi = nn.Conv2d(channels, inter, 1)
@@ -35,6 +62,9 @@ class NonLocal(nn.Module):
             nn.init.kaiming_normal_(conv.weight)
             nn.init.zeros_(conv.bias)
         nn.init.zeros_(self.out.weight)
+        if init == "reference":  # the reference ResNet's loop, run after the layer's own init
+            for conv in (self.theta, self.phi, self.g, self.out):
+                resnet_init_conv(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -85,11 +115,14 @@ class ModulatedAttention(nn.Module):
     """``f + SA(f) * NL(f)``: the OLTR modulated attention after the last backbone stage.
 
     ``map_size`` given: the reference's position-specific spatial attention over maps of that size;
-    ``None``: the 1x1-convolution form (any map size)."""
+    ``None``: the 1x1-convolution form (any map size). ``init``: the non-local block's
+    initialisation, ``reference`` or ``identity`` (module docstring); the spatial attention keeps
+    PyTorch's default init either way (the reference's loop leaves its Linear alone)."""
 
-    def __init__(self, channels: int, reduction: int = 2, map_size: int | None = None) -> None:
+    def __init__(self, channels: int, reduction: int = 2, map_size: int | None = None,
+                 init: str = "reference") -> None:
         super().__init__()
-        self.nonlocal_block = NonLocal(channels, reduction)
+        self.nonlocal_block = NonLocal(channels, reduction, init=init)
         self.spatial = (SpatialAttention(channels) if map_size is None
                         else ReferenceSpatialAttention(channels, map_size))
 

@@ -8,7 +8,7 @@ from facelt.errors import ConfigError
 from facelt.models.attention import ModulatedAttention
 from facelt.models.backbone_table import backbone_entry, build_backbone, insightface_backbones
 from facelt.models.head_table import build_head
-from facelt.models.necks import FaceNeck, FCAdd, PoolNeck
+from facelt.models.necks import ARCFACE_TORCH_BN_EPS, MXNET_BN_EPS, FaceNeck, FCAdd, PoolNeck
 from facelt.models.net import Body, OLTRNet
 
 
@@ -31,6 +31,15 @@ def feature_map_size(backbone: nn.Module, channels: int, image_size: int) -> int
     return int(out.shape[-1])
 
 
+def face_neck_eps(cfg: Config) -> float:
+    """The ``face`` neck's BatchNorm eps: ``model.neck_bn_eps``, or the convention of the weights
+    it starts from (arcface_torch's 1e-5 with ``pretrained_format: insightface``, else MXNet's
+    2e-5). A checkpoint's embedded config rebuilds the same eps."""
+    if cfg.model.neck_bn_eps is not None:
+        return cfg.model.neck_bn_eps
+    return ARCFACE_TORCH_BN_EPS if cfg.model.pretrained_format == "insightface" else MXNET_BN_EPS
+
+
 def build_body(cfg: Config, stage: int, image_size: int | None = None) -> Body:
     """The stage's body: backbone -> optional modulated attention -> neck -> optional fc_add."""
     st = cfg.stage(stage)
@@ -42,12 +51,13 @@ def build_body(cfg: Config, stage: int, image_size: int | None = None) -> Body:
     attention = None
     if st.attention:
         attention = ModulatedAttention(
-            channels, map_size=size if st.spatial_attention == "reference" else None)
+            channels, map_size=size if st.spatial_attention == "reference" else None,
+            init=st.attention_init)
     if cfg.model.neck == "pool":
         neck = PoolNeck(channels)
     else:
         neck = FaceNeck(channels, size, embedding_dim=cfg.model.embedding_dim,
-                        dropout=cfg.model.dropout)
+                        dropout=cfg.model.dropout, bn_eps=face_neck_eps(cfg))
     width = cfg.stage1.fc_add if st.fc_add == -1 else st.fc_add
     if width < 0:
         raise ConfigError(f"stage{stage}.fc_add = -1 means 'as stage1.fc_add': not for stage 1")

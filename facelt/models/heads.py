@@ -1,7 +1,8 @@
 """Classifier heads.  Every head's ``forward(v, labels=None)`` returns ``(logits, aux)``.
 
 Distances to class centroids are computed as ``||v||^2 - 2 v C^T + ||C||^2`` with one matmul, so
-a batch against K = 74.5K identities costs ``B x K`` memory, never ``B x K x d``.
+a batch against K = 74.5K identities costs ``B x K`` memory, never ``B x K x d``; the per-class
+arithmetic and its cheap backward passes are :mod:`facelt.models.head_math`.
 """
 from __future__ import annotations
 
@@ -12,31 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelt.errors import ConfigError
+from facelt.models.head_math import (at_least_float32, nearest_squared, normalize_rows, squash,
+                                     squared_distances)  # noqa: F401 (also imported from here)
 
 Aux = dict[str, torch.Tensor]
-
-
-def squared_distances(v: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """``(B, K)`` squared Euclidean distances from one matmul, clamped at 0 against rounding."""
-    v_sq = v.pow(2).sum(1, keepdim=True)                      # (B, 1)
-    c_sq = centroids.pow(2).sum(1).unsqueeze(0)               # (1, K)
-    d2 = torch.addmm(v_sq + c_sq, v, centroids.t(), beta=1.0, alpha=-2.0)
-    return d2.clamp_min(0.0)
-
-
-def nearest_squared(v: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distance to the nearest centroid and its index (first on ties): ``((B,), (B,))``."""
-    return squared_distances(v, centroids).min(dim=1)
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32 when it is a half type (float16 / bfloat16); float32 / float64 unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def squash(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise ``(||x|| / (1 + ||x||)) * x / ||x||``, written as ``x / (1 + ||x||)`` (0 at 0)."""
-    return x / (1.0 + x.norm(dim=1, keepdim=True))
 
 
 class Head(nn.Module):
@@ -95,7 +75,7 @@ class CosineHead(Head):
         self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-bound, bound))
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
-        return self.scale * squash(v) @ F.normalize(self.weight, dim=1).t(), {}
+        return self.scale * squash(v) @ normalize_rows(self.weight).t(), {}
 
 
 class MetaEmbeddingHead(Head):
@@ -174,7 +154,7 @@ class MarginHead(Head):
         return torch.where(cos > self.th, phi, cos - self.mm)
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
-        cos = F.normalize(v, dim=1) @ F.normalize(self.weight, dim=1).t()
+        cos = F.normalize(v, dim=1) @ normalize_rows(self.weight).t()
         cos = cos.clamp(-1.0, 1.0)
         if labels is None:
             return self.s * cos, {}

@@ -6,6 +6,10 @@ from torch import nn
 
 from facelt.errors import ConfigError
 
+#: BatchNorm eps of insightface's MXNet-trained models and of arcface_torch's (PyTorch) IResNet
+MXNET_BN_EPS = 2e-5
+ARCFACE_TORCH_BN_EPS = 1e-5
+
 
 class PoolNeck(nn.Module):
     """Global average pooling and flatten: ``(B, C, h, w) -> (B, C)``."""
@@ -22,21 +26,22 @@ class PoolNeck(nn.Module):
 class FaceNeck(nn.Module):
     """insightface's "E" output layer: BN2d -> Dropout -> Flatten -> Linear(C*s*s, d) -> BN1d.
 
-    As in insightface, the batch norms use eps 2e-5 and the last one has its scale fixed at 1
-    (MXNet ``fix_gamma=True``): its weight is a constant, not trained.
+    The last batch norm has its scale fixed at 1 (MXNet ``fix_gamma=True``): its weight is a
+    constant, not trained. ``bn_eps``: the batch norms' eps, 2e-5 in insightface's MXNet models
+    (the default), 1e-5 in arcface_torch's IResNet (``bn2``, ``features``).
     """
 
     def __init__(self, in_channels: int, spatial: int, embedding_dim: int = 512,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, bn_eps: float = MXNET_BN_EPS) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"face neck dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
         self.spatial = spatial
-        self.bn2d = nn.BatchNorm2d(in_channels, eps=2e-5)
+        self.bn2d = nn.BatchNorm2d(in_channels, eps=bn_eps)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_channels * spatial * spatial, embedding_dim)
-        self.bn1d = nn.BatchNorm1d(embedding_dim, eps=2e-5)
+        self.bn1d = nn.BatchNorm1d(embedding_dim, eps=bn_eps)
         nn.init.constant_(self.bn1d.weight, 1.0)
         self.bn1d.weight.requires_grad_(False)
         self.out_dim: int = embedding_dim

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from facelt.parallel import collectives as col
+from facelt.models.head_math import at_least_float32, nearest_squared, normalize_rows
 from facelt.models.heads import (Aux, Head, LinearHead, MarginHead, MetaEmbeddingHead,
-                                 at_least_float32, copy_class_means, nearest_squared)
+                                 copy_class_means)
 
 
 def class_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -320,7 +321,7 @@ class ShardedMarginHead(ShardedHeadMixin, MarginHead):
         chosen, targets = self.sample_rows(labels, targets, aux)
         if chosen is not None:
             weight = weight.index_select(0, chosen)
-        cos = col.copy_to_shards(F.normalize(feats, dim=1), self.group) @ F.normalize(weight, dim=1).t()
+        cos = col.copy_to_shards(F.normalize(feats, dim=1), self.group) @ normalize_rows(weight).t()
         cos = cos.clamp(-1.0, 1.0)
         if labels is not None:
             rows = torch.nonzero(targets >= 0, as_tuple=True)[0]

@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from facelt.config import StageConfig
-from facelt.losses.centroid import DiscCentroidLoss, reference_attract
-from facelt.models.heads import at_least_float32
+from facelt.losses.centroid import (DiscCentroidLoss, batch_class_counts, centroid_terms,
+                                    reference_attract)
+from facelt.models.head_math import at_least_float32
 from facelt.parallel import collectives as col
 from facelt.parallel.sharded_heads import ShardedHeadMixin
 
@@ -64,39 +65,48 @@ def sharded_cross_entropy(local_logits: torch.Tensor, targets: torch.Tensor,
     """Mean cross-entropy over all K classes from this rank's ``(B, K_local)`` logits;
     ``targets[i]`` is row i's column here or -1 when another rank owns its class.  Every row's
     class must be owned by exactly one rank (labels in ``[0, K)``).  Half-precision logits are
-    computed in float32, as ``F.cross_entropy`` does under autocast."""
-    return _ShardedCrossEntropy.apply(at_least_float32(local_logits), targets.long(), group)
+    computed in float32, as ``F.cross_entropy`` does under autocast (autocast is off inside)."""
+    with torch.autocast(local_logits.device.type, enabled=False):
+        return _ShardedCrossEntropy.apply(at_least_float32(local_logits), targets.long(), group)
 
 
 class ShardedDiscCentroidLoss(DiscCentroidLoss):
     """:class:`facelt.losses.DiscCentroidLoss` over centroids sharded by class (same settings)."""
 
     def __init__(self, margin: float = 10.0, repel_weight: float = 0.01,
-                 centroid_update: str = "autograd", group=None) -> None:
-        super().__init__(margin, repel_weight, centroid_update)
+                 centroid_update: str = "autograd", group=None, loss_weight: float = 1.0) -> None:
+        super().__init__(margin, repel_weight, centroid_update, loss_weight=loss_weight)
         self.group = group
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor, local_centroids: torch.Tensor,
                 num_classes: int) -> torch.Tensor:
         """``features``: the replicated global batch ``(B, d)``; ``targets``: each row's row in
         ``local_centroids`` (-1 when another rank owns it); ``num_classes``: K over all ranks."""
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.to(torch.promote_types(features.dtype, local_centroids.dtype))
+            return self._sharded_loss(features, targets, local_centroids, num_classes)
+
+    def _sharded_loss(self, features: torch.Tensor, targets: torch.Tensor,
+                      local_centroids: torch.Tensor, num_classes: int) -> torch.Tensor:
         g = self.group
         batch = features.shape[0]
         rows = torch.nonzero(targets >= 0, as_tuple=True)[0]
         mine = targets[rows].long()
         local_feats = col.copy_to_shards(features, g).index_select(0, rows)
-        own = col.reduce_from_shards(
-            (local_feats - local_centroids.index_select(0, mine)).pow(2).sum(), g)
+        centre = col.reduce_from_shards(local_centroids.detach().sum(0), g) / num_classes
+        own_rows, local_sum, local_sq = centroid_terms(local_centroids, mine, centre)
+        own = col.reduce_from_shards((local_feats - own_rows).pow(2).sum(), g)
         if self.centroid_update == "reference":
+            # every row of a class is on the rank that owns it: local counts are the batch's
+            counts = batch_class_counts(mine, local_centroids.shape[0], features.dtype)
             attract = col.reduce_from_shards(
-                reference_attract(local_feats, mine, local_centroids, batch=batch), g)
+                reference_attract(local_feats, own_rows, counts.index_select(0, mine), batch=batch,
+                                  loss_weight=self.loss_weight), g)
         else:
             attract = own / (2.0 * batch)
-        centre = col.reduce_from_shards(local_centroids.detach().sum(0), g) / num_classes
         v = features - centre
-        c = local_centroids - centre
-        c_sum = col.reduce_from_shards(c.sum(0), g)
-        c_sq = col.reduce_from_shards(c.pow(2).sum(), g)
+        c_sum = col.reduce_from_shards(local_sum, g)
+        c_sq = col.reduce_from_shards(local_sq, g)
         all_sum = (num_classes * torch.dot(v.reshape(-1), v.reshape(-1))
                    - 2.0 * torch.dot(v.sum(0), c_sum) + batch * c_sq)
         mean_other = (all_sum - own) / (batch * num_classes)
@@ -141,7 +151,8 @@ class ShardedStageLoss:
         self.centroid_weight = cl.weight
         if head.uses_centroid_loss and cl.weight > 0:
             self.centroid = ShardedDiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
-                                                    centroid_update=cl.update, group=head.group)
+                                                    centroid_update=cl.update, group=head.group,
+                                                    loss_weight=cl.weight)
 
     def to(self, device: torch.device) -> "ShardedStageLoss":
         return self
