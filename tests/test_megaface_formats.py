@@ -1,6 +1,7 @@
 """MegaFace formats: devkit .bin files, stacked feature files, resumable extraction, noise lists."""
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -67,6 +68,60 @@ def test_bin_folder_npy_round_trip(tmp_path):
     for name, row in zip(names, back):
         assert np.array_equal(row, feats[items.index(name)])
     assert image_path_of_bin("a/b.JPG_my_algo.bin") == "a/b.JPG"
+
+
+def _tree_snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("entry, why", [("../escaped.png", r"'\.\.' would write outside"),
+                                        ("a/../../escaped.png", r"'\.\.' would write outside"),
+                                        ("/tmp/abs.png", "absolute"),
+                                        ("link/x.png", "through a symbolic link")])
+def test_npy2bin_keeps_every_write_inside_its_destination(tmp_path, entry, why):
+    """A hostile manifest entry is refused naming the manifest, row and entry, before any .bin
+    is written (the good first row is not written either)."""
+    np.save(tmp_path / "f.npy", np.ones((2, 3), np.float32))
+    if entry.startswith("/"):
+        entry = str(tmp_path / "abs.png")
+    (tmp_path / "f.txt").write_text(f"ok/first.png\n{entry}\n")
+    (tmp_path / "bins").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "bins" / "link").symlink_to(tmp_path / "outside")
+    before = _tree_snapshot(tmp_path)
+    with pytest.raises(DataError, match=rf"f\.txt, row 1 \({re.escape(repr(entry))}\).*{why}"):
+        npy_to_bins(tmp_path / "f.npy", tmp_path / "f.txt", tmp_path / "bins")
+    assert _tree_snapshot(tmp_path) == before
+
+
+def test_npy2bin_refuses_a_row_written_twice_or_onto_an_input(tmp_path):
+    np.save(tmp_path / "f.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "f.txt").write_text("a/x.png\na//x.png\n")  # the same file
+    with pytest.raises(DataError, match=r"row 1 \('a//x.png'\): the same file as row 0"):
+        npy_to_bins(tmp_path / "f.npy", tmp_path / "f.txt", tmp_path / "bins")
+    # the destination is the manifest's folder and a row names the manifest itself
+    (tmp_path / "m_facelt.bin").write_text("a/x.png\nm\n")
+    with pytest.raises(DataError, match=r"row 1 \('m'\).*is the input"):
+        npy_to_bins(tmp_path / "f.npy", tmp_path / "m_facelt.bin", tmp_path)
+    assert (tmp_path / "m_facelt.bin").read_text() == "a/x.png\nm\n"
+    assert not (tmp_path / "bins").exists() and not (tmp_path / "a").exists()
+
+
+def test_bin2npy_refuses_outputs_that_are_inputs_or_each_other(tmp_path):
+    write_bin(tmp_path / "bins" / "a.png_x.bin", np.ones(3, np.float32))
+    np.save(tmp_path / "keep.npy", np.full((1, 3), 7, np.float32))
+    keep = (tmp_path / "keep.npy").read_bytes()
+    with pytest.raises(DataError, match=r"--manifest .*keep\.npy and .*same file"):
+        bins_to_npy(tmp_path / "bins", tmp_path / "keep.npy", tmp_path / "keep.npy")
+    assert (tmp_path / "keep.npy").read_bytes() == keep
+    src = (tmp_path / "bins" / "a.png_x.bin").read_bytes()
+    with pytest.raises(DataError, match=r"--manifest .*a\.png_x\.bin is the input"):
+        bins_to_npy(tmp_path / "bins", tmp_path / "o.npy", tmp_path / "bins" / "a.png_x.bin")
+    with pytest.raises(DataError, match=r"the \.npy .*a\.png_x\.bin is the input"):
+        bins_to_npy(tmp_path / "bins", tmp_path / "bins" / "a.png_x.bin", tmp_path / "m.txt")
+    assert (tmp_path / "bins" / "a.png_x.bin").read_bytes() == src
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bins", "keep.npy"]
 
 
 # -------------------------------------------------------------------------------- feature files
