@@ -104,3 +104,76 @@ def test_duplicated_probe_rows_are_refused_naming_the_lines(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "p.csv" in err and "a/0.png" in err and "lines 2 and 5" in err
     assert not (out / "report.json").exists()
+
+
+# ------------------------------------------------------------------------------- --onnx models
+
+SIDE = 8
+W_EMB = np.random.default_rng(5).standard_normal((3 * SIDE * SIDE, 4)).astype(np.float32)
+W_Q = np.random.default_rng(6).standard_normal((3 * SIDE * SIDE, 1)).astype(np.float32)
+
+
+def two_output_model(path: Path) -> Path:
+    """x (N, 3, 8, 8) -> Flatten -> MatMul: 'quality' (N, 1) first, then 'embedding' (N, 4)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w_q"], ["quality"]),
+             helper.make_node("MatMul", ["flat", "w_emb"], ["embedding"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("quality", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(W_Q, "w_q"), numpy_helper.from_array(W_EMB, "w_emb")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def by_hand(images: np.ndarray) -> np.ndarray:
+    """insightface's convention written out: (x - 127.5) / 127.5, NCHW, flip-sum, L2."""
+    def emb(x):
+        t = (x.astype(np.float32) - 127.5) / 127.5
+        return t.transpose(0, 3, 1, 2).reshape(len(x), -1) @ W_EMB
+    e = emb(images) + emb(images[:, :, ::-1])
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def write_images(folder: Path, names: list[str], images: np.ndarray) -> None:
+    import cv2
+    for name, img in zip(names, images):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+
+
+def test_megaface_eval_onnx_output_and_no_stale_features(tmp_path, capsys):
+    """--onnx-output picks the embedding of a two-output model; after a distractor image's pixels
+    change, the next run embeds it again instead of reusing OUT/features."""
+    model = two_output_model(tmp_path / "two.onnx")
+    rng = np.random.default_rng(7)
+    probes = rng.integers(0, 256, (4, SIDE, SIDE, 3), dtype=np.uint8)
+    distractors = rng.integers(0, 256, (3, SIDE, SIDE, 3), dtype=np.uint8)
+    write_images(tmp_path / "p", ["a/0.png", "a/1.png", "b/2.png", "b/3.png"], probes)
+    write_images(tmp_path / "d", ["0.png", "1.png", "2.png"], distractors)
+    (tmp_path / "p.csv").write_text("path,identity\na/0.png,a\na/1.png,a\nb/2.png,b\nb/3.png,b\n")
+    out = tmp_path / "out"
+    args = ["megaface-eval", "--gallery", "3", "--onnx", str(model), "--probe-images",
+            str(tmp_path / "p"), "--probe-list", str(tmp_path / "p.csv"), "--distractor-images",
+            str(tmp_path / "d"), "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 outputs" in err and "--onnx-output" in err
+    assert not (out / "features").exists()
+    assert main(args + ["--onnx-output", "embedding"]) == 0
+    feats = out / "features"
+    np.testing.assert_allclose(np.load(feats / "distractors.npy"), by_hand(distractors), atol=1e-5)
+    np.testing.assert_allclose(np.load(feats / "probes.npy"), by_hand(probes), atol=1e-5)
+    changed = distractors.copy()
+    changed[1] = 255 - changed[1]
+    write_images(tmp_path / "d", ["1.png"], changed[1:2])
+    assert main(args + ["--onnx-output", "embedding"]) == 0
+    np.testing.assert_allclose(np.load(feats / "distractors.npy"), by_hand(changed), atol=1e-5)
+    np.testing.assert_allclose(np.load(feats / "probes.npy"), by_hand(probes), atol=1e-5)
