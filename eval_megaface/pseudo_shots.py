@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from facelt.errors import ConfigError
-from facelt.features.files import FeatureFile, iter_row_chunks, l2_normalize
+from facelt.features.files import FeatureFile, iter_row_chunks
 from eval_megaface.protocol import ProbeOutcome
 from eval_megaface.search import DEFAULT_CHUNK_ROWS
 from facelt.utils.progress import progress
@@ -51,9 +51,7 @@ def count_above(queries: np.ndarray, ff: FeatureFile, threshold: float = DEFAULT
     thr = np.float32(threshold)
     counts = np.zeros(len(q), dtype=np.int64)
     bar = progress(total=ff.rows, desc="pseudo-shots", unit="row")
-    for rows, block in iter_row_chunks(ff, np.arange(ff.rows), chunk_rows):
-        if normalize:
-            l2_normalize(block, out=block)
+    for rows, block in iter_row_chunks(ff, np.arange(ff.rows), chunk_rows, normalize):
         step = max(1, _BLOCK_ELEMS // max(1, len(block)))
         for a in range(0, len(q), step):
             counts[a:a + step] += np.count_nonzero((q[a:a + step] @ block.T) > thr, axis=1)

@@ -126,6 +126,28 @@ def test_bin2npy_refuses_outputs_that_are_inputs_or_each_other(tmp_path):
 
 # -------------------------------------------------------------------------------- feature files
 
+def test_one_pass_norms_check_finiteness_and_normalise(tmp_path):
+    """The chunk reader's norms refuse NaN / inf rows by the file's row numbers and normalise a
+    finite row whose squares overflow float32 (3e20, 4e20: norm 5e20) like any other."""
+    from facelt.features.files import iter_row_chunks
+    a = np.array([[3, 4], [0, 0], [3e20, 4e20], [-6, 8]], np.float32)
+    np.save(tmp_path / "ok.npy", a)
+    got = np.concatenate([b.copy() for _, b in iter_row_chunks(FeatureFile.open(tmp_path / "ok.npy"),
+                                                               np.arange(4), 3, normalize=True)])
+    np.testing.assert_allclose(got, [[0.6, 0.8], [0, 0], [0.6, 0.8], [-0.6, 0.8]], rtol=1e-6)
+    raw = [b.copy() for _, b in iter_row_chunks(FeatureFile.open(tmp_path / "ok.npy"), [3, 2], 5)]
+    assert np.array_equal(raw[0], a[[2, 3]])  # not normalised: as stored
+    for bad, kind in ((np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")):
+        b = a.copy()
+        b[3, 1] = bad
+        np.save(tmp_path / "bad.npy", b)
+        ff = FeatureFile.open(tmp_path / "bad.npy")
+        with pytest.raises(DataError, match=rf"bad\.npy: row\(s\) 3 hold {kind}"):
+            list(iter_row_chunks(ff, np.arange(4), 2, normalize=True))
+        with pytest.raises(DataError, match=rf"bad\.npy: row\(s\) 3 hold {kind}"):
+            list(iter_row_chunks(ff, [1, 3], 8))
+
+
 def test_feature_file_validation_and_reads(tmp_path):
     a = np.arange(40, dtype=np.float32).reshape(10, 4)
     np.save(tmp_path / "ok.npy", a)
