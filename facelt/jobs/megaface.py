@@ -143,7 +143,7 @@ def run_megaface_job(job: MegaFaceJob, dist=None) -> Optional[dict[str, Any]]:
     """Extract (when asked), evaluate and write the report; ``dist`` a
     :class:`facelt.parallel.process.DistInfo` or None (one process, torch never imported)."""
     from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
-    from eval_megaface.report import write_report
+    from eval_megaface.report import preload_plotting, write_report
     from eval_megaface.search import default_backend
 
     check_job(job)
@@ -169,6 +169,8 @@ def run_megaface_job(job: MegaFaceJob, dist=None) -> Optional[dict[str, Any]]:
         train_features=train_features, noise_dir=noise_dir_of(job.noise_lists, job.probe_list),
         index=job.index, seed=job.seed, chunk_rows=job.chunk_rows, threshold=job.threshold,
         normalize=job.normalize, nprobe=job.nprobe, backend=default_backend(job.device))
+    if dist is None or dist.is_primary:  # the report's charts: imported during the search
+        preload_plotting()
     report = run_evaluation(cfg, dist)
     if report is None:  # another rank: rank 0 merges its search and reports
         return None
