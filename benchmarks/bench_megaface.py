@@ -1,22 +1,29 @@
-"""Benchmark: MegaFace challenge-1 evaluation at full scale (3,530 probes x 1M x 512 float32).
+"""Benchmark: ``facelt megaface-eval`` as a user runs it, against one bare faiss IndexFlatIP search.
 
-Not a test.  Generates random L2-normalised features on disk (``--dir``, ~2 GB at 1M rows), then runs
-three things, each in its own child process so that each one's peak RSS is measured alone:
+Not a test.  Generates random L2-normalised features on disk (``--dir``; 3,530 probes x ``--rows``
+distractors x 512 float32, ~2 GB at 1M rows), then, alternating for ``--repeats`` rounds, runs
+each of these as its own process and times it from start to exit:
 
-* ``eval``  -- the whole ``eval_megaface`` evaluation (streamed exact search over the memmap file);
-* ``faiss`` -- one ``faiss.IndexFlatIP`` holding the gallery, ``search(k=10)`` (the usual approach);
-* ``numpy`` -- an independent plain-numpy rank-1: chunked matmul, running max per probe.
+* ``cli``   -- ``python -m facelt megaface-eval --gallery ROWS ...`` on the feature files, writing
+  its report folder (report.json, report.md, the PNG charts), on the CPU;
+* ``faiss`` -- a Python process that loads the same files, adds the gallery to one
+  ``faiss.IndexFlatIP`` and searches it (``k=10``): the usual approach, with nothing else.
 
-Prints wall times, the eval / faiss ratio (goal <= 1.1), whether rank-1 is identical to numpy's,
-and peak RSS (goal <= 1 GiB for eval).  ``--rows 100000`` for a quick run.
+Both pay an interpreter and their imports; the ratio is CLI / faiss wall time, median over the
+rounds. Peak RSS is each process's own high-water mark from ``/usr/bin/time -v`` (a small C
+parent, so nothing of this script's memory is counted; without it ``ru_maxrss`` of ``os.wait4``,
+an upper bound). A plain-numpy rank-1 (chunked matmul, running max per probe) checks the CLI's.
 
-    .venv/bin/python benchmarks/bench_megaface.py [--rows 1000000] [--dir /tmp/facelt_megaface_bench]
+    .venv/bin/python benchmarks/bench_megaface.py [--rows 1000000] [--repeats 3] [--dir /tmp/facelt_megaface_bench]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+TIME = "/usr/bin/time"
 
 
 def generate(d: Path, rows: int, probes: int, identities: int, dim: int, spread: float) -> None:
@@ -34,6 +42,8 @@ def generate(d: Path, rows: int, probes: int, identities: int, dim: int, spread:
     tag = d / f"ready_{rows}_{probes}_{identities}_{dim}_{spread}"
     if tag.exists():
         return
+    for old in d.glob("ready_*"):
+        old.unlink()
     rng = np.random.default_rng(0)
     mm = np.lib.format.open_memmap(d / "D.npy", mode="w+", dtype=np.float32, shape=(rows, dim))
     for a in range(0, rows, 65536):
@@ -54,16 +64,8 @@ def generate(d: Path, rows: int, probes: int, identities: int, dim: int, spread:
     tag.touch()
 
 
-def child_eval(d: Path, rows: int, chunk: int) -> dict:
-    from eval_megaface.evaluate import MegaFaceEvalConfig, run_evaluation
-    t = time.perf_counter()
-    rep = run_evaluation(MegaFaceEvalConfig(gallery_sizes=[rows], probe_features=d / "P.npy",
-                                    probe_list=d / "P.csv", distractor_features=d / "D.npy",
-                                    chunk_rows=chunk))
-    return {"seconds": time.perf_counter() - t, "rank1": rep["rank1"], "trials": rep["trials"]}
-
-
-def child_faiss(d: Path, rows: int, chunk: int) -> dict:
+def child_faiss(d: Path) -> dict:
+    """One IndexFlatIP over the gallery (the memory-mapped file added whole), search k=10."""
     import faiss
     q = np.load(d / "P.npy")
     xb = np.load(d / "D.npy", mmap_mode="r")
@@ -72,19 +74,19 @@ def child_faiss(d: Path, rows: int, chunk: int) -> dict:
     index.add(xb)
     t_add = time.perf_counter() - t
     index.search(q, 10)
-    return {"seconds": time.perf_counter() - t, "add_seconds": t_add}
+    return {"inner_seconds": time.perf_counter() - t, "add_seconds": t_add}
 
 
-def child_numpy(d: Path, rows: int, chunk: int) -> dict:
+def child_numpy(d: Path, chunk: int = 16384) -> dict:
     """Independent rank-1: hit when the genuine score beats the best distractor score (ties miss)."""
-    from facelt.features.files import l2_normalize
-    t = time.perf_counter()
-    p = l2_normalize(np.load(d / "P.npy"))
+    p = np.load(d / "P.npy")
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
     ids = np.array([line.split(",")[1] for line in (d / "P.csv").read_text().splitlines()[1:]])
     xb = np.load(d / "D.npy", mmap_mode="r")
     best = np.full(len(p), -np.inf, np.float32)
-    for a in range(0, rows, chunk // 4):
-        x = l2_normalize(np.array(xb[a:a + chunk // 4]))
+    for a in range(0, len(xb), chunk):
+        x = np.array(xb[a:a + chunk])
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
         for b in range(0, len(p), 1024):
             np.maximum(best[b:b + 1024], (p[b:b + 1024] @ x.T).max(axis=1), out=best[b:b + 1024])
     hits = trials = 0
@@ -94,41 +96,33 @@ def child_numpy(d: Path, rows: int, chunk: int) -> dict:
         off = ~np.eye(len(m), dtype=bool)
         hits += int(((g > best[m][:, None]) & off).sum())
         trials += int(off.sum())
-    return {"seconds": time.perf_counter() - t, "rank1": hits / trials, "trials": trials}
+    return {"rank1": hits / trials, "hits": hits, "trials": trials}
 
 
-def _reset_peak_rss() -> None:
-    """Linux keeps the RSS high-water mark across fork + exec, so a child would report the parent's
-    peak (e.g. after it wrote the 2 GB data file); writing 5 to clear_refs resets it (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / 2 ** 30
-    return float("nan")
-
-
-def run_child(mode: str, args: argparse.Namespace) -> dict:
-    """Run one mode in a fresh process; returns its JSON result plus its own peak RSS."""
-    cmd = [sys.executable, __file__, "--child", mode, "--rows", str(args.rows), "--dir", str(args.dir),
-           "--chunk-rows", str(args.chunk_rows)]
-    env = dict(os.environ, FACELT_QUIET="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=ROOT)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+def timed(cmd: list[str]) -> tuple[float, float, str]:
+    """``(wall seconds, peak RSS GiB, stdout)`` of ``cmd`` in its own process."""
+    env = dict(os.environ, FACELT_QUIET="1", PYTHONPATH=str(ROOT))
+    use_time = os.access(TIME, os.X_OK)
+    full = [TIME, "-v"] + cmd if use_time else cmd
+    t = time.perf_counter()
+    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
     if proc.returncode != 0:
-        raise SystemExit(f"{mode} child failed with status {proc.returncode}")
-    res = json.loads(out.decode().strip().splitlines()[-1])
-    # the child's own high-water mark (reset at its start); ru_maxrss would include the parent's
-    res["peak_rss_gib"] = res.pop("own_peak_rss_gib")
-    return res
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    if use_time:
+        kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", err.decode()).group(1))
+    else:  # pragma: no cover -- no /usr/bin/time
+        import resource
+        kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, kib / 2 ** 20, out.decode()
+
+
+def cli_command(d: Path, rows: int, out: Path) -> list[str]:
+    return [sys.executable, "-m", "facelt", "megaface-eval", "--gallery", str(rows),
+            "--probe-features", str(d / "P.npy"), "--probe-list", str(d / "P.csv"),
+            "--distractor-features", str(d / "D.npy"), "--device", "cpu", "--quiet",
+            "--out", str(out)]
 
 
 def main() -> None:
@@ -138,31 +132,47 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=80)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--spread", type=float, default=1.8, help="probe noise / identity centre ratio")
-    ap.add_argument("--chunk-rows", type=int, default=65536)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of cli and faiss")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/facelt_megaface_bench"))
-    ap.add_argument("--child", choices=("eval", "faiss", "numpy"))
+    ap.add_argument("--child", choices=("generate", "faiss", "numpy"))
     args = ap.parse_args()
     if args.child:
-        fn = {"eval": child_eval, "faiss": child_faiss, "numpy": child_numpy}[args.child]
-        _reset_peak_rss()
-        res = fn(args.dir, args.rows, args.chunk_rows)
-        res["own_peak_rss_gib"] = _peak_rss_gib()
+        if args.child == "generate":
+            generate(args.dir, args.rows, args.probes, args.identities, args.dim, args.spread)
+            res = {}
+        else:
+            res = (child_faiss if args.child == "faiss" else child_numpy)(args.dir)
         print(json.dumps(res))
         return
+    me = [sys.executable, __file__, "--dir", str(args.dir), "--rows", str(args.rows),
+          "--probes", str(args.probes), "--identities", str(args.identities), "--dim",
+          str(args.dim), "--spread", str(args.spread), "--child"]
     t = time.perf_counter()
-    generate(args.dir, args.rows, args.probes, args.identities, args.dim, args.spread)
+    subprocess.run(me + ["generate"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"data: {args.probes} probes x {args.rows:,} distractors x {args.dim} in {args.dir} "
-          f"({time.perf_counter() - t:.1f} s to prepare)")
-    ev, fa, npy = (run_child(m, args) for m in ("eval", "faiss", "numpy"))
-    print(f"eval_megaface : {ev['seconds']:7.1f} s  peak RSS {ev['peak_rss_gib']:.2f} GiB  "
-          f"rank-1 {ev['rank1']:.6f} over {ev['trials']:,} trials")
-    print(f"faiss flat    : {fa['seconds']:7.1f} s  peak RSS {fa['peak_rss_gib']:.2f} GiB  "
-          f"(add {fa['add_seconds']:.1f} s + search k=10)")
-    print(f"numpy chunked : {npy['seconds']:7.1f} s  peak RSS {npy['peak_rss_gib']:.2f} GiB  "
-          f"rank-1 {npy['rank1']:.6f}")
-    print(f"ratio eval / faiss flat = {ev['seconds'] / fa['seconds']:.3f} (goal <= 1.1)")
-    print(f"rank-1 identical to numpy: {ev['rank1'] == npy['rank1'] and ev['trials'] == npy['trials']}")
-    print(f"eval peak RSS <= 1 GiB: {ev['peak_rss_gib'] <= 1.0}")
+          f"({time.perf_counter() - t:.1f} s to prepare); {args.repeats} alternating rounds")
+    out = args.dir / "report_cli"
+    rounds = []
+    for r in range(args.repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        c_wall, c_rss, _ = timed(cli_command(args.dir, args.rows, out))
+        f_wall, f_rss, f_out = timed(me + ["faiss"])
+        inner = json.loads(f_out.strip().splitlines()[-1])
+        rounds.append((c_wall, f_wall, c_rss, f_rss))
+        print(f"round {r + 1} (load {os.getloadavg()[0]:.1f}): facelt megaface-eval {c_wall:6.2f} s ({c_rss:.2f} GiB)   "
+              f"faiss flat {f_wall:6.2f} s ({f_rss:.2f} GiB; add {inner['add_seconds']:.2f} s "
+              f"+ search, {inner['inner_seconds']:.2f} s inside)   ratio {c_wall / f_wall:.3f}")
+    rep = json.loads((out / "report.json").read_text())
+    ref = json.loads(subprocess.run(me + ["numpy"], check=True, cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip().splitlines()[-1])
+    ratio = statistics.median(c / f for c, f, _, _ in rounds)
+    peak = max(c for _, _, c, _ in rounds)
+    print(f"median ratio facelt megaface-eval / faiss IndexFlatIP = {ratio:.3f} (goal <= 1.1)")
+    print(f"megaface-eval peak RSS {peak:.2f} GiB (goal <= 1 GiB); faiss flat "
+          f"{max(f for _, _, _, f in rounds):.2f} GiB")
+    hits = round(rep["rank1"] * rep["trials"])  # report.json rounds its floats
+    print(f"rank-1 {rep['rank1']:.6f} over {rep['trials']:,} trials ({hits:,} hits); plain numpy "
+          f"{ref['hits']:,} hits: identical {hits == ref['hits'] and rep['trials'] == ref['trials']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 
@@ -20,8 +20,8 @@ from facelt.errors import DataError
 from facelt.utils.io import atomic_path
 from facelt.utils.progress import progress
 
-from facelt.features.files import (FeatureFile, finalize_feature_memmap, read_manifest,
-                                    write_feature_memmap, write_manifest)
+from facelt.features.files import (FeatureFile, finalize_feature_memmap, partial_path,
+                                    read_manifest, write_feature_memmap, write_manifest)
 
 HEADER = struct.Struct("<4i")
 CV_32F = 5
@@ -84,6 +84,9 @@ def bins_to_npy(folder: PathLike, out_npy: PathLike, manifest: PathLike) -> int:
     files = sorted(str(p.relative_to(root)).replace(os.sep, "/") for p in root.rglob("*.bin"))
     if not files:
         raise DataError(f"devkit feature folder {root}: no .bin files found")
+    check_outputs_apart({"the .npy": Path(out_npy), "--manifest": Path(manifest),
+                         "the unfinished .npy": partial_path(out_npy)},
+                        [root] + [root / f for f in files])
     first = read_bin(root / files[0]).reshape(-1)
     dim = first.size
     mm = write_feature_memmap(out_npy, len(files), dim)
@@ -108,9 +111,65 @@ def npy_to_bins(npy: PathLike, manifest: PathLike, folder: PathLike, algo: str =
     if len(items) != ff.rows:
         raise DataError(f"manifest {manifest} has {len(items)} entries but {npy} has {ff.rows} rows")
     root = Path(folder)
+    targets = bin_targets(root, items, algo, manifest, inputs=[Path(npy), Path(manifest)])
     chunk = 4096
     for a in progress(range(0, ff.rows, chunk), desc="npy -> bin", unit="chunk"):
         block = ff.read(a, min(a + chunk, ff.rows))
         for j, vec in enumerate(block):
-            write_bin(root / f"{items[a + j]}_{algo}.bin", vec)
+            write_bin(targets[a + j], vec)
     return ff.rows
+
+
+def check_outputs_apart(outputs: dict[str, Path], inputs: Iterable[Path]) -> None:
+    """Refuse (before anything is written) an output that resolves to one of the ``inputs``, or
+    two outputs that resolve to the same file; ``outputs`` maps what each one is to its path."""
+    seen: dict[Path, str] = {}
+    taken = {Path(p).resolve(): Path(p) for p in inputs}
+    for what, path in outputs.items():
+        real = Path(path).resolve()
+        if real in taken:
+            raise DataError(f"{what} {path} is the input {taken[real]}: writing it would destroy "
+                            "the input; choose another output")
+        if real in seen:
+            raise DataError(f"{what} {path} and {seen[real]} are the same file: choose two "
+                            "different outputs")
+        seen[real] = what
+
+
+def bin_targets(root: Path, items: list[str], algo: str, manifest: PathLike,
+                inputs: Iterable[Path] = ()) -> list[Path]:
+    """``root/<item>_<algo>.bin`` for every manifest row, each checked (before anything is
+    written) to stay inside ``root``: no absolute path, no ``..``, no symlinked folder leading
+    out, no row written twice, none of the ``inputs``; :class:`DataError` naming the manifest,
+    the row and the entry otherwise. Each folder is resolved once."""
+    if not algo or any(c in algo for c in "/\\\0") or algo in (".", ".."):
+        raise DataError(f"--algo {algo!r}: expected a plain tag (no path separators)")
+    inside = root.resolve()
+    taken = {Path(p).resolve(): Path(p) for p in inputs}
+    real_parent: dict[Path, Path] = {}
+    targets, row_of = [], {}
+    for i, item in enumerate(items):
+        where = f"manifest {manifest}, row {i} ({item!r})"
+        if not item or "\0" in item or item.startswith(("/", "\\")) \
+                or re.match(r"^[A-Za-z]:", item):
+            raise DataError(f"{where}: an absolute or empty path; entries are image paths "
+                            f"relative to the output folder {root}")
+        if ".." in re.split(r"[/\\]", item):
+            raise DataError(f"{where}: '..' would write outside the output folder {root}")
+        target = root / f"{item}_{algo}.bin"
+        if target.parent not in real_parent:
+            real_parent[target.parent] = target.parent.resolve()
+        parent = real_parent[target.parent]
+        if parent != inside and inside not in parent.parents:
+            raise DataError(f"{where}: {target.parent} leads outside the output folder {root} "
+                            f"(to {parent}, through a symbolic link)")
+        real = parent / target.name
+        if real in taken:
+            raise DataError(f"{where}: {target} is the input {taken[real]}: writing it would "
+                            "destroy the input")
+        if real in row_of:
+            raise DataError(f"{where}: the same file as row {row_of[real]}; each row needs its "
+                            "own .bin")
+        row_of[real] = i
+        targets.append(target)
+    return targets

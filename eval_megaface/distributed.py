@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from eval_megaface.search import DEFAULT_CHUNK_ROWS, ChunkSearcher, TopK
-from facelt.features.files import FeatureFile, iter_row_chunks, l2_normalize
+from facelt.features.files import FeatureFile, iter_row_chunks
 from facelt.utils.progress import progress
 
 
@@ -66,9 +66,8 @@ def stream_topk_share(queries: np.ndarray, ff: FeatureFile, order: np.ndarray, s
         if n not in segments:  # one process reads each segment's rows sorted (iter_row_chunks)
             segments = {n: np.sort(np.asarray(order[starts[n]:n], dtype=np.int64))}
         seg = segments[n]
-        for rows, block in iter_row_chunks(ff, seg[a - starts[n]:b - starts[n]], chunk_rows):
-            if normalize:
-                l2_normalize(block, out=block)
+        for rows, block in iter_row_chunks(ff, seg[a - starts[n]:b - starts[n]], chunk_rows,
+                                           normalize):
             s, local = searcher(q, block, k)
             running.merge(s, rows[local])
             bar.update(len(rows))

@@ -24,7 +24,8 @@ from facelt.features.files import FeatureFile, l2_normalize, read_manifest
 from eval_megaface.noise import noise_list_paths, noise_mask, read_noise_list
 from eval_megaface.probes import read_probe_list
 from eval_megaface.protocol import MAX_RANK, gallery_order, group_rank1, score_trials
-from eval_megaface.pseudo_shots import DEFAULT_THRESHOLD, bucket_report, count_above
+from eval_megaface.pseudo_shots import (DEFAULT_THRESHOLD, bucket_report, check_threshold,
+                                        count_above)
 from eval_megaface.search import (APPROX_INDEXES, DEFAULT_CHUNK_ROWS, approx_topk, rescore,
                                   stream_topk, top1_agreement)
 from facelt.errors import DataError
@@ -69,6 +70,7 @@ def run_evaluation(cfg: MegaFaceEvalConfig, dist=None) -> Optional[dict[str, Any
     t0 = time.time()
     if cfg.index != "flat" and cfg.index not in APPROX_INDEXES:
         raise DataError(f"--index {cfg.index!r}: expected flat, {', '.join(APPROX_INDEXES)}")
+    check_threshold(cfg.threshold, cfg.normalize)  # before the search, not after it
     probe_ff = FeatureFile.open(cfg.probe_features)
     dist_ff = FeatureFile.open(cfg.distractor_features)
     train_ff = FeatureFile.open(cfg.train_features) if cfg.train_features else None

@@ -40,7 +40,8 @@ class ProbeList:
 
 
 def read_probe_list(path: Union[str, os.PathLike]) -> ProbeList:
-    """Parse a probe CSV; :class:`DataError` naming the file and line for a malformed one."""
+    """Parse a probe CSV; :class:`DataError` naming the file and line for a malformed one, and
+    the lines of an image listed twice (it would inflate the trials)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"probe list {p}: not found")
@@ -62,6 +63,7 @@ def read_probe_list(path: Union[str, os.PathLike]) -> ProbeList:
         ids: list[int] = []
         names: dict[str, int] = {}
         attrs: dict[str, list[str]] = {c: [] for c in extra}
+        line_of: dict[str, int] = {}
         for row in reader:
             if not row or all(not x.strip() for x in row):
                 continue
@@ -71,6 +73,10 @@ def read_probe_list(path: Union[str, os.PathLike]) -> ProbeList:
             path, ident = row[col["path"]].strip(), row[col["identity"]].strip()
             if not path or not ident:
                 raise DataError(f"probe list {p}, line {reader.line_num}: empty path or identity")
+            first = line_of.setdefault(path, reader.line_num)
+            if first != reader.line_num:  # the same image twice would count its trials twice
+                raise DataError(f"probe list {p}: {path!r} is listed twice (lines {first} and "
+                                f"{reader.line_num}); each probe image must appear once")
             paths.append(path)
             ids.append(names.setdefault(ident, len(names)))
             for c in extra:

@@ -5,6 +5,7 @@ Every file is written to a temporary name and renamed into place (``facelt.utils
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -126,6 +127,20 @@ def buckets_figure(report: dict[str, Any]):
     if res:
         legend_outside(ax, title="gallery")
     return fig
+
+
+def preload_plotting() -> threading.Thread:
+    """Import matplotlib (Agg backend) and pyplot in a background thread and return it: the
+    second or so the import takes then overlaps the distractor search (BLAS and faiss release
+    the GIL) instead of following it. :func:`write_report`'s own imports wait for it (Python's
+    per-module import locks make the two imports safe)."""
+    def load() -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    thread = threading.Thread(target=load, name="preload-matplotlib", daemon=True)
+    thread.start()
+    return thread
 
 
 def write_report(report: dict[str, Any], out_dir: Union[str, os.PathLike]) -> list[Path]:

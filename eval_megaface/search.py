@@ -222,9 +222,7 @@ def stream_topk(queries: np.ndarray, ff: FeatureFile, order: np.ndarray, sizes: 
     done = 0
     bar = progress(total=max(sizes, default=0), desc=desc, unit="row")
     for n in sorted(set(sizes)):
-        for rows, block in iter_row_chunks(ff, order[done:n], chunk_rows):
-            if normalize:
-                l2_normalize(block, out=block)
+        for rows, block in iter_row_chunks(ff, order[done:n], chunk_rows, normalize):
             s, local = searcher(q, block, k)
             running.merge(s, rows[local])
             bar.update(len(rows))
@@ -282,10 +280,8 @@ def approx_topk(queries: np.ndarray, ff: FeatureFile, gallery: np.ndarray, kind:
         index.nprobe = min(nprobe, nl)
     else:
         index.hnsw.efSearch = max(ef_search, k)
-    for _, block in progress(iter_row_chunks(ff, gal, chunk_rows), desc=f"{kind} add",
+    for _, block in progress(iter_row_chunks(ff, gal, chunk_rows, normalize), desc=f"{kind} add",
                              total=math.ceil(n / chunk_rows), unit="chunk"):
-        if normalize:
-            l2_normalize(block, out=block)
         index.add(block)
     _, local = index.search(q, min(k, n))
     del index

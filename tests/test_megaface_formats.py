@@ -1,6 +1,7 @@
 """MegaFace formats: devkit .bin files, stacked feature files, resumable extraction, noise lists."""
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -69,7 +70,83 @@ def test_bin_folder_npy_round_trip(tmp_path):
     assert image_path_of_bin("a/b.JPG_my_algo.bin") == "a/b.JPG"
 
 
+def _tree_snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("entry, why", [("../escaped.png", r"'\.\.' would write outside"),
+                                        ("a/../../escaped.png", r"'\.\.' would write outside"),
+                                        ("/tmp/abs.png", "absolute"),
+                                        ("link/x.png", "through a symbolic link")])
+def test_npy2bin_keeps_every_write_inside_its_destination(tmp_path, entry, why):
+    """A hostile manifest entry is refused naming the manifest, row and entry, before any .bin
+    is written (the good first row is not written either)."""
+    np.save(tmp_path / "f.npy", np.ones((2, 3), np.float32))
+    if entry.startswith("/"):
+        entry = str(tmp_path / "abs.png")
+    (tmp_path / "f.txt").write_text(f"ok/first.png\n{entry}\n")
+    (tmp_path / "bins").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "bins" / "link").symlink_to(tmp_path / "outside")
+    before = _tree_snapshot(tmp_path)
+    with pytest.raises(DataError, match=rf"f\.txt, row 1 \({re.escape(repr(entry))}\).*{why}"):
+        npy_to_bins(tmp_path / "f.npy", tmp_path / "f.txt", tmp_path / "bins")
+    assert _tree_snapshot(tmp_path) == before
+
+
+def test_npy2bin_refuses_a_row_written_twice_or_onto_an_input(tmp_path):
+    np.save(tmp_path / "f.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "f.txt").write_text("a/x.png\na//x.png\n")  # the same file
+    with pytest.raises(DataError, match=r"row 1 \('a//x.png'\): the same file as row 0"):
+        npy_to_bins(tmp_path / "f.npy", tmp_path / "f.txt", tmp_path / "bins")
+    # the destination is the manifest's folder and a row names the manifest itself
+    (tmp_path / "m_facelt.bin").write_text("a/x.png\nm\n")
+    with pytest.raises(DataError, match=r"row 1 \('m'\).*is the input"):
+        npy_to_bins(tmp_path / "f.npy", tmp_path / "m_facelt.bin", tmp_path)
+    assert (tmp_path / "m_facelt.bin").read_text() == "a/x.png\nm\n"
+    assert not (tmp_path / "bins").exists() and not (tmp_path / "a").exists()
+
+
+def test_bin2npy_refuses_outputs_that_are_inputs_or_each_other(tmp_path):
+    write_bin(tmp_path / "bins" / "a.png_x.bin", np.ones(3, np.float32))
+    np.save(tmp_path / "keep.npy", np.full((1, 3), 7, np.float32))
+    keep = (tmp_path / "keep.npy").read_bytes()
+    with pytest.raises(DataError, match=r"--manifest .*keep\.npy and .*same file"):
+        bins_to_npy(tmp_path / "bins", tmp_path / "keep.npy", tmp_path / "keep.npy")
+    assert (tmp_path / "keep.npy").read_bytes() == keep
+    src = (tmp_path / "bins" / "a.png_x.bin").read_bytes()
+    with pytest.raises(DataError, match=r"--manifest .*a\.png_x\.bin is the input"):
+        bins_to_npy(tmp_path / "bins", tmp_path / "o.npy", tmp_path / "bins" / "a.png_x.bin")
+    with pytest.raises(DataError, match=r"the \.npy .*a\.png_x\.bin is the input"):
+        bins_to_npy(tmp_path / "bins", tmp_path / "bins" / "a.png_x.bin", tmp_path / "m.txt")
+    assert (tmp_path / "bins" / "a.png_x.bin").read_bytes() == src
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bins", "keep.npy"]
+
+
 # -------------------------------------------------------------------------------- feature files
+
+def test_one_pass_norms_check_finiteness_and_normalise(tmp_path):
+    """The chunk reader's norms refuse NaN / inf rows by the file's row numbers and normalise a
+    finite row whose squares overflow float32 (3e20, 4e20: norm 5e20) like any other."""
+    from facelt.features.files import iter_row_chunks
+    a = np.array([[3, 4], [0, 0], [3e20, 4e20], [-6, 8]], np.float32)
+    np.save(tmp_path / "ok.npy", a)
+    got = np.concatenate([b.copy() for _, b in iter_row_chunks(FeatureFile.open(tmp_path / "ok.npy"),
+                                                               np.arange(4), 3, normalize=True)])
+    np.testing.assert_allclose(got, [[0.6, 0.8], [0, 0], [0.6, 0.8], [-0.6, 0.8]], rtol=1e-6)
+    raw = [b.copy() for _, b in iter_row_chunks(FeatureFile.open(tmp_path / "ok.npy"), [3, 2], 5)]
+    assert np.array_equal(raw[0], a[[2, 3]])  # not normalised: as stored
+    for bad, kind in ((np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")):
+        b = a.copy()
+        b[3, 1] = bad
+        np.save(tmp_path / "bad.npy", b)
+        ff = FeatureFile.open(tmp_path / "bad.npy")
+        with pytest.raises(DataError, match=rf"bad\.npy: row\(s\) 3 hold {kind}"):
+            list(iter_row_chunks(ff, np.arange(4), 2, normalize=True))
+        with pytest.raises(DataError, match=rf"bad\.npy: row\(s\) 3 hold {kind}"):
+            list(iter_row_chunks(ff, [1, 3], 8))
+
 
 def test_feature_file_validation_and_reads(tmp_path):
     a = np.arange(40, dtype=np.float32).reshape(10, 4)

@@ -367,7 +367,8 @@ def extract_onnx_source_features(model: Union[str, os.PathLike, "OnnxEmbedder"],
     """Embed the images of ``source`` (a :class:`facelt.features.embed.ImageSource`) with an ONNX model
     (a path or an :class:`OnnxEmbedder`) into ``out``: flip-sum + L2, resumable, reused when
     made from the same model file and rows; the row manifest ``out``'s ``.rows.txt`` is written
-    beside it. Returns the feature file."""
+    beside it. The cache is keyed on the model file, the rows and the images' content
+    (:meth:`~facelt.features.embed.ImageSource.fingerprint`). Returns the feature file."""
     import hashlib
     import json
 
@@ -379,6 +380,7 @@ def extract_onnx_source_features(model: Union[str, os.PathLike, "OnnxEmbedder"],
                                    bool(flip), embedder.output_name]).encode())
     for r in source.rows:
         h.update(r.encode() + b"\n")
+    h.update(source.fingerprint().encode())  # the images' content, not only their names
     fp = h.hexdigest()
     path = Path(out)
     if not finished_with(path, fp):

@@ -218,6 +218,14 @@ class ImageSource:
 
     rows: list[str]
     read: Callable[[int], np.ndarray]  # row index -> (H, W, 3) uint8 RGB
+    data_files: tuple[Path, ...] = ()   # what the images are read from (content fingerprint)
+    index_files: tuple[Path, ...] = ()  # read whole by the fingerprint (.idx, property, lists)
+
+    def fingerprint(self) -> str:
+        """Names the images' content (:func:`facelt.utils.fingerprint.image_source_fingerprint`
+        of the files above): a cached feature file made from other pixels is never reused."""
+        from facelt.utils.fingerprint import image_source_fingerprint
+        return image_source_fingerprint(self.data_files, self.index_files)
 
     def batches(self, batch_size: int, desc: str = "images") -> Callable[[int], Iterator[np.ndarray]]:
         """``f(first_row)``: batches from that row, resized to the first image's size."""
@@ -249,13 +257,17 @@ def image_source(rec: Optional[str] = None, list_file: Optional[str] = None, roo
             key = int(ds.keys[i])
             _, payload = ds.reader.read_unpacked(key)
             return decode_image(payload, rgb=True, where=f"{rec} record {key}")
-        return ImageSource([f"{rec}#{int(k)}" for k in ds.keys], read_rec)
+        from facelt.data.recordio import insightface_paths
+        rec_file, idx, prop = insightface_paths(rec)
+        return ImageSource([f"{rec}#{int(k)}" for k in ds.keys], read_rec, (rec_file,),
+                           (idx,) + ((prop,) if prop.is_file() else ()))
     if list_file:
         from facelt.data.lists import check_files_exist, read_list
         lst = read_list(list_file)
         check_files_exist(lst, root)
         paths = [Path(root) / item for item in lst.items]
         rows = list(lst.items)
+        return files_source(paths, rows, index_files=(Path(list_file),))
     else:
         from facelt.data.images import find_images
         found = find_images(images)
@@ -265,8 +277,8 @@ def image_source(rec: Optional[str] = None, list_file: Optional[str] = None, roo
     return files_source(paths, rows)
 
 
-def files_source(paths: Sequence[Union[str, Path]], rows: Optional[Sequence[str]] = None
-                 ) -> ImageSource:
+def files_source(paths: Sequence[Union[str, Path]], rows: Optional[Sequence[str]] = None,
+                 index_files: Sequence[Path] = ()) -> ImageSource:
     """The image files ``paths`` (read with OpenCV, as RGB) in that order; row names ``rows``
     (default: the paths as given)."""
     paths = [Path(p) for p in paths]
@@ -277,4 +289,4 @@ def files_source(paths: Sequence[Union[str, Path]], rows: Optional[Sequence[str]
     def read_file(i: int) -> np.ndarray:
         from facelt.data.decode import imread
         return cv2.cvtColor(imread(paths[i], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return ImageSource(names, read_file)
+    return ImageSource(names, read_file, tuple(paths), tuple(index_files))

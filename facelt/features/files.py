@@ -50,11 +50,28 @@ def finished_with(path: Union[str, os.PathLike], fingerprint: str) -> bool:
     return isinstance(record, dict) and record.get("fingerprint") == fingerprint
 
 
-def l2_normalize(x: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Rows of ``x`` divided by their L2 norm (zero rows stay zero); in place when ``out is x``."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
+def l2_normalize(x: np.ndarray, out: Optional[np.ndarray] = None,
+                 norms: Optional[np.ndarray] = None) -> np.ndarray:
+    """Rows of ``x`` divided by their L2 norm (zero rows stay zero); in place when ``out is x``.
+    ``norms``: the rows' norms already computed (:func:`checked_row_norms`), used as given."""
+    if norms is None:
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
     norms[norms == 0] = 1.0
     return np.divide(x, norms[:, None], out=out)
+
+
+def checked_row_norms(block: np.ndarray, path: Union[str, os.PathLike],
+                      rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """The rows' L2 norms (float32, as :func:`l2_normalize` computes them), refusing non-finite
+    rows in the same pass: a NaN or an infinity makes its row's squared norm NaN or inf, so only
+    those rows are looked at again (:func:`~facelt.utils.finite.check_finite_rows` names them);
+    a finite row whose squares overflow float32 gets its norm in float64."""
+    norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float32))
+    odd = np.flatnonzero(~np.isfinite(norms))
+    if len(odd):
+        check_finite_rows(block[odd], path, rows=odd if rows is None else np.asarray(rows)[odd])
+        norms[odd] = np.linalg.norm(block[odd].astype(np.float64), axis=1)
+    return norms
 
 
 @dataclass(frozen=True)
@@ -149,9 +166,11 @@ def _buffer(out: Optional[np.ndarray], n: int, dim: int) -> np.ndarray:
     return out[:n]
 
 
-def iter_row_chunks(ff: FeatureFile, rows: np.ndarray, chunk_rows: int
+def iter_row_chunks(ff: FeatureFile, rows: np.ndarray, chunk_rows: int, normalize: bool = False
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(row_indices, features)`` for ``rows`` in chunks, sorted within each chunk.
+    """Yield ``(row_indices, features)`` for ``rows`` in chunks, sorted within each chunk; every
+    row checked finite, and L2-normalised with ``normalize``, by one pass computing the rows'
+    norms (:func:`checked_row_norms`) plus, to normalise, the division in place.
 
     The features array is a view of one buffer reused across chunks: copy it to keep it.
     """
@@ -162,7 +181,9 @@ def iter_row_chunks(ff: FeatureFile, rows: np.ndarray, chunk_rows: int
     for a in range(0, len(rows), chunk_rows):
         idx = rows[a:a + chunk_rows]
         block = ff.read_rows(idx, out=buf)
-        check_finite_rows(block, ff.path, rows=idx)
+        norms = checked_row_norms(block, ff.path, idx)
+        if normalize:
+            l2_normalize(block, out=block, norms=norms)
         yield idx, block
 
 
