@@ -31,8 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_out_over_sources(args: argparse.Namespace) -> None:
+    """``--out`` (and the manifest, source record, partial and progress files beside it) may be
+    none of the command's inputs: the model file, the rec's files or the list."""
+    from facelt.data.recordio import insightface_paths
+    from facelt.features.files import feature_file_outputs
+    from facelt.utils.outputs import refuse_output_over_inputs
+    rec = list(insightface_paths(args.rec)) if args.rec else []
+    refuse_output_over_inputs(args.out, [args.checkpoint, args.onnx, args.list_file, *rec],
+                              "--out", written=feature_file_outputs(args.out)[1:])
+
+
 def run(args: argparse.Namespace) -> int:
     check_onnx_output(args)
+    refuse_out_over_sources(args)
     ensure_writable_file(args.out, "--out")
     if args.onnx:
         import os

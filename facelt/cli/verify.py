@@ -24,11 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facelt.faces.face_model import face_embedder
-    from facelt.faces.verification import (VerificationSet, verify_features_file,
-                                           write_verification_report)
+    from facelt.faces.verification import (VerificationSet, tar_text, verification_report_files,
+                                           verify_features_file, write_verification_report)
     if args.features and len(args.features) != len(args.bins):
         raise FaceltError(f"{len(args.bins)} --bin files but {len(args.features)} --features files: "
                           "give one features file per .bin, in the same order")
+    if args.out:  # before any work: nothing an input holds is overwritten, the folder is writable
+        from facelt.utils.io import ensure_writable_dir
+        from facelt.utils.outputs import refuse_output_over_inputs
+        refuse_output_over_inputs(args.out, [*args.bins, *(args.features or []), args.checkpoint,
+                                             args.onnx, args.config], "--out",
+                                  written=verification_report_files(args.out))
+        ensure_writable_dir(args.out, "--out")
     embedder = face_embedder(model_spec(args))
     results = []
     for i, path in enumerate(args.bins):
@@ -43,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         write_verification_report(results, args.out)
     if args.json:
         keep = ("name", "file", "pairs", "accuracy", "std", "threshold", "xnorm", "val", "val_std",
-                "far")
+                "far", "far_target", "impostors", "far_measurable")
         rows = [{k: r[k] for k in keep if k in r} for r in results]
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
     else:
@@ -51,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
             xn = f"  XNorm {r['xnorm']:.4f}" if "xnorm" in r else ""
             print(f"{r['name']}: {r['pairs']} pairs  accuracy {100 * r['accuracy']:.2f}% "
                   f"+- {100 * r['std']:.2f}  threshold {r['threshold']:.3f}  "
-                  f"TAR@FAR={r['far_target']:g} {100 * r['val']:.2f}%{xn}")
+                  f"{tar_text(r['val'], r['far_target'], r['far'], r['impostors'])}{xn}")
     return 0

@@ -14,6 +14,7 @@ through :func:`flip_sum` / :func:`embed_array` / :func:`embed_to_file` here:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence, Union
@@ -218,6 +219,10 @@ class ImageSource:
 
     rows: list[str]
     read: Callable[[int], np.ndarray]  # row index -> (H, W, 3) uint8 RGB
+    # what the images are read from, for a fingerprint of their content
+    # (facelt.utils.fingerprint.image_source_fingerprint): image files or a .rec; index files
+    data_files: tuple = ()
+    index_files: tuple = ()
 
     def batches(self, batch_size: int, desc: str = "images") -> Callable[[int], Iterator[np.ndarray]]:
         """``f(first_row)``: batches from that row, resized to the first image's size."""
@@ -249,13 +254,18 @@ def image_source(rec: Optional[str] = None, list_file: Optional[str] = None, roo
             key = int(ds.keys[i])
             _, payload = ds.reader.read_unpacked(key)
             return decode_image(payload, rgb=True, where=f"{rec} record {key}")
-        return ImageSource([f"{rec}#{int(k)}" for k in ds.keys], read_rec)
+        from facelt.data.recordio import insightface_paths
+        rec_file, idx, prop = insightface_paths(rec)
+        return ImageSource([f"{rec}#{int(k)}" for k in ds.keys], read_rec, (rec_file,),
+                           (idx,) + ((prop,) if prop.is_file() else ()))
     if list_file:
         from facelt.data.lists import check_files_exist, read_list
         lst = read_list(list_file)
         check_files_exist(lst, root)
         paths = [Path(root) / item for item in lst.items]
         rows = list(lst.items)
+        src = files_source(paths, rows)
+        return dataclasses.replace(src, index_files=(Path(list_file),))
     else:
         from facelt.data.images import find_images
         found = find_images(images)
@@ -277,4 +287,4 @@ def files_source(paths: Sequence[Union[str, Path]], rows: Optional[Sequence[str]
     def read_file(i: int) -> np.ndarray:
         from facelt.data.decode import imread
         return cv2.cvtColor(imread(paths[i], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return ImageSource(names, read_file)
+    return ImageSource(names, read_file, tuple(paths))

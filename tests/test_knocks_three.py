@@ -1,0 +1,287 @@
+"""Issue 20 (hard knocks, round three): outputs that would destroy inputs are refused and change
+nothing; locks and temporaries never follow a symbolic link; non-finite features, detector scores
+and weights are refused naming the file and rows / key; every TAR is printed with the FAR it
+reached, and a FAR the impostor pairs cannot measure says so."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from facelt.cli import main  # noqa: E402
+from facelt.errors import OutputError  # noqa: E402
+from tests.test_onnx import save_face_checkpoint  # noqa: E402
+
+SIZE = 32
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(argv)
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    return rc, cap.out, cap.err
+
+
+def _snapshot(*paths: Path) -> dict:
+    return {p: p.read_bytes() for p in paths}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    """A stage-2 face checkpoint, its ONNX export, a tiny rec and a list file."""
+    from facelt.faces.onnx_io import export_onnx
+    from pipelines.synthetic_faces import write_synthetic_rec
+    d = tmp_path_factory.mktemp("knocks3")
+    ckpt, net = save_face_checkpoint(d / "stage2.pt", stage=2)
+    onnx_path = export_onnx(net, d / "m.onnx", image_size=SIZE)
+    write_synthetic_rec(d / "rec" / "train", counts=[2, 1], seed=4, size=SIZE)
+    import cv2
+    imgs = d / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(imgs / f"{i}.png"), rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    lst = d / "list.txt"
+    lst.write_text("".join(f"{i}.png 0\n" for i in range(3)))
+    return {"dir": d, "ckpt": ckpt, "net": net, "onnx": onnx_path, "rec": d / "rec" / "train",
+            "imgs": imgs, "list": lst}
+
+
+# ------------------------------------------------------------------- A: outputs over inputs
+@pytest.mark.parametrize("model", ["--checkpoint", "--onnx"])
+def test_extract_features_never_writes_over_its_inputs(kit, tmp_path, capsys, model):
+    m = str(kit["ckpt"] if model == "--checkpoint" else kit["onnx"])
+    rec = kit["rec"]
+    inputs = [Path(m), Path(f"{rec}.rec"), Path(f"{rec}.idx"), kit["list"]]
+    before = _snapshot(*inputs)
+    link = tmp_path / "link.npy"
+    link.symlink_to(m)
+    for out in (m, f"{rec}.rec", f"{rec}.idx", str(link)):
+        rc, _, err = _run(["extract-features", model, m, "--rec", str(rec), "--out", out], capsys)
+        assert rc == 2 and "--out" in err and "destroy" in err, err
+    rc, _, err = _run(["extract-features", model, m, "--list", str(kit["list"]), "--root",
+                       str(kit["imgs"]), "--out", str(kit["list"])], capsys)
+    assert rc == 2 and str(kit["list"]) in err
+    # the row manifest beside --out would be the list: OUT.npy -> OUT.rows.txt
+    rows_list = tmp_path / "x.rows.txt"
+    rows_list.write_text(kit["list"].read_text())
+    rc, _, err = _run(["extract-features", model, m, "--list", str(rows_list), "--root",
+                       str(kit["imgs"]), "--out", str(tmp_path / "x.npy")], capsys)
+    assert rc == 2 and "x.rows.txt" in err
+    assert rows_list.read_text() == kit["list"].read_text()
+    assert _snapshot(*inputs) == before
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_export_refuses_its_checkpoint_and_an_existing_folder(kit, tmp_path, capsys):
+    before = _snapshot(kit["ckpt"])
+    rc, _, err = _run(["export", "--checkpoint", str(kit["ckpt"]), "--out", str(kit["ckpt"])],
+                      capsys)
+    assert rc == 2 and "--out" in err and str(kit["ckpt"]) in err
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    (folder / "keep").write_text("mine")
+    rc, _, err = _run(["export", "--checkpoint", str(kit["ckpt"]), "--out", str(folder)], capsys)
+    assert rc == 2 and "is a folder" in err
+    assert _snapshot(kit["ckpt"]) == before and (folder / "keep").read_text() == "mine"
+
+
+def test_verify_out_never_replaces_its_features(tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    feats = rep / "report.json"              # a feature file that happens to sit where the report goes
+    with open(feats, "wb") as fh:
+        np.save(fh, np.eye(4, dtype=np.float32)[np.arange(40) % 4])
+    path = tmp_path / "s.bin"
+    path.write_bytes(pickle.dumps(([b"x"] * 40, [i % 2 == 0 for i in range(20)])))
+    before = _snapshot(feats)
+    rc, _, err = _run(["verify", "--bin", str(path), "--features", str(feats), "--out", str(rep)],
+                      capsys)
+    assert rc == 2 and "report.json" in err and "destroy" in err
+    assert _snapshot(feats) == before
+
+
+def test_ijb_out_never_replaces_its_features(tmp_path, capsys):
+    from tests.test_ijb import PAIRS, write_ijb
+    feats = write_ijb(tmp_path, pairs=PAIRS)
+    out = tmp_path / "rep"
+    out.mkdir()
+    f = out / "pair_scores.npy"
+    np.save(f, feats)
+    before = _snapshot(f)
+    rc, _, err = _run(["ijb", "--root", str(tmp_path), "--target", "IJBC", "--features", str(f),
+                       "--out", str(out)], capsys)
+    assert rc == 2 and "pair_scores.npy" in err
+    assert _snapshot(f) == before
+
+
+def test_refuse_output_over_inputs_sees_links_and_hard_links(tmp_path):
+    from facelt.utils.outputs import refuse_output_over_inputs
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"data")
+    hard = tmp_path / "hard"
+    os.link(a, hard)
+    soft = tmp_path / "soft"
+    soft.symlink_to(a)
+    for out in (a, hard, soft, tmp_path / "sub" / ".." / "a.bin"):
+        with pytest.raises(OutputError, match="--out"):
+            refuse_output_over_inputs(out, [None, a], "--out")
+    refuse_output_over_inputs(tmp_path / "other", [a], "--out")     # a new file: fine
+    with pytest.raises(OutputError, match="it writes"):
+        refuse_output_over_inputs(tmp_path / "o", [a], "--out", written=[soft])
+
+
+def test_a_lock_that_is_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    from facelt.utils.run_lock import LOCK_NAME, lock_run_folder
+    precious = tmp_path / "precious.txt"
+    precious.write_text("do not truncate me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(precious)
+    with pytest.raises(OutputError) as e:
+        lock_run_folder(run)
+    assert str(run / LOCK_NAME) in str(e.value) and "symbolic link" in str(e.value)
+    assert precious.read_text() == "do not truncate me\n"
+
+
+def test_a_partial_feature_file_that_is_a_symlink_is_refused(tmp_path):
+    from facelt.features.files import partial_path, write_feature_memmap
+    precious = tmp_path / "precious.npy"
+    np.save(precious, np.arange(6, dtype=np.float32).reshape(2, 3))
+    before = _snapshot(precious)
+    out = tmp_path / "f.npy"
+    partial_path(out).symlink_to(precious)
+    for reuse in (False, True):
+        with pytest.raises(OutputError, match="symbolic link"):
+            write_feature_memmap(out, 2, 3, reuse=reuse)
+    assert _snapshot(precious) == before
+
+
+# ------------------------------------------------------------------- C: non-finite and degenerate
+def _bin(tmp_path: Path, pairs: int = 20) -> Path:
+    path = tmp_path / "s.bin"
+    path.write_bytes(pickle.dumps(([b"x"] * (2 * pairs), [i % 2 == 0 for i in range(pairs)])))
+    return path
+
+
+@pytest.mark.parametrize("value,word", [(np.nan, "NaN"), (np.inf, "inf")])
+def test_verify_refuses_non_finite_feature_rows(tmp_path, capsys, value, word):
+    feats = np.eye(8, dtype=np.float32)[np.arange(40) % 8]
+    feats[7, 2] = value
+    feats[31, 0] = value
+    f = tmp_path / "f.npy"
+    np.save(f, feats)
+    rc, _, err = _run(["verify", "--bin", str(_bin(tmp_path)), "--features", str(f)], capsys)
+    assert rc == 2 and str(f) in err and "row(s) 7, 31" in err and word in err
+
+
+def test_ijb_refuses_non_finite_features_and_bad_detector_scores(tmp_path, capsys):
+    from tests.test_ijb import PAIRS, write_ijb
+    feats = write_ijb(tmp_path, pairs=PAIRS)
+    f = tmp_path / "f.npy"
+    bad = feats.copy()
+    bad[4, 1] = np.nan
+    np.save(f, bad)
+    argv = ["ijb", "--root", str(tmp_path), "--target", "IJBC", "--features", str(f)]
+    rc, _, err = _run(argv, capsys)
+    assert rc == 2 and str(f) in err and "row 4 (image e.jpg, template 3)" in err and "NaN" in err
+    np.save(f, feats)
+    assert _run(argv, capsys)[0] == 0
+    meta = tmp_path / "meta" / "ijbc_name_5pts_score.txt"
+    good = meta.read_text()
+    for score in ("nan", "inf", "-0.5"):
+        lines = good.splitlines()
+        lines[2] = lines[2].rsplit(" ", 1)[0] + f" {score}"
+        meta.write_text("\n".join(lines) + "\n")
+        rc, _, err = _run(argv, capsys)
+        assert rc == 2 and str(meta) in err and "line(s) 3" in err and "detector score" in err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_key(kit, tmp_path, capsys):
+    state = torch.load(kit["ckpt"], weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    state["model"][key] = state["model"][key].clone()
+    state["model"][key].view(-1)[1] = float("nan")
+    bad = tmp_path / "nan.pt"
+    torch.save(state, bad)
+    img = kit["imgs"] / "0.png"
+    for argv in (["export", "--checkpoint", str(bad), "--out", str(tmp_path / "m.onnx")],
+                 ["extract-features", "--checkpoint", str(bad), "--rec", str(kit["rec"]),
+                  "--out", str(tmp_path / "f.npy")],
+                 ["classify", "--checkpoint", str(bad), str(img)]):
+        rc, out, err = _run(argv, capsys)
+        assert rc == 2 and str(bad) in err and f"'{key}'" in err and "NaN" in err, (argv, err)
+        assert "nan" not in out
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "f.npy").exists()
+
+
+def test_export_refuses_a_nan_parity_and_keeps_the_previous_file(kit, tmp_path, monkeypatch):
+    from facelt.errors import FaceltError
+    from facelt.faces import onnx_io
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous export")
+    monkeypatch.setattr(onnx_io, "compare_with_torch", lambda *a, **k: float("nan"))
+    with pytest.raises(FaceltError, match="min cosine nan"):
+        onnx_io.export_checked_onnx(kit["net"], out, SIZE)
+    assert out.read_bytes() == b"previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]        # no temporary left
+
+
+def test_constant_embeddings_show_the_achieved_far(tmp_path, capsys):
+    f = tmp_path / "f.npy"
+    np.save(f, np.ones((40, 4), np.float32))          # every pair at distance 0
+    argv = ["verify", "--bin", str(_bin(tmp_path)), "--features", str(f)]
+    rc, out, _ = _run(argv + ["--json"], capsys)
+    got = json.loads(out)
+    # 10 impostor pairs, 9 in each training fold: every one is accepted with the genuine ones
+    assert rc == 0 and got["val"] == 1.0 and got["far"] == 1.0
+    assert got["impostors"] == 9 and got["far_measurable"] is False   # 1e-3 < 1 / 9
+    rc, out, _ = _run(argv, capsys)
+    assert "TAR@FAR=0.001 100.00% (achieved FAR 100.00%)" in out and "not measurable" in out
+
+
+def test_ijb_says_which_fars_its_impostors_cannot_measure(tmp_path, capsys):
+    from tests.test_ijb import PAIRS, write_ijb
+    feats = write_ijb(tmp_path, pairs=PAIRS + [(2, 1, 0)])     # 2 genuine, 3 impostor pairs
+    f = tmp_path / "f.npy"
+    np.save(f, feats)
+    argv = ["ijb", "--root", str(tmp_path), "--target", "IJBC", "--features", str(f)]
+    rc, out, _ = _run(argv + ["--json"], capsys)
+    got = json.loads(out)
+    # only FAR >= 1/3 is measurable from 3 impostor pairs: none of 1e-6 .. 1e-1
+    assert rc == 0 and got["impostor"] == 3
+    assert got["far_measurable"] == {k: False for k in got["tar_at_far"]}
+    assert set(got["achieved_far"]) == set(got["tar_at_far"])
+    for v in got["achieved_far"].values():        # a rate of 3 impostor pairs: 0, 1/3, 2/3 or 1
+        assert v in (0.0, 1 / 3, 2 / 3, 1.0)
+    rc, out, _ = _run(argv, capsys)
+    assert "TAR@FAR=1e-06: not measurable from 3 impostor pairs" in out
+
+
+def test_ijb_achieved_far_by_hand():
+    from facelt.faces.ijb import achieved_far_table, tar_table
+    # scores 0.9 (gen) 0.8 (imp) 0.7 (gen) 0.6 (imp) ... as counts at each distinct score:
+    fps = np.array([0, 1, 1, 2])
+    tps = np.array([1, 1, 2, 2])
+    # strict at FAR 0.5: points with fpr <= 0.5 are (0,0) (0,.5) (.5,.5) (.5,1): TAR 1, FAR .5
+    assert tar_table(fps, tps, 2, 2, "strict", (0.5, 0.1)) == {"0.5": 1.0, "0.1": 0.5}
+    assert achieved_far_table(fps, tps, 2, 2, "strict", (0.5, 0.1)) == {"0.5": 0.5, "0.1": 0.0}
+
+
+def test_ijb_roc_plot_is_in_percent_and_off_the_edges():
+    from facelt.faces.ijb import roc_plot_points
+    fpr = np.array([0.0, 1e-3, 0.5, 1.0])
+    tpr = np.array([0.0, 0.25, 0.75, 1.0])
+    x, y, (x0, x1), (y0, y1) = roc_plot_points((fpr, tpr))
+    np.testing.assert_allclose(x, [0.1, 50.0, 100.0])
+    np.testing.assert_allclose(y, [25.0, 75.0, 100.0])
+    assert x0 < 1e-4 and x1 > 100.0 and y0 < 0.0 and y1 > 100.0
