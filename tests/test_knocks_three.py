@@ -285,3 +285,86 @@ def test_ijb_roc_plot_is_in_percent_and_off_the_edges():
     np.testing.assert_allclose(x, [0.1, 50.0, 100.0])
     np.testing.assert_allclose(y, [25.0, 75.0, 100.0])
     assert x0 < 1e-4 and x1 > 100.0 and y0 < 0.0 and y1 > 100.0
+
+
+# ------------------------------------------------------------------- B: stale caches
+def test_onnx_features_are_re_extracted_after_the_images_change(kit, tmp_path, capsys):
+    import shutil
+
+    import cv2
+    imgs = tmp_path / "imgs"
+    shutil.copytree(kit["imgs"], imgs)
+    feats = tmp_path / "f.npy"
+    argv = ["extract-features", "--onnx", str(kit["onnx"]), "--images", str(imgs), "--out", str(feats)]
+    assert _run(argv, capsys)[0] == 0
+    old = np.load(feats)
+    # the same file names and sizes, other pixels
+    cv2.imwrite(str(imgs / "1.png"), np.full((SIZE, SIZE, 3), 200, np.uint8))
+    assert _run(argv, capsys)[0] == 0
+    new = np.load(feats)
+    fresh = tmp_path / "fresh.npy"
+    assert _run(argv[:-1] + [str(fresh)], capsys)[0] == 0
+    np.testing.assert_array_equal(new, np.load(fresh))
+    assert not np.allclose(new[1], old[1])
+    np.testing.assert_array_equal(new[[0, 2]], old[[0, 2]])
+    stamp = feats.stat().st_mtime_ns                      # unchanged images: reused as it is
+    assert _run(argv, capsys)[0] == 0 and feats.stat().st_mtime_ns == stamp
+
+
+def _ijb_112(tmp_path: Path) -> tuple[Path, Path]:
+    """An IJB tree of 4 photos and a 112x112 ONNX model (as test_onnx's IJB test builds)."""
+    import cv2
+
+    from facelt.faces.align import template
+    from facelt.faces.onnx_io import export_onnx
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU(),
+                              torch.nn.AvgPool2d(9), torch.nn.Flatten()).eval()
+    model = export_onnx(net, tmp_path / "m.onnx", image_size=112)
+    root = tmp_path / "ijb"
+    (root / "meta").mkdir(parents=True)
+    (root / "loose_crop").mkdir()
+    rng = np.random.default_rng(4)
+    pts = " ".join(f"{v:.6f}" for v in template(112).reshape(-1))
+    lines, faces = [], []
+    for i in range(4):
+        cv2.imwrite(str(root / "loose_crop" / f"{i}.png"),
+                    rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+        lines.append(f"{i}.png {pts} 1.0\n")
+        faces.append(f"{i}.png {1 + i // 2} {i}\n")
+    (root / "meta" / "ijbc_name_5pts_score.txt").write_text("".join(lines))
+    (root / "meta" / "ijbc_face_tid_mid.txt").write_text("".join(faces))
+    (root / "meta" / "ijbc_template_pair_label.txt").write_text("1 2 0\n1 1 1\n")
+    return root, model
+
+
+def test_ijb_features_are_re_made_after_the_landmarks_change(tmp_path, capsys):
+    root, model = _ijb_112(tmp_path)
+    out = tmp_path / "o"
+    argv = ["ijb", "--root", str(root), "--target", "IJBC", "--onnx", str(model), "--out", str(out)]
+    assert _run(argv, capsys)[0] == 0
+    old = np.load(out / "features.npy")
+    meta = root / "meta" / "ijbc_name_5pts_score.txt"
+    lines = meta.read_text().splitlines()
+    parts = lines[2].split()
+    parts[1:11] = [f"{float(v) + 9.0:.6f}" for v in parts[1:11]]   # the face shifted 9 pixels
+    lines[2] = " ".join(parts)
+    meta.write_text("\n".join(lines) + "\n")
+    assert _run(argv, capsys)[0] == 0
+    new = np.load(out / "features.npy")
+    assert not np.allclose(new[2], old[2])
+    np.testing.assert_allclose(new[[0, 1, 3]], old[[0, 1, 3]], rtol=1e-6)
+
+
+def test_compare_does_not_reuse_a_run_trained_on_another_data_root(tmp_path):
+    from facelt.compare.runs import recipe_diff
+    from facelt.config import load_config
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "demo_list.yaml"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    saved = load_config(recipe, [f"data.root={a}"]).to_dict()
+    diff = recipe_diff(saved, load_config(recipe, [f"data.root={b}"]), 1)
+    assert diff is not None and diff.startswith("data.root")
+    # the same folder spelled another way is the same run
+    assert recipe_diff(saved, load_config(recipe, [f"data.root={tmp_path}/b/../a"]), 1) is None
