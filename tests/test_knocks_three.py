@@ -368,3 +368,166 @@ def test_compare_does_not_reuse_a_run_trained_on_another_data_root(tmp_path):
     assert diff is not None and diff.startswith("data.root")
     # the same folder spelled another way is the same run
     assert recipe_diff(saved, load_config(recipe, [f"data.root={tmp_path}/b/../a"]), 1) is None
+
+
+# ------------------------------------------------------------------- E: one image-size rule
+def test_one_image_size_rule_before_any_work(kit, tmp_path, capsys):
+    import cv2
+
+    from pipelines.synthetic_faces import write_synthetic_rec
+    recipe = str(Path(__file__).resolve().parents[1] / "configs" / "ms1m_lt.yaml")
+    write_synthetic_rec(tmp_path / "faces" / "train", counts=[2, 2], seed=5, size=32)
+    sets = [a for o in (f"data.root={tmp_path / 'faces'}", "device=cpu", "data.num_workers=0",
+                        "model.backbone=resnet10") for a in ("--set", o)]
+    # the recipe says 112 (ms1m_lt's data.image_size), property says 32: check says so (no --decode)
+    rc, _, err = _run(["check", "--config", recipe, *sets], capsys)
+    assert rc == 2 and "images are 32x32" in err and "112x112" in err and "data.image_size=32" in err
+    rc, _, err = _run(["train", "--config", recipe, "--stage", "1", "--out", str(tmp_path / "run"),
+                       *sets], capsys)
+    assert rc == 2 and "images are 32x32" in err and "112x112" in err
+    assert not (tmp_path / "run" / "stage1").exists()
+    # extract-features: the checkpoint is 32, this rec 48
+    write_synthetic_rec(tmp_path / "r48" / "train", counts=[1, 1], seed=6, size=48)
+    for model in ("--checkpoint", "--onnx"):
+        m = str(kit["ckpt"] if model == "--checkpoint" else kit["onnx"])
+        rc, _, err = _run(["extract-features", model, m, "--rec", str(tmp_path / "r48" / "train"),
+                           "--out", str(tmp_path / "f.npy")], capsys)
+        assert rc == 2 and "images are 48x48" in err and "32x32" in err, err
+    # verify: a .bin of 48x48 images for the 32x32 model: refused, unless --resize
+    rng = np.random.default_rng(1)
+    bins = [cv2.imencode(".png", rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))[1].tobytes()
+            for _ in range(40)]
+    path = tmp_path / "s.bin"
+    path.write_bytes(pickle.dumps((bins, [i % 2 == 0 for i in range(20)])))
+    rc, _, err = _run(["verify", "--bin", str(path), "--checkpoint", str(kit["ckpt"])], capsys)
+    assert rc == 2 and str(path) in err and "48x48" in err and "--resize" in err
+    assert _run(["verify", "--bin", str(path), "--checkpoint", str(kit["ckpt"]), "--resize"],
+                capsys)[0] == 0
+
+
+def test_fashion_lt_before_prepare_names_the_apt_package_and_the_command(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)                       # no data/fashion_lt here
+    rc, _, err = _run(["train", "--dataset", "fashion_lt"], capsys)
+    assert rc == 2 and "apt-get install dataset-fashion-mnist" in err
+    assert "facelt prepare --dataset fashion_lt" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rec_inspect_prints_a_summary_and_a_limit(tmp_path, capsys):
+    from pipelines.synthetic_faces import write_synthetic_rec
+    write_synthetic_rec(tmp_path / "r" / "train", counts=[3, 2, 2, 1, 1], seed=7, size=16)
+    prefix = str(tmp_path / "r" / "train")
+    # 9 images + record 0 + 5 identity records = 15 records
+    rc, out, _ = _run(["rec", "inspect", prefix, "--limit", "4"], capsys)
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 1 + 4 + 1
+    assert lines[-1].startswith("15 records,") and "4 shown" in lines[-1] and "--limit 0" in lines[-1]
+    assert "property 5,16,16" in lines[-1]
+    rc, out, _ = _run(["rec", "inspect", prefix, "--limit", "0"], capsys)
+    assert len(out.splitlines()) == 1 + 15 + 1 and "15 shown" in out.splitlines()[-1]
+    rc, out, _ = _run(["rec", "inspect", prefix], capsys)          # default: the first 20
+    assert len(out.splitlines()) == 17
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    from pipelines.synthetic_faces import write_synthetic_rec
+    write_synthetic_rec(tmp_path / "r" / "train", counts=[40] * 30, seed=8, size=8)
+    root = Path(__file__).resolve().parents[1]
+    cmd = (f"{sys.executable} -m facelt rec inspect {tmp_path / 'r' / 'train'} --limit 0 | head -n 2")
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert len(done.stdout.splitlines()) == 2
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_a_failed_command_leaves_no_empty_folder_it_created(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "f.npy"
+    rc, _, err = _run(["extract-features", "--checkpoint", str(tmp_path / "missing.pt"),
+                       "--images", str(tmp_path), "--out", str(out)], capsys)
+    assert rc == 2 and "missing.pt" in err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"                            # a folder that was there stays
+    kept.mkdir()
+    rc, _, _ = _run(["extract-features", "--checkpoint", str(tmp_path / "missing.pt"),
+                     "--images", str(tmp_path), "--out", str(kept / "sub" / "f.npy")], capsys)
+    assert rc == 2 and kept.is_dir() and not (kept / "sub").exists()
+
+
+def test_loader_workers_are_fitted_to_the_cores():
+    from facelt.data.build import fitted_workers
+    cores = len(os.sched_getaffinity(0))
+    assert fitted_workers(8) == min(8, cores)
+    assert fitted_workers(0) == 0 and fitted_workers(cores + 5) == cores
+
+
+def test_only_rank_0_prints_the_final_line(monkeypatch):
+    from facelt.parallel.process import is_primary_process
+    monkeypatch.setenv("RANK", "1")
+    assert not is_primary_process()
+    monkeypatch.setenv("RANK", "0")
+    assert is_primary_process()
+    monkeypatch.delenv("RANK")
+    assert is_primary_process()
+
+
+# ------------------------------------------------------------------- D: arguments and environment
+@pytest.mark.parametrize("label", [float("nan"), float("inf"), 3e9])
+def test_prepare_refuses_nan_infinite_and_huge_labels(tmp_path, capsys, label):
+    import cv2
+
+    from facelt.data.recordio import IRHeader, RecordWriter, pack
+    prefix = tmp_path / "src" / "train"
+    prefix.parent.mkdir()
+    img = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    with RecordWriter(f"{prefix}.rec", f"{prefix}.idx") as w:
+        for i, lab in enumerate((0.0, label, 1.0)):
+            w.write(i, pack(IRHeader(0, lab, i, 0), img))
+    rc, _, err = _run(["prepare", "--dataset", "ms1m_lt", "--source", str(prefix), "--out",
+                       str(tmp_path / "out")], capsys)
+    assert rc == 2 and f"{prefix}.rec" in err and "is not a class index" in err, err
+    lst = tmp_path / "l.txt"
+    lst.write_text("a.jpg 0\nb.jpg 3000000000\n")
+    from facelt.data.lists import read_list
+    from facelt.errors import DataError
+    with pytest.raises(DataError, match="line 2: .*above"):
+        read_list(lst)
+
+
+def test_arguments_and_config_values_are_checked(tmp_path, capsys):
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo_list.yaml")
+    for setting, words in (("data.channels=3.0", "must be one of 1, 3, got 3.0"),
+                           ("seed=-1", "must be >= 0"),
+                           ("stage1.batch_size=1e20", "must be an integer"),
+                           ("stage2.centroid_loss_weight=0.5",
+                            "renamed: it is now stage2.centroid_loss.weight")):
+        rc, _, err = _run(["config", "--config", demo, "--set", setting], capsys)
+        assert rc == 2 and words in err, (setting, err)
+    yml = tmp_path / "c.yaml"
+    yml.write_text("name: x\ndata:\n  channels: 3.0\n")
+    rc, _, err = _run(["config", "--config", str(yml)], capsys)
+    assert rc == 2 and "data.channels" in err and "3.0" in err
+    for argv in (["verify", "--bin", "x.bin", "--features", "f.npy", "--batch-size", "0"],
+                 ["prepare", "--dataset", "demo", "--out", str(tmp_path / "d"), "--seed", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert not (tmp_path / "d").exists()
+
+
+def test_verify_and_ijb_out_are_checked_before_the_work(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    f = tmp_path / "f.npy"
+    np.save(f, np.ones((40, 4), np.float32))
+    rc, out, err = _run(["verify", "--bin", str(_bin(tmp_path)), "--features", str(f), "--out",
+                         str(a_file)], capsys)
+    assert rc == 2 and "is a file" in err and out == "" and a_file.read_text() == "keep"
+    from tests.test_ijb import PAIRS, write_ijb
+    np.save(f, write_ijb(tmp_path, pairs=PAIRS))
+    rc, out, err = _run(["ijb", "--root", str(tmp_path), "--target", "IJBC", "--features", str(f),
+                         "--out", str(a_file / "sub")], capsys)
+    assert rc == 2 and "a_file" in err and out == ""

@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     dist = D.setup(args.device)  # under torchrun: every process embeds its share of the rows
     try:
         net, cfg, _ = net_from_checkpoint(args.checkpoint, dist.device)
+        if args.rec:  # the one image-size rule, before any image is embedded
+            from facelt.data.image_size import check_rec_image_size
+            check_rec_image_size(args.rec, cfg.data.image_size,
+                                 f"the checkpoint {args.checkpoint} (data.image_size)")
         ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
         path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,
                                            not args.no_flip, args.device, net=net, dist=dist)

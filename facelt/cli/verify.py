@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a verification .bin (repeatable)")
     add_model_args(p, "precomputed features .npy, 2N rows in the .bin's image order (one "
                       "--features per --bin, in the same order)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize the .bin's images to the model's input size (bilinear); without "
+                        "it, images of another size are an error")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", help="folder for report.json and report.md")
     p.set_defaults(func=run)
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         if args.features:
             res = verify_features_file(path, args.features[i])  # no image decoding
         else:
-            vs = VerificationSet.load(path, name=Path(path).stem)
+            vs = VerificationSet.load_for_model(path, embedder.input_size, resize=args.resize,
+                                                name=Path(path).stem)
             res = vs.evaluate_model(embedder, batch_size=args.batch_size, flip=not args.no_flip)
         res["file"] = str(path)
         results.append(res)

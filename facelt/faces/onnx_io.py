@@ -384,6 +384,11 @@ def extract_onnx_features(model: Union[str, os.PathLike], out: Union[str, os.Pat
     listed."""
     from facelt.features.embed import image_source
     embedder = OnnxEmbedder(model, output=output)
+    if rec:  # the one image-size rule, before any image is embedded
+        from facelt.data.image_size import rec_image_size, require_image_size
+        require_image_size(rec_image_size(rec), embedder.input_size, str(rec),
+                           f"the ONNX model {model}",
+                           "embed with a model of the rec's image size, or repack the rec")
     src = image_source(rec, list_file, root, images)
     return extract_onnx_source_features(embedder, src, out, batch_size, flip), len(src.rows)
 

@@ -308,6 +308,27 @@ class VerificationSet:
         images = decode_images(encoded, where=f"verification set {p}", size=size)
         return cls(name or p.stem, p, images, issame)
 
+    @classmethod
+    def load_for_model(cls, path: Union[str, os.PathLike], input_size: tuple[int, int],
+                       resize: bool = False, name: Optional[str] = None) -> "VerificationSet":
+        """Read a ``.bin`` for a model taking ``input_size`` (height, width) images: its images
+        must be that size (checked from the first image's header, before decoding:
+        :func:`facelt.data.image_size.require_image_size`) unless ``resize``, which resizes
+        every image once."""
+        from facelt.data.decode import encoded_image_size
+        from facelt.data.image_size import require_image_size
+        p = Path(path)
+        encoded, issame = read_bin(p)
+        size = (int(input_size[0]), int(input_size[1]))
+        if encoded and not resize:
+            w, h = encoded_image_size(bytes(encoded[0]), f"verification set {p}, image 0")
+            require_image_size((h, w), size, f"verification set {p}", "the model",
+                               "evaluate a model of the set's size, or give --resize to "
+                               "resize every image to the model's")
+        images = decode_images(encoded, where=f"verification set {p}",
+                               size=size if resize else None)
+        return cls(name or p.stem, p, images, issame)
+
     @property
     def pairs(self) -> int:
         return int(len(self.issame))
