@@ -531,3 +531,21 @@ def test_verify_and_ijb_out_are_checked_before_the_work(tmp_path, capsys):
     rc, out, err = _run(["ijb", "--root", str(tmp_path), "--target", "IJBC", "--features", str(f),
                          "--out", str(a_file / "sub")], capsys)
     assert rc == 2 and "a_file" in err and out == ""
+
+
+def test_train_never_writes_over_its_init_checkpoint(kit, tmp_path, capsys):
+    import shutil
+
+    from pipelines.synthetic_faces import write_synthetic_rec
+    recipe = str(Path(__file__).resolve().parents[1] / "configs" / "ms1m_lt.yaml")
+    write_synthetic_rec(tmp_path / "faces" / "train", counts=[2, 2], seed=5, size=32)
+    run = tmp_path / "run"
+    init = run / "stage2" / "checkpoint.pt"           # what stage 2 of this --out writes
+    init.parent.mkdir(parents=True)
+    shutil.copy(kit["ckpt"], init)
+    before = _snapshot(init)
+    rc, _, err = _run(["train", "--config", recipe, "--stage", "2", "--out", str(run), "--init",
+                       str(init), "--set", f"data.root={tmp_path / 'faces'}", "--set",
+                       "data.image_size=32", "--set", "device=cpu"], capsys)
+    assert rc == 2 and "--out" in err and "checkpoint.pt" in err and "destroy" in err
+    assert _snapshot(init) == before
