@@ -69,6 +69,8 @@ class DataConfig:
     """Per-channel normalisation mean (default: ImageNet for RGB, 0.5 for grey)."""
     std: list[float] = field(default_factory=list)
     num_workers: int = field(default=2, metadata={"ge": 0})
+    """Loader worker processes (0: load in the main process); at most the machine's cores are
+    started (``facelt.data.build.fitted_workers``: min(num_workers, cores))."""
     augment: bool = True
     """Random training augmentation (crop/flip/colour for lists, flip for faces); false: the test
     transform is used for training too (deterministic runs)."""
@@ -298,7 +300,7 @@ class LogConfig:
 @dataclass
 class Config:
     name: str = "run"
-    seed: int = 0
+    seed: int = field(default=0, metadata={"ge": 0})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU)."""
@@ -350,7 +352,9 @@ def _convert(value: Any, tp: Any, key: str, where: str, default: Any = None) -> 
         return _build(tp, value, key, where, default)
     if origin is Literal:
         choices = get_args(tp)
-        if value not in choices or type(value) is bool and not any(c is value for c in choices):
+        # the choice itself, of its type: 3.0 is not the literal 3 (a float channel count breaks
+        # the tensor shapes later), True is not 1
+        if not any(type(c) is type(value) and c == value for c in choices):
             raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {brief(value)}")
         return value
     if origin in (Union, types.UnionType):
@@ -454,8 +458,8 @@ def _build(cls, data: dict, prefix: str, where: str, default: Any = None):
     for k, v in data.items():
         dotted = f"{prefix}.{k}" if prefix else str(k)
         if k not in names:
-            raise ConfigError(f"{where}: unknown key '{dotted}' (known keys of "
-                              f"{prefix or 'the top level'}: {', '.join(sorted(names))})")
+            raise ConfigError(f"{where}: unknown key '{dotted}'{renamed_key_hint(dotted)} (known "
+                              f"keys of {prefix or 'the top level'}: {', '.join(sorted(names))})")
         kwargs[k] = _convert(v, hints[k], dotted, where, getattr(base, k))
         check_field_rules(kwargs[k], fields[k].metadata, dotted, where)
     return dataclasses.replace(base, **kwargs)
@@ -480,7 +484,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any, where: str) -> None:
         hints = _hints(cls) if cls is not None else {}
         if part not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"{where}: unknown key '{'.'.join(parts[:i + 1])}' (known: {known})")
+            dotted_here = '.'.join(parts[:i + 1])
+            raise ConfigError(f"{where}: unknown key '{dotted_here}'{renamed_key_hint(dotted)} "
+                              f"(known: {known})")
         tp = hints[part]
         if i == len(parts) - 1:
             node[part] = value
@@ -530,6 +536,16 @@ LEGACY_STAGE_KEYS = {
     "reach_scale": ("meta", "reach_scale"), "cos_scale": ("cosine", "scale"),
     "margin_scale": ("margin", "s"),
 }
+
+
+def renamed_key_hint(dotted: str) -> str:
+    """``"; it was renamed: use stage2.centroid_loss.weight"`` for a key of an older version
+    (:data:`LEGACY_STAGE_KEYS`), else ``""``."""
+    parts = dotted.split(".")
+    if len(parts) >= 2 and parts[0] in ("stage1", "stage2") and parts[1] in LEGACY_STAGE_KEYS:
+        section, key = LEGACY_STAGE_KEYS[parts[1]]
+        return f" (renamed: it is now {parts[0]}.{section}.{key})"
+    return ""
 
 
 #: stage keys whose default changed to the reference recipe (issue 13), with the value a saved

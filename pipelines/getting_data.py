@@ -40,6 +40,13 @@ HOWTO = {
         "--set data.train=SPLITS/ImageNet_LT_train.txt"),
 }
 
+HOWTO["fashion_lt"] = (
+    "Fashion-LT is built from the Fashion-MNIST IDX files: on Debian/Ubuntu "
+    "'apt-get install dataset-fashion-mnist' puts them in /usr/share/datasets/fashion-mnist "
+    "(or download them from github.com/zalandoresearch/fashion-mnist and pass --source DIR)",
+    "facelt prepare --dataset fashion_lt --out data/fashion_lt, then "
+    "facelt train --dataset fashion_lt")
+
 MEGAFACE_HOWTO = (
     "MegaFace challenge 1 needs the FaceScrub probe images (with facescrub_actors.txt / "
     "facescrub_actresses.txt) and the MegaFace 1M distractor set (megaface.cs.washington.edu), "

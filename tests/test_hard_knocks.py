@@ -396,7 +396,8 @@ def test_check_walks_the_whole_idx_and_rec(face_run, tmp_path, capsys):
     rec_dir.mkdir()
     for name in ("train.rec", "train.idx", "property"):
         shutil.copy(face_run["rec"].parent / name, rec_dir / name)
-    argv = ["check", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"), "--data-root", str(rec_dir)]
+    argv = ["check", "--config", str(ROOT / "configs" / "ms1m_lt.yaml"), "--data-root", str(rec_dir),
+            "--set", "data.image_size=32"]              # the rec's size (property 3,32,32)
     assert _run(argv, capsys)[0] == 0
     idx = (rec_dir / "train.idx").read_text().splitlines()
     key, off = idx[5].split("\t")

@@ -122,7 +122,7 @@ def test_verify_with_checkpoint_and_onnx_agree(stage2_checkpoint, tmp_path, caps
     path.write_bytes(pickle.dumps((bins, [i % 2 == 0 for i in range(20)])))
     res = {}
     for flag, src in (("--checkpoint", ckpt), ("--onnx", model)):
-        assert main(["verify", "--bin", str(path), flag, str(src), "--json"]) == 0
+        assert main(["verify", "--bin", str(path), flag, str(src), "--json", "--resize"]) == 0
         res[flag] = json.loads(capsys.readouterr().out)
     small = np.stack([cv2.resize(im, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for im in imgs])
     from facelt.faces.verification import verification_metrics

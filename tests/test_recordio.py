@@ -262,7 +262,9 @@ def test_cli_inspect_record_1_matches_expected(capsys, expected):
         assert row[field] == want[field], field
     assert _cli(["rec", "inspect", str(DATA / "faces")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 18 and table[0].split()[:2] == ["key", "offset"]
+    assert len(table) == 19 and table[0].split()[:2] == ["key", "offset"]
+    assert table[-1].startswith("17 records,") and "17 shown" in table[-1]
+    table = table[:-1]
     assert table[2].split() == ["1", "40", "0", "0", "1", "0", "524", want["payload_sha256"]]
     assert table[1].split()[3:5] == ["[13,", "17]"]
     assert len({len(line) for line in table}) == 1  # aligned columns

@@ -11,6 +11,7 @@ import sys
 
 from facelt.cli.common import apply_help_format
 from facelt.errors import FaceltError
+from facelt.utils.io import forget_created_folders, remove_created_empty_folders
 from facelt.utils.progress import set_quiet
 
 
@@ -59,18 +60,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if quiet:
         set_quiet(True)
+    forget_created_folders()
     try:
         rc = args.func(args)
     except FaceltError as exc:
+        remove_created_empty_folders()  # a refused command leaves no empty --out folder
         print(f"facelt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as cat does
+        silence_stdout()
+        return 141
     except Exception as exc:  # noqa: BLE001 -- a bug: say so, keep the traceback for the report
+        remove_created_empty_folders()
         report_internal_error(args.command, argv, exc)
         return 1
     return int(rc or 0)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush into a closed pipe raises
+    nothing."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is no file (captured by a test)
+        pass
 
 
 def report_internal_error(command: str, argv: list[str], exc: BaseException) -> None:

@@ -102,6 +102,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds, counts that may be zero)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("recipe")
     g.add_argument("--config", help="YAML recipe (see configs/)")

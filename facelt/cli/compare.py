@@ -77,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume,
                     same_epochs=args.same_epochs, weights=args.weights)
-    print(f"report: {Path(args.out) / 'report.md'}")
+    from facelt.parallel.process import is_primary_process
+    if is_primary_process():  # under torchrun: one final line, rank 0's
+        print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -22,18 +22,21 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from facelt.errors import FaceltError
-    from facelt.faces.onnx_io import compare_with_torch, export_onnx
+    from facelt.faces.onnx_io import export_checked_onnx
     from facelt.models.checkpoint import net_from_checkpoint
+    from facelt.utils.io import ensure_writable_file
+    from facelt.utils.outputs import refuse_output_over_inputs
+    refuse_output_over_inputs(args.out, [args.checkpoint], "--out")
+    ensure_writable_file(args.out, "--out")  # an existing folder, a read-only place: before work
     net, cfg, _ = net_from_checkpoint(args.checkpoint, torch.device("cpu"))
     if cfg.data.format != "rec":
         raise FaceltError(f"{args.checkpoint} was trained on list data (data.format: list, its own "
                           "mean/std and crop); ONNX export follows the face convention of rec-trained "
                           "models ((x - 127.5) / 127.5 at data.image_size)")
-    path = export_onnx(net, args.out, image_size=cfg.data.image_size, channels=cfg.data.channels,
-                       normalize=args.normalize)
+    path, cos = export_checked_onnx(net, args.out, cfg.data.image_size, cfg.data.channels,
+                                    args.normalize, check=not args.no_check)
     msg = f"{path}: input (N, {cfg.data.channels}, {cfg.data.image_size}, {cfg.data.image_size})"
-    if not args.no_check:
-        cos = compare_with_torch(path, net, cfg.data.image_size)
+    if cos is not None:
         msg += f"; onnxruntime vs facelt: min cosine {cos:.6f} over 8 random images"
     print(msg)
     from facelt.faces.insightface_route import insightface_route_warning

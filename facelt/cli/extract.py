@@ -31,8 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def refuse_out_over_sources(args: argparse.Namespace) -> None:
+    """``--out`` (and the manifest, source record, partial and progress files beside it) may be
+    none of the command's inputs: the model file, the rec's files or the list."""
+    from facelt.data.recordio import insightface_paths
+    from facelt.features.files import feature_file_outputs
+    from facelt.utils.outputs import refuse_output_over_inputs
+    rec = list(insightface_paths(args.rec)) if args.rec else []
+    refuse_output_over_inputs(args.out, [args.checkpoint, args.onnx, args.list_file, *rec],
+                              "--out", written=feature_file_outputs(args.out)[1:])
+
+
 def run(args: argparse.Namespace) -> int:
     check_onnx_output(args)
+    refuse_out_over_sources(args)
     ensure_writable_file(args.out, "--out")
     if args.onnx:
         import os
@@ -52,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     dist = D.setup(args.device)  # under torchrun: every process embeds its share of the rows
     try:
         net, cfg, _ = net_from_checkpoint(args.checkpoint, dist.device)
+        if args.rec:  # the one image-size rule, before any image is embedded
+            from facelt.data.image_size import check_rec_image_size
+            check_rec_image_size(args.rec, cfg.data.image_size,
+                                 f"the checkpoint {args.checkpoint} (data.image_size)")
         ds, rows = dataset_for(cfg, args.rec, args.list_file, args.root, args.images)
         path = extract_checkpoint_features(args.checkpoint, ds, rows, args.out, args.batch_size,
                                            not args.no_flip, args.device, net=net, dist=dist)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from facelt.cli.common import add_device_arg
+from facelt.cli.common import add_device_arg, positive_int
 
 
 def add_model_args(p: argparse.ArgumentParser, features_help: str) -> None:
@@ -18,7 +18,7 @@ def add_model_args(p: argparse.ArgumentParser, features_help: str) -> None:
                                     "insightface): evaluate them without training")
     g.add_argument("--features", action="append", help=features_help)
     add_onnx_output_arg(p)
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--no-flip", action="store_true", help="embed only the image, not its mirror")
     add_device_arg(p)
 

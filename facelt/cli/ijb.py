@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if one_n:  # read and check the 1:N lists before any embedding
         from facelt.faces.ijb_1n import ijb_1n_paths, read_1n_lists
         lists = read_1n_lists(ijb_1n_paths(args.root, args.target))
+    if args.out:  # before any work: nothing an input holds is overwritten, the folder is writable
+        refuse_out_over_inputs(args, paths)
     meta = read_meta(paths)
     features = _image_features(args, meta, paths)
     blocks = {}
@@ -67,6 +69,16 @@ def run(args: argparse.Namespace) -> int:
         blocks["1n"] = _run_1n(args, features, meta, lists, paths)
     _print(args, blocks)
     return 0
+
+
+def refuse_out_over_inputs(args: argparse.Namespace, paths) -> None:
+    from facelt.faces.ijb import ijb_output_files
+    from facelt.utils.io import ensure_writable_dir
+    from facelt.utils.outputs import refuse_output_over_inputs
+    inputs = [*(args.features or []), args.checkpoint, args.onnx, args.config, paths.faces,
+              paths.pairs, paths.landmarks]
+    refuse_output_over_inputs(args.out, inputs, "--out", written=ijb_output_files(args.out, embedding=not args.features))
+    ensure_writable_dir(args.out, "--out")
 
 
 def _image_features(args: argparse.Namespace, meta, paths):
@@ -97,11 +109,23 @@ def _print(args: argparse.Namespace, blocks: dict) -> None:
     if "11" in blocks:
         report = blocks["11"]
         print(f"{args.target}: {report['pairs']:,} pairs, {report['templates']:,} templates")
-        print("  ".join(f"TAR@FAR={k}: {100 * v:.2f}%" for k, v in report["tar_at_far"].items()))
+        print(tar_at_far_line(report))
         print(f"TAR rule: {report['tar_rule']}")
     if "1n" in blocks:
         from facelt.faces.ijb_1n import summary_lines
         print("\n".join(summary_lines(blocks["1n"], args.target)))
+
+
+def tar_at_far_line(report: dict) -> str:
+    """``TAR@FAR=1e-06: 12.00% (achieved 0.00%)  ...``; a FAR the impostor pairs cannot measure
+    says so (``not measurable from N impostor pairs``)."""
+    cells = []
+    for k, v in report["tar_at_far"].items():
+        if not report["far_measurable"][k]:
+            cells.append(f"TAR@FAR={k}: not measurable from {report['impostor']:,} impostor pairs")
+        else:
+            cells.append(f"TAR@FAR={k}: {100 * v:.2f}% (achieved {100 * report['achieved_far'][k]:.4g}%)")
+    return "  ".join(cells)
 
 
 def _run_1n(args: argparse.Namespace, features, meta, lists, paths) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from facelt.cli.common import non_negative_int
 from facelt.errors import FaceltError
 from pipelines.prepare_table import PREPARE_TABLE, PrepareRequest
 
@@ -17,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which benchmark to build")
     p.add_argument("--source", help="source data (see above)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (0 or more)")
     p.add_argument("--target-images", type=float,
                    help="ms1m_lt: expected number of kept images (default 887,500, the paper's)")
     p.add_argument("--splits", help="imagenet_lt / places_lt: folder of the public OLTR lists "

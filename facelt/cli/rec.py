@@ -1,7 +1,8 @@
 """``facelt rec``: look inside MXNet RecordIO files and pack images into them, without mxnet.
 
-``facelt rec inspect PREFIX [--json]`` prints one row per record of ``PREFIX.rec`` (key, offset,
-header, payload length and sha256); ``facelt rec pack --list L.lst --root DIR --out PREFIX``
+``facelt rec inspect PREFIX [--json] [--limit N]`` prints the first N rows (default 20; 0: all)
+of ``PREFIX.rec``, one per record (key, offset, header, payload length and sha256), and a summary
+line (records, bytes, property); ``facelt rec pack --list L.lst --root DIR --out PREFIX``
 is im2rec for the insightface layout: image file bytes stored as they are, grouped by label.
 """
 from __future__ import annotations
@@ -23,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions.required = True
     inspect = actions.add_parser("inspect", help="one row per record: key, offset, header, payload")
     inspect.add_argument("prefix", help="PREFIX of PREFIX.rec (and PREFIX.idx when present)")
-    inspect.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    inspect.add_argument("--json", action="store_true", help="JSON lines instead of a table (no "
+                                                             "summary line)")
+    inspect.add_argument("--limit", type=_count, default=20, metavar="N",
+                         help="print the first N records; 0 prints every record")
     pack = actions.add_parser("pack", help="im2rec without mxnet, insightface layout")
     pack.add_argument("--list", required=True, type=Path,
                       help="im2rec .lst: index<TAB>label<TAB>relative/path a line")
@@ -38,6 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {value}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.split(","))
@@ -48,7 +62,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     if args.rec_command == "inspect":
-        return _inspect(args.prefix, args.json)
+        return _inspect(args.prefix, args.json, args.limit)
     return _pack(args.list, args.root, args.out, args.image_size, args.force)
 
 
@@ -63,17 +77,28 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _inspect(prefix: str, as_json: bool) -> int:
-    from facelt.data.rec_inspect import inspect_records
+def _inspect(prefix: str, as_json: bool, limit: int) -> int:
+    import itertools
+
+    from facelt.data.rec_inspect import inspect_records, record_summary
     out = sys.stdout
     rows = inspect_records(prefix)
+    summary = record_summary(prefix)
     if not as_json:
         out.write("  ".join(name.rjust(width) for name, width in _COLUMNS).rstrip() + "\n")
-    for row in rows:
+    shown = 0
+    for row in itertools.islice(rows, limit or None):
+        shown += 1
         if as_json:
             out.write(json.dumps(row) + "\n")
         else:
             out.write("  ".join(_cell(row[name]).rjust(width) for name, width in _COLUMNS) + "\n")
+    if not as_json:
+        n = summary["records"]
+        prop = f"; property {summary['property']}" if summary["property"] else ""
+        more = "" if shown >= n else f" (--limit N shows N, --limit 0 all {n:,})"
+        out.write(f"{n:,} records, {summary['bytes']:,} bytes in {summary['rec']}{prop}; "
+                  f"{shown:,} shown{more}\n")
     return 0
 
 

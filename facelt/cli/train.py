@@ -33,11 +33,18 @@ def run(args: argparse.Namespace) -> int:
     missing = missing_data_message(cfg)
     if missing:
         raise DataError(missing)
+    from facelt.data.image_size import check_recipe_image_size
+    check_recipe_image_size(cfg)  # before the verification sets are decoded or a step is taken
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
-    ensure_writable_dir(out, "--out")
     stages = [1, 2] if args.stage == "all" else [int(args.stage)]
+    from facelt.utils.outputs import refuse_output_over_inputs
+    written = [out / f"stage{s}" / name for s in stages for name in ("checkpoint.pt", "best.pt")]
+    refuse_output_over_inputs(out, [args.init, args.config], "--out", written=written)
+    ensure_writable_dir(out, "--out")
     results = train(cfg, stages, out, resume=args.resume,
                     init_checkpoint=Path(args.init) if args.init else None)
-    for r in results:
-        print(f"stage {r.stage}: {r.checkpoint}")
+    from facelt.parallel.process import is_primary_process
+    if is_primary_process():  # under torchrun: one final line, rank 0's
+        for r in results:
+            print(f"stage {r.stage}: {r.checkpoint}")
     return 0

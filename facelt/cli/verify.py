@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a verification .bin (repeatable)")
     add_model_args(p, "precomputed features .npy, 2N rows in the .bin's image order (one "
                       "--features per --bin, in the same order)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize the .bin's images to the model's input size (bilinear); without "
+                        "it, images of another size are an error")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--out", help="folder for report.json and report.md")
     p.set_defaults(func=run)
@@ -24,18 +27,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facelt.faces.face_model import face_embedder
-    from facelt.faces.verification import (VerificationSet, verify_features_file,
-                                           write_verification_report)
+    from facelt.faces.verification import (VerificationSet, tar_text, verification_report_files,
+                                           verify_features_file, write_verification_report)
     if args.features and len(args.features) != len(args.bins):
         raise FaceltError(f"{len(args.bins)} --bin files but {len(args.features)} --features files: "
                           "give one features file per .bin, in the same order")
+    if args.out:  # before any work: nothing an input holds is overwritten, the folder is writable
+        from facelt.utils.io import ensure_writable_dir
+        from facelt.utils.outputs import refuse_output_over_inputs
+        refuse_output_over_inputs(args.out, [*args.bins, *(args.features or []), args.checkpoint,
+                                             args.onnx, args.config], "--out",
+                                  written=verification_report_files(args.out))
+        ensure_writable_dir(args.out, "--out")
     embedder = face_embedder(model_spec(args))
     results = []
     for i, path in enumerate(args.bins):
         if args.features:
             res = verify_features_file(path, args.features[i])  # no image decoding
         else:
-            vs = VerificationSet.load(path, name=Path(path).stem)
+            vs = VerificationSet.load_for_model(path, embedder.input_size, resize=args.resize,
+                                                name=Path(path).stem)
             res = vs.evaluate_model(embedder, batch_size=args.batch_size, flip=not args.no_flip)
         res["file"] = str(path)
         results.append(res)
@@ -43,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         write_verification_report(results, args.out)
     if args.json:
         keep = ("name", "file", "pairs", "accuracy", "std", "threshold", "xnorm", "val", "val_std",
-                "far")
+                "far", "far_target", "impostors", "far_measurable")
         rows = [{k: r[k] for k in keep if k in r} for r in results]
         print(json.dumps(rows[0] if len(rows) == 1 else rows))
     else:
@@ -51,5 +62,5 @@ def run(args: argparse.Namespace) -> int:
             xn = f"  XNorm {r['xnorm']:.4f}" if "xnorm" in r else ""
             print(f"{r['name']}: {r['pairs']} pairs  accuracy {100 * r['accuracy']:.2f}% "
                   f"+- {100 * r['std']:.2f}  threshold {r['threshold']:.3f}  "
-                  f"TAR@FAR={r['far_target']:g} {100 * r['val']:.2f}%{xn}")
+                  f"{tar_text(r['val'], r['far_target'], r['far'], r['impostors'])}{xn}")
     return 0

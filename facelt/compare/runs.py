@@ -1,6 +1,7 @@
 """Training (or reusing) the run of each compared method under ``OUT/runs/<method>/stageN``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,6 +34,15 @@ def _first_difference(saved, now, default, key: str) -> Optional[str]:
     return None if saved == now else f"{key}: checkpoint {saved!r}, now {now!r}"
 
 
+#: recipe keys naming folders: compared as the folders they resolve to (another --data-root is
+#: another run; ./data and data are the same)
+PATH_KEYS = {("data", "root"), ("data", "splits_dir")}
+
+
+def _real(value):
+    return os.path.realpath(value) if isinstance(value, str) and value else value
+
+
 def recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
     """The first recipe key where ``saved`` differs from ``cfg``; a key the saved config lacks
     (written before the key existed) counts at its default; flat keys of older versions are read
@@ -40,7 +50,8 @@ def recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
     saved = upgrade_saved_config(saved)
     now = cfg.to_dict()
     defaults = Config().to_dict()
-    keys = [("seed",), ("model",), (f"stage{stage}",), ("data", "train"), ("data", "image_size"),
+    keys = [("seed",), ("model",), (f"stage{stage}",), ("data", "format"), ("data", "root"),
+            ("data", "splits_dir"), ("data", "train"), ("data", "image_size"),
             ("data", "channels"), ("data", "num_classes")]
     for key in keys:
         a, b, d = saved, now, defaults
@@ -48,6 +59,8 @@ def recipe_diff(saved: dict, cfg: Config, stage: int) -> Optional[str]:
             a = a.get(part) if isinstance(a, dict) else None
             b = b.get(part) if isinstance(b, dict) else None
             d = d.get(part) if isinstance(d, dict) else None
+        if key in PATH_KEYS:  # the folder the images come from, however it was spelled
+            a, b = _real(a), _real(b)
         diff = _first_difference(a, b, d, ".".join(key))
         if diff is not None:
             return diff

@@ -163,13 +163,27 @@ def eval_indices(n: int, rank: int, world: int) -> list[int]:
     return list(range(rank, n, world))
 
 
+def fitted_workers(requested: int) -> int:
+    """The loader worker processes to start for ``data.num_workers: requested``: at most the CPU
+    cores this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``), so a recipe
+    tuned for a big machine (ms1m_lt: 8) neither warns nor oversubscribes a small one."""
+    import os
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover -- not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(int(requested), max(1, cores)))
+
+
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler=None,
                 drop_last: bool = False, pin: bool = False, persistent: bool = False,
                 collate_fn=None) -> DataLoader:
     """``persistent``: keep the worker processes between epochs (the training loader: a new
     epoch then starts without forking and warming ``num_workers`` processes again);
     ``collate_fn``: the loader's default when None (e.g.
-    :func:`facelt.data.device_decode.collate_encoded` for encoded records)."""
+    :func:`facelt.data.device_decode.collate_encoded` for encoded records). ``num_workers`` is
+    fitted to the cores (:func:`fitted_workers`)."""
+    num_workers = fitted_workers(num_workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, drop_last=drop_last, pin_memory=pin,
                       persistent_workers=persistent and num_workers > 0, collate_fn=collate_fn)

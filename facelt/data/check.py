@@ -33,6 +33,8 @@ def check_recipe_data(cfg: "Config", decode: bool = False) -> dict:
         if split is not None:
             report[name] = _split_entry(name, split, k)
     check_train_classes_are_evaluated(splits, cfg.data.num_classes)
+    from facelt.data.image_size import check_recipe_image_size
+    check_recipe_image_size(cfg)  # the one image-size rule, also without --decode
     problems = []
     for name, split in splits.items():
         if split is None:

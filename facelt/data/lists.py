@@ -20,6 +20,7 @@ import numpy as np
 from facelt.data.shots import shot_counts
 from facelt.errors import DataError
 from facelt.utils.io import atomic_path
+from facelt.utils.limits import MAX_LABEL
 from facelt.utils.progress import progress
 
 OPEN_LABEL = -1
@@ -155,6 +156,9 @@ def read_list(path: str | os.PathLike) -> ImageList:
         label = int(tok)
         if label < OPEN_LABEL:
             raise _bad_line(path, lineno, raw, f"label {label} is negative but not -1")
+        if label > MAX_LABEL:
+            raise _bad_line(path, lineno, raw, f"label {label} is above {MAX_LABEL:,}, the "
+                                               "largest class index facelt takes")
         items.append(item)
         labels.append(label)
         linenos.append(lineno)

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from facelt.data.recordio import RecordReader, check_rec_complete, insightface_paths, unpack
 
-__all__ = ["inspect_records"]
+__all__ = ["inspect_records", "record_summary"]
 
 
 def inspect_records(prefix: str | Path) -> Iterator[dict]:
@@ -30,3 +30,20 @@ def _rows(reader: RecordReader) -> Iterator[dict]:
         yield {"key": key, "offset": offset, "flag": header.flag, "label": label, "id": header.id,
                "id2": header.id2, "payload_len": len(payload),
                "payload_sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def record_summary(prefix: str | Path) -> dict:
+    """``{rec, records, bytes, indexed, property}`` of ``PREFIX.rec``: the record count (the
+    ``.idx``'s, else a walk of the file), its size and the ``property`` line (None when absent)."""
+    rec_path, idx_path, prop_path = insightface_paths(prefix)
+    reader = RecordReader(rec_path, idx_path if idx_path.is_file() else None)
+    try:
+        count = len(reader)
+        size = reader.file_size()
+    finally:
+        reader.close()
+    prop = None
+    if prop_path.is_file():
+        prop = prop_path.read_bytes()[:100].decode("ascii", "replace").strip()
+    return {"rec": str(rec_path), "records": int(count), "bytes": int(size),
+            "indexed": idx_path.is_file(), "property": prop}

@@ -18,6 +18,7 @@ insightface layout (``train.rec``/``train.idx``/``property``): record 0 has flag
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import os
 import struct
@@ -28,6 +29,7 @@ from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from facelt.errors import DataError
+from facelt.utils.limits import MAX_LABEL
 from facelt.utils.io import atomic_path, remove_stale_temporaries
 
 MAGIC = 0xCED7230A
@@ -880,9 +882,10 @@ def _from_headers(reader: RecordReader):
     labels = np.empty(keys.size, np.int64)
     for i, key in enumerate(keys.tolist()):
         value = _first_label(reader.read_header(key))
-        if value < -1 or value != int(value):
+        if not math.isfinite(value) or value < -1 or value != int(value) or value > MAX_LABEL:
             raise DataError(f"{reader.where(key, reader.offset_of(key))}: label {value} is not a "
-                            "class index (integer >= 0, or -1 for an open-set image)")
+                            f"class index (integer 0 .. {MAX_LABEL:,}, or -1 for an open-set "
+                            "image)")
         labels[i] = int(value)
     ranges = None
     if (labels.size and labels.min() >= 0 and (np.diff(labels) >= 0).all()

@@ -3,11 +3,9 @@ checkpoint, an ONNX recognition model, or a recipe whose ``model.pretrained`` na
 (:class:`FaceModelSpec`), and a fingerprint of it for resumable feature files."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from facelt.errors import FaceltError
 
@@ -61,9 +59,12 @@ def face_embedder(spec: FaceModelSpec):
     return None
 
 
-def model_fingerprint(spec: FaceModelSpec, rows: list[str], extra: Optional[dict] = None) -> str:
+def model_fingerprint(spec: FaceModelSpec, rows: list[str], extra: Optional[dict] = None,
+                      data_files: Sequence[Path] = ()) -> str:
     """Names the model file (path, size, mtime; a recipe's weights file too), the settings that
-    change features (``flip``, ``extra``) and the rows."""
+    change features (``flip``, ``extra``), the rows and, with ``data_files``, the images' content
+    (:func:`facelt.utils.fingerprint.derived_file_fingerprint`)."""
+    from facelt.utils.fingerprint import derived_file_fingerprint
     model = spec.path
     if not model.is_file():
         raise FaceltError(f"model {model}: not found")
@@ -71,11 +72,7 @@ def model_fingerprint(spec: FaceModelSpec, rows: list[str], extra: Optional[dict
     if spec.config:  # the recipe and the weights it names
         from facelt.config import load_config
         files.append(Path(load_config(spec.config).model.pretrained))
-    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     extra = dict(extra or {})
     if spec.onnx_output:
         extra["onnx_output"] = spec.onnx_output
-    h = hashlib.sha256(json.dumps([stamp, spec.flip, extra]).encode())
-    for r in rows:
-        h.update(r.encode() + b"\n")
-    return h.hexdigest()
+    return derived_file_fingerprint(files, rows, [spec.flip, extra], data_files)

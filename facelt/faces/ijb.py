@@ -121,11 +121,12 @@ def text_lines(path: Union[str, os.PathLike]) -> list[str]:
 
 def read_landmarks(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``<t>_name_5pts_score.txt``: names, (N, 5, 2) landmarks, (N,) detector scores."""
-    names, rows = [], []
+    names, rows, line_nos = [], [], []
     for ln, line in enumerate(text_lines(path), 1):
         parts = line.split()
         if not parts:
             continue
+        line_nos.append(ln)
         if len(parts) != 12:
             raise DataError(f"{path} line {ln}: {len(parts)} fields; expected 12 (image, ten "
                             "landmark coordinates, detector score)")
@@ -136,7 +137,14 @@ def read_landmarks(path: Union[str, os.PathLike]) -> tuple[list[str], np.ndarray
         names.append(parts[0])
     if not names:
         raise DataError(f"{path}: no images")
-    arr = np.asarray(rows, dtype=np.float32)
+    arr = np.asarray(rows, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1) | (arr[:, 10] < 0))
+    if len(bad):
+        lines = ", ".join(str(line_nos[i]) for i in bad[:5])
+        raise DataError(f"{path}: line(s) {lines}{' ...' if len(bad) > 5 else ''}: landmarks must "
+                        "be finite and the detector score a finite number >= 0 (NaN, inf or a "
+                        "negative value given)")
+    arr = arr.astype(np.float32)
     return names, arr[:, :10].reshape(-1, 5, 2), arr[:, 10]
 
 
@@ -246,8 +254,8 @@ def iter_pairs(path: Union[str, os.PathLike], block: int = PAIR_BLOCK
 # ------------------------------------------------------------------------------ aggregation
 
 def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool = True,
-                      normalize_images: bool = False, block_rows: int = 1 << 14
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      normalize_images: bool = False, block_rows: int = 1 << 14,
+                      where: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
     """``(template_ids, feats)``: sorted unique template ids and their L2-normalised features.
 
     ``features`` are the raw flip-summed image features in the 5-points order (an array, a
@@ -261,10 +269,24 @@ def template_features(features: np.ndarray, meta: IJBMeta, detector_score: bool 
         raise DataError(f"IJB features of shape {shape}: expected ({n}, d), one row per "
                         "line of the 5-points file, in its order")
 
+    if where is None:
+        where = f"features {features.path}" if isinstance(features, FeatureFile) else "the image features"
+
     def read(rows_sorted: np.ndarray) -> np.ndarray:
         if isinstance(features, FeatureFile):  # positional reads: no mapped pages kept
-            return features.read_rows(rows_sorted)
-        return np.asarray(features[rows_sorted])
+            x = features.read_rows(rows_sorted)
+        else:
+            x = np.asarray(features[rows_sorted])
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        if len(bad):  # one NaN row would silently lower TAR
+            rows = rows_sorted[bad]
+            kind = "NaN" if np.isnan(x[bad]).any() else "inf"
+            more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+            r = int(rows[0])
+            raise DataError(f"{where}: row {r} (image {meta.names[r]}, template "
+                            f"{int(meta.templates[r])}) holds non-finite values ({kind}){more}; "
+                            "features must be finite (re-extract them)")
+        return x
 
     order = np.lexsort((meta.medias, meta.templates))
     t_sorted, m_sorted = meta.templates[order], meta.medias[order]
@@ -386,35 +408,62 @@ def sklearn_kept_points(fps: np.ndarray, tps: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, corner, True])
 
 
+def strict_point(fpr: np.ndarray, tpr: np.ndarray, far: float) -> int:
+    """``strict``: the index of the ROC point with the highest TPR among those with FPR <= FAR
+    (the first such; index 0, the (0, 0) point, when none is higher)."""
+    ok = np.flatnonzero(fpr <= far)
+    if len(ok) == 0:
+        return 0
+    return int(ok[np.argmax(tpr[ok])])
+
+
+def nearest_point(fpr: np.ndarray, far: float) -> int:
+    """``insightface``: the index of the ROC point (``fpr`` ascending) whose FPR is nearest FAR;
+    of equal distances the last (eval_ijbc.py flips the curve and takes the first minimum)."""
+    d = np.abs(fpr - far)
+    return int(np.flatnonzero(d == d.min())[-1])
+
+
 def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, fars=FARS) -> dict[str, float]:
     """``strict``: for each FAR the highest TPR among ROC points with FPR <= FAR (0 when none)."""
-    out = {}
-    for f in fars:
-        ok = fpr <= f
-        out[far_key(f)] = float(tpr[ok].max()) if ok.any() else 0.0
-    return out
+    return {far_key(f): float(tpr[strict_point(fpr, tpr, f)]) if (fpr <= f).any() else 0.0
+            for f in fars}
 
 
 def tar_at_nearest_far(fpr: np.ndarray, tpr: np.ndarray, fars=FARS) -> dict[str, float]:
-    """``insightface``: for each FAR the TPR of the ROC point (``fpr`` ascending, as roc_curve
-    returns it) whose FPR is nearest FAR; of equal distances the last such point (eval_ijbc.py
-    flips the curve and takes the first minimum of ``(|fpr - far|, index)``)."""
-    out = {}
-    for f in fars:
-        d = np.abs(fpr - f)
-        out[far_key(f)] = float(tpr[np.flatnonzero(d == d.min())[-1]])
-    return out
+    """``insightface``: for each FAR the TPR of the ROC point nearest it (:func:`nearest_point`)."""
+    return {far_key(f): float(tpr[nearest_point(fpr, f)]) for f in fars}
+
+
+def rule_rates(fps: np.ndarray, tps: np.ndarray, pos: int, neg: int, rule: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of the ROC points ``rule`` chooses from (``insightface``: the points
+    scikit-learn's ``roc_curve`` keeps)."""
+    if rule not in TAR_RULES:
+        raise FaceltError(f"unknown TAR rule {rule!r} (known: {', '.join(TAR_RULES)})")
+    if rule == "strict":
+        return roc_rates(fps, tps, pos, neg)
+    keep = sklearn_kept_points(fps, tps)
+    return roc_rates(fps[keep], tps[keep], pos, neg)
 
 
 def tar_table(fps: np.ndarray, tps: np.ndarray, pos: int, neg: int, rule: str = "strict",
               fars=FARS) -> dict[str, float]:
     """TAR at each FAR from the ROC counts by ``rule`` (:data:`TAR_RULES`)."""
-    if rule not in TAR_RULES:
-        raise FaceltError(f"unknown TAR rule {rule!r} (known: {', '.join(TAR_RULES)})")
+    fpr, tpr = rule_rates(fps, tps, pos, neg, rule)
     if rule == "strict":
-        return tar_at_far(*roc_rates(fps, tps, pos, neg), fars)
-    keep = sklearn_kept_points(fps, tps)
-    return tar_at_nearest_far(*roc_rates(fps[keep], tps[keep], pos, neg), fars)
+        return tar_at_far(fpr, tpr, fars)
+    return tar_at_nearest_far(fpr, tpr, fars)
+
+
+def achieved_far_table(fps: np.ndarray, tps: np.ndarray, pos: int, neg: int,
+                       rule: str = "strict", fars=FARS) -> dict[str, float]:
+    """The FAR actually reached at the ROC point ``rule`` picks for each FAR (the false accepts
+    over the impostor pairs), printed beside every TAR."""
+    fpr, tpr = rule_rates(fps, tps, pos, neg, rule)
+    pick = (lambda f: strict_point(fpr, tpr, f)) if rule == "strict" else \
+        (lambda f: nearest_point(fpr, f))
+    return {far_key(f): float(fpr[pick(f)]) for f in fars}
 
 
 def evaluate_ijb(features: np.ndarray, meta: IJBMeta, pairs_path: Union[str, os.PathLike],
@@ -423,6 +472,7 @@ def evaluate_ijb(features: np.ndarray, meta: IJBMeta, pairs_path: Union[str, os.
                  ) -> tuple[dict, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """``(report, scores, (fpr, tpr))`` of the 1:1 protocol from raw image features; TAR at FAR
     by ``tar_rule`` (:data:`TAR_RULES`, named in the report)."""
+    from facelt.faces.verification import far_measurable
     if tar_rule not in TAR_RULES:
         raise FaceltError(f"unknown TAR rule {tar_rule!r} (known: {', '.join(TAR_RULES)})")
     tids, tfeats = template_features(features, meta, detector_score, normalize_images)
@@ -439,6 +489,9 @@ def evaluate_ijb(features: np.ndarray, meta: IJBMeta, pairs_path: Union[str, os.
         "normalize_images": bool(normalize_images),
         "tar_rule": TAR_RULES[tar_rule],
         "tar_at_far": tar_table(fps, tps, pos, neg, tar_rule, fars),
+        "achieved_far": achieved_far_table(fps, tps, pos, neg, tar_rule, fars),
+        # a FAR below 1 / impostors is no rate these pairs can measure (fewer than one false accept)
+        "far_measurable": {far_key(f): far_measurable(f, neg) for f in fars},
     }
     return report, scores, (fpr, tpr)
 
@@ -487,7 +540,12 @@ def ijb_image_features(spec, meta: IJBMeta, image_dir: Union[str, os.PathLike],
         raise FaceltError(f"the model takes {size[0]}x{size[1]} images; IJB faces are aligned "
                           "to the 112x112 ArcFace template (or a multiple of it)")
     out = Path(out_dir) / "features.npy"
-    fp = model_fingerprint(spec, meta.names, {"ijb": target})
+    # the model, the rows, the landmarks the faces are aligned with and the images themselves:
+    # features made before the landmarks or the photos changed are not reused
+    import hashlib
+    marks = hashlib.sha256(np.ascontiguousarray(meta.landmarks, dtype="<f4").tobytes()).hexdigest()
+    fp = model_fingerprint(spec, meta.names, {"ijb": target, "landmarks": marks},
+                           data_files=[Path(image_dir) / n for n in meta.names])
     if not finished_with(out, fp):
         embed_to_file(embedder, aligned_batches(meta, image_dir, batch_size, size[0]), out,
                       len(meta), normalize=False, flip=spec.flip, fingerprint=fp)
@@ -495,6 +553,16 @@ def ijb_image_features(spec, meta: IJBMeta, image_dir: Union[str, os.PathLike],
 
 
 # ------------------------------------------------------------------------------------ report
+
+def ijb_output_files(out_dir: Union[str, os.PathLike], embedding: bool = True) -> list[Path]:
+    """Every file ``facelt ijb --out OUT`` may write: the 1:1 and 1:N reports and, when
+    ``embedding``, the image features (with the files beside them while unfinished)."""
+    from facelt.features.files import feature_file_outputs
+    out = Path(out_dir)
+    names = ("report.json", "report.md", "roc.png", "pair_scores.npy", "report_1n.json",
+             "report_1n.md", "candidates_1n.npz")
+    return [out / n for n in names] + (feature_file_outputs(out / "features.npy") if embedding else [])
+
 
 def write_ijb_report(report: dict, scores: np.ndarray, roc: tuple[np.ndarray, np.ndarray],
                      out_dir: Union[str, os.PathLike], target: str) -> None:
@@ -517,10 +585,32 @@ def write_ijb_report(report: dict, scores: np.ndarray, roc: tuple[np.ndarray, np
              f"- TAR at FAR: {report.get('tar_rule', TAR_RULES['strict'])}", "",
              "| FAR | " + " | ".join(report["tar_at_far"]) + " |",
              "|---" * (len(report["tar_at_far"]) + 1) + "|",
-             "| TAR | " + " | ".join(f"{100 * v:.2f}%" for v in report["tar_at_far"].values()) + " |",
+             "| TAR | " + " | ".join(f"{100 * v:.2f}%" if report["far_measurable"][k] else
+                                     "not measurable" for k, v in report["tar_at_far"].items()) + " |",
+             "| achieved FAR | " + " | ".join(f"{100 * v:.4g}%" for v in
+                                              report["achieved_far"].values()) + " |", "",
+             f"A FAR below 1 / {report['impostor']:,} impostor pairs is not measurable.",
              "", "![ROC](roc.png)", ""]
     write_text(out / "report.md", "\n".join(lines))
     _plot_roc(roc, out / "roc.png", target)
+
+
+def roc_plot_points(roc: tuple[np.ndarray, np.ndarray], max_points: int = 20000
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[float, float]]:
+    """``(far %, tar %, x limits, y limits)`` of the ROC plot: rates in % like every facelt plot,
+    the curve thinned to ``max_points`` on the log FAR axis (its shape kept), limits with a margin
+    so that no point sits on the plot's edge."""
+    fpr, tpr = roc
+    keep = fpr > 0
+    if keep.sum() > max_points:
+        grid = np.geomspace(fpr[keep].min(), 1.0, max_points)
+        idx = np.unique(np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, len(fpr) - 1))
+        fx, ty = fpr[idx], tpr[idx]
+    else:
+        fx, ty = fpr[keep], tpr[keep]
+    fx, ty = 100.0 * fx, 100.0 * ty
+    low = min(1e-4, float(fx.min()) if len(fx) else 1e-4)  # 1e-4 % = FAR 1e-6
+    return fx, ty, (low / 2.0, 100.0 * 2.0), (-3.0, 103.0)
 
 
 def _plot_roc(roc: tuple[np.ndarray, np.ndarray], path: Path, title: str) -> None:
@@ -529,21 +619,14 @@ def _plot_roc(roc: tuple[np.ndarray, np.ndarray], path: Path, title: str) -> Non
     import matplotlib.pyplot as plt
 
     from facelt.utils.io import atomic_path
-    fpr, tpr = roc
-    keep = fpr > 0
-    if keep.sum() > 20000:  # thin the curve on the log axis; keep its shape
-        grid = np.geomspace(fpr[keep].min(), 1.0, 20000)
-        idx = np.unique(np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, len(fpr) - 1))
-        fx, ty = fpr[idx], tpr[idx]
-    else:
-        fx, ty = fpr[keep], tpr[keep]
+    fx, ty, xlim, ylim = roc_plot_points(roc)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot(fx, ty, lw=1.5)
     ax.set_xscale("log")
-    ax.set_xlim(1e-6, 1.0)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("False accept rate (log)")
-    ax.set_ylabel("True accept rate")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("False accept rate (%, log)")
+    ax.set_ylabel("True accept rate (%)")
     ax.set_title(f"{title} 1:1 ROC")
     ax.grid(True, which="both", alpha=0.3)
     with atomic_path(path) as tmp:

@@ -382,7 +382,8 @@ def evaluate_ijb_1n(features, meta: IJBMeta, lists: OneToNLists, detector_score:
                     features_name: str = "the image features",
                     faces_file: str = "face_tid_mid") -> tuple[dict, SearchResult]:
     """``(report, search)`` of the 1:N protocol from raw image features in the 5-points order."""
-    tids, tfeats = template_features(features, meta, detector_score, normalize_images)
+    tids, tfeats = template_features(features, meta, detector_score, normalize_images,
+                                     where=features_name)
     g_rows = np.concatenate([_rows_of(tids, g, faces_file) for g in lists.galleries])
     p_rows = _rows_of(tids, lists.probes, faces_file)
     check_finite_templates(tfeats, tids, np.concatenate([g_rows, p_rows]), features, meta,

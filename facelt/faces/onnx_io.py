@@ -347,6 +347,33 @@ def compare_with_torch(path: Union[str, os.PathLike], net: torch.nn.Module, imag
     return float(cos.min())
 
 
+#: the smallest cosine between onnxruntime's and facelt's embeddings an export may show
+MIN_EXPORT_COSINE = 0.999
+
+
+def export_checked_onnx(net: torch.nn.Module, out: Union[str, os.PathLike], image_size: int = 112,
+                        channels: int = 3, normalize: Normalize = "outside", check: bool = True
+                        ) -> tuple[Path, Optional[float]]:
+    """``facelt export``: :func:`export_onnx` to a temporary name, then (``check``) the
+    :func:`compare_with_torch` parity check, then the rename onto ``out``; returns ``(out, min
+    cosine or None)``.  A min cosine that is not above :data:`MIN_EXPORT_COSINE` (NaN included)
+    is a :class:`~facelt.errors.FaceltError` and ``out``'s previous file, if any, is kept."""
+    from facelt.errors import FaceltError
+    from facelt.utils.io import atomic_path
+    out = Path(out)
+    cos = None
+    with atomic_path(out) as tmp:
+        export_onnx(net, tmp, image_size=image_size, channels=channels, normalize=normalize)
+        if check:
+            cos = compare_with_torch(tmp, net, image_size)
+            if not cos > MIN_EXPORT_COSINE:  # NaN compares false
+                raise FaceltError(f"{out}: onnxruntime's embeddings differ from facelt's (min "
+                                  f"cosine {cos:.6f} over 8 random images, expected > "
+                                  f"{MIN_EXPORT_COSINE}); nothing was written (--no-check skips "
+                                  "the comparison)")
+    return out, cos
+
+
 def extract_onnx_features(model: Union[str, os.PathLike], out: Union[str, os.PathLike],
                           rec: str | None = None, list_file: str | None = None, root: str = ".",
                           images: str | None = None, batch_size: int = 256,
@@ -357,6 +384,11 @@ def extract_onnx_features(model: Union[str, os.PathLike], out: Union[str, os.Pat
     listed."""
     from facelt.features.embed import image_source
     embedder = OnnxEmbedder(model, output=output)
+    if rec:  # the one image-size rule, before any image is embedded
+        from facelt.data.image_size import rec_image_size, require_image_size
+        require_image_size(rec_image_size(rec), embedder.input_size, str(rec),
+                           f"the ONNX model {model}",
+                           "embed with a model of the rec's image size, or repack the rec")
     src = image_source(rec, list_file, root, images)
     return extract_onnx_source_features(embedder, src, out, batch_size, flip), len(src.rows)
 
@@ -365,26 +397,19 @@ def extract_onnx_source_features(model: Union[str, os.PathLike, "OnnxEmbedder"],
                                  out: Union[str, os.PathLike], batch_size: int = 256,
                                  flip: bool = True) -> Path:
     """Embed the images of ``source`` (a :class:`facelt.features.embed.ImageSource`) with an ONNX model
-    (a path or an :class:`OnnxEmbedder`) into ``out``: flip-sum + L2, resumable, reused when
-    made from the same model file and rows; the row manifest ``out``'s ``.rows.txt`` is written
-    beside it. The cache is keyed on the model file, the rows and the images' content
-    (:meth:`~facelt.features.embed.ImageSource.fingerprint`). Returns the feature file."""
-    import hashlib
-    import json
-
+    (a path or an :class:`OnnxEmbedder`) into ``out``: flip-sum + L2, resumable, reused only when
+    made from the same model file, settings, rows and image content; the row manifest ``out``'s
+    ``.rows.txt`` is written beside it. Returns the feature file."""
     from facelt.features.embed import embed_to_file
-    from facelt.features.files import finished_with, write_manifest
+    from facelt.features.files import finished_with, manifest_path, write_manifest
+    from facelt.utils.fingerprint import derived_file_fingerprint
     embedder = model if isinstance(model, OnnxEmbedder) else OnnxEmbedder(model)
-    st = embedder.path.stat()
-    h = hashlib.sha256(json.dumps([str(embedder.path.resolve()), st.st_size, st.st_mtime_ns,
-                                   bool(flip), embedder.output_name]).encode())
-    for r in source.rows:
-        h.update(r.encode() + b"\n")
-    h.update(source.fingerprint().encode())  # the images' content, not only their names
-    fp = h.hexdigest()
+    # the model file, the settings, the rows and the images' content: other pixels re-extract
+    fp = derived_file_fingerprint([embedder.path], source.rows, [bool(flip), embedder.output_name],
+                                  source.data_files, source.index_files)
     path = Path(out)
     if not finished_with(path, fp):
         path = embed_to_file(embedder, source.batches(batch_size, f"features {path.name}"), path,
                              len(source.rows), normalize=True, flip=flip, fingerprint=fp)
-    write_manifest(Path(f"{path.with_suffix('')}.rows.txt"), source.rows)
+    write_manifest(manifest_path(path), source.rows)
     return path

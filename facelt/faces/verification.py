@@ -229,6 +229,22 @@ def threshold_at_far(dist: np.ndarray, issame: np.ndarray, far_target: float,
     return float(t0 + (far_target - f0) * (t1 - t0) / (f1 - f0))
 
 
+def far_measurable(far: float, impostors: int) -> bool:
+    """Whether ``impostors`` impostor pairs can measure a FAR of ``far``: one false accept is a
+    rate of ``1 / impostors``, so a smaller FAR is not measurable (0 or 1 false accepts decide it)."""
+    return impostors > 0 and far * impostors >= 1.0
+
+
+def tar_text(tar: float, far_target: float, achieved: float, impostors: int) -> str:
+    """``TAR@FAR=0.001 97.50% (achieved FAR 0.0010)``, or the same saying the FAR is not
+    measurable from ``impostors`` impostor pairs."""
+    text = f"TAR@FAR={far_target:g} {100 * tar:.2f}% (achieved FAR {100 * achieved:.2f}%)"
+    if not far_measurable(far_target, impostors):
+        text += (f" [FAR {far_target:g} not measurable: {impostors} impostor pairs, one false "
+                 f"accept is {1 / max(impostors, 1):.2g}]")
+    return text
+
+
 def verification_metrics(features: np.ndarray, issame: np.ndarray, num_folds: int = NUM_FOLDS,
                          far_target: float = FAR_TARGET) -> dict:
     """insightface's verification protocol on ``(2N, d)`` features (rows ``2i``, ``2i+1`` a pair)."""
@@ -238,6 +254,7 @@ def verification_metrics(features: np.ndarray, issame: np.ndarray, num_folds: in
         raise DataError(f"{len(dist)} feature pairs for {len(issame)} labels")
     n = len(dist)
     accs, best, vals, fars = [], [], [], []
+    impostors = n
     for a, b in fold_bounds(n, num_folds):
         train = np.ones(n, dtype=bool)
         train[a:b] = False
@@ -245,6 +262,7 @@ def verification_metrics(features: np.ndarray, issame: np.ndarray, num_folds: in
         t = float(ACC_THRESHOLDS[int(np.argmax(curve))])  # the first maximum
         best.append(t)
         accs.append(float(accuracy_curve(dist[a:b], issame[a:b], np.array([t]))[0]))
+        impostors = min(impostors, int((~issame[train]).sum()))
         tv = threshold_at_far(dist[train], issame[train], far_target)
         v, f = tar_far(dist[a:b], issame[a:b], tv)
         vals.append(v)
@@ -260,6 +278,8 @@ def verification_metrics(features: np.ndarray, issame: np.ndarray, num_folds: in
         "val_std": float(np.std(vals)),
         "far": float(np.mean(fars)),
         "far_target": float(far_target),
+        "impostors": int(impostors),  # the fewest impostor pairs a threshold was chosen on
+        "far_measurable": far_measurable(far_target, impostors),
     }
 
 
@@ -288,6 +308,27 @@ class VerificationSet:
         images = decode_images(encoded, where=f"verification set {p}", size=size)
         return cls(name or p.stem, p, images, issame)
 
+    @classmethod
+    def load_for_model(cls, path: Union[str, os.PathLike], input_size: tuple[int, int],
+                       resize: bool = False, name: Optional[str] = None) -> "VerificationSet":
+        """Read a ``.bin`` for a model taking ``input_size`` (height, width) images: its images
+        must be that size (checked from the first image's header, before decoding:
+        :func:`facelt.data.image_size.require_image_size`) unless ``resize``, which resizes
+        every image once."""
+        from facelt.data.decode import encoded_image_size
+        from facelt.data.image_size import require_image_size
+        p = Path(path)
+        encoded, issame = read_bin(p)
+        size = (int(input_size[0]), int(input_size[1]))
+        if encoded and not resize:
+            w, h = encoded_image_size(bytes(encoded[0]), f"verification set {p}, image 0")
+            require_image_size((h, w), size, f"verification set {p}", "the model",
+                               "evaluate a model of the set's size, or give --resize to "
+                               "resize every image to the model's")
+        images = decode_images(encoded, where=f"verification set {p}",
+                               size=size if resize else None)
+        return cls(name or p.stem, p, images, issame)
+
     @property
     def pairs(self) -> int:
         return int(len(self.issame))
@@ -298,6 +339,8 @@ class VerificationSet:
         if feats.ndim != 2 or feats.shape[0] != 2 * self.pairs:
             raise DataError(f"{self.name}: features of shape {feats.shape}; expected "
                             f"({2 * self.pairs}, d), two rows per pair in the .bin's order")
+        from facelt.utils.finite import check_finite_rows
+        check_finite_rows(feats, f"embeddings of {self.path}")
         return {"name": self.name, **verification_metrics(feats, self.issame)}
 
     def evaluate_model(self, model: Any, device: Any = "cpu", batch_size: int = 64,
@@ -327,7 +370,15 @@ def verify_features_file(bin_path: Union[str, os.PathLike],
     if ff.rows != 2 * len(issame):
         raise FaceltError(f"features {ff.path}: {ff.rows} rows, but {bin_path} holds "
                           f"{len(issame)} pairs ({2 * len(issame)} images)")
-    return {"name": Path(bin_path).stem, **verification_metrics(ff.read(0, ff.rows), issame)}
+    from facelt.utils.finite import check_finite_rows
+    feats = ff.read(0, ff.rows)
+    check_finite_rows(feats, ff.path)  # one NaN row would score as a coin flip
+    return {"name": Path(bin_path).stem, **verification_metrics(feats, issame)}
+
+
+def verification_report_files(out: Union[str, os.PathLike]) -> list[Path]:
+    """The files :func:`write_verification_report` writes into folder ``out``."""
+    return [Path(out) / "report.json", Path(out) / "report.md"]
 
 
 def write_verification_report(results: list[dict], out: Union[str, os.PathLike]) -> None:
@@ -339,10 +390,11 @@ def write_verification_report(results: list[dict], out: Union[str, os.PathLike])
     lines = ["# Face verification (insightface protocol)", "",
              "10 folds in file order; best training-fold threshold on squared L2 distance of "
              "L2-normalised flip-summed embeddings; accuracy = mean +- std of the fold accuracies.",
-             "", "| set | pairs | accuracy | std | threshold | XNorm | TAR@FAR=1e-3 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| set | pairs | accuracy | std | threshold | XNorm | TAR@FAR=1e-3 | achieved FAR |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         xn = f"{r['xnorm']:.4f}" if "xnorm" in r else "n/a"
         lines.append(f"| {r['name']} | {r['pairs']:,} | {100 * r['accuracy']:.2f}% | "
-                     f"{100 * r['std']:.2f} | {r['threshold']:.3f} | {xn} | {100 * r['val']:.2f}% |")
+                     f"{100 * r['std']:.2f} | {r['threshold']:.3f} | {xn} | {100 * r['val']:.2f}% | "
+                     f"{100 * r['far']:.2f}%{'' if r.get('far_measurable', True) else ' (not measurable)'} |")
     write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -4,8 +4,6 @@
 when already made from the same checkpoint file, rows and image content (:func:`source_fingerprint`)."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +12,7 @@ from torch.utils.data import Dataset, Subset
 
 from facelt.data.build import make_loader
 from facelt.errors import FaceltError
+from facelt.features.files import manifest_path
 from facelt.models.checkpoint import net_from_checkpoint
 from facelt.parallel.process import pick_device
 from facelt.utils.progress import image_batches
@@ -91,22 +90,13 @@ def extract_checkpoint_features(checkpoint: str | Path, dataset: Dataset, rows: 
     return path
 
 
-def manifest_path(features: str | Path) -> Path:
-    """``F.npy`` -> ``F.rows.txt``: the row names of a feature file, one a line."""
-    return Path(f"{Path(features).with_suffix('')}.rows.txt")
-
-
 def source_fingerprint(checkpoint: str | Path, rows: list[str], flip: bool,
                        dataset: Optional[Dataset] = None) -> str:
     """Names the checkpoint file (path, size, mtime), the exact rows embedded and, with
-    ``dataset``, the content of its image source (``image_source_fingerprint``)."""
-    st = Path(checkpoint).stat()
-    h = hashlib.sha256(json.dumps([str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns,
-                                   bool(flip)]).encode())
-    for r in rows:
-        h.update(r.encode() + b"\n")
+    ``dataset``, the content of its image source (``derived_file_fingerprint``)."""
+    from facelt.utils.fingerprint import derived_file_fingerprint
+    files: tuple = ((), ())
     if dataset is not None:
         from facelt.data.build import dataset_source_files
-        from facelt.utils.fingerprint import image_source_fingerprint
-        h.update(image_source_fingerprint(*dataset_source_files(dataset)).encode())
-    return h.hexdigest()
+        files = dataset_source_files(dataset)
+    return derived_file_fingerprint([checkpoint], rows, [bool(flip)], *files)

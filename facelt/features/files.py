@@ -38,6 +38,19 @@ def source_path(path: Union[str, os.PathLike]) -> Path:
     return p.with_name(p.name + SOURCE_SUFFIX)
 
 
+def manifest_path(features: Union[str, os.PathLike]) -> Path:
+    """``F.npy`` -> ``F.rows.txt``: the row names of a feature file, one a line."""
+    return Path(f"{Path(features).with_suffix('')}.rows.txt")
+
+
+def feature_file_outputs(path: Union[str, os.PathLike]) -> list[Path]:
+    """Every file an extraction into ``path`` writes: the ``.npy``, its row manifest, its source
+    record, and its ``.partial`` and progress files while unfinished."""
+    p = Path(path)
+    return [p, manifest_path(p), source_path(p), p.with_name(p.name + PARTIAL_SUFFIX),
+            p.with_name(p.name + PROGRESS_SUFFIX)]
+
+
 def finished_with(path: Union[str, os.PathLike], fingerprint: str) -> bool:
     """True when ``path`` is a finished feature file made from the source ``fingerprint`` names."""
     src = source_path(path)
@@ -230,8 +243,10 @@ def write_feature_memmap(path: Union[str, os.PathLike], rows: int, dim: int,
     """
     if rows < 0 or dim < 1:
         raise ValueError(f"bad feature shape ({rows}, {dim})")
+    from facelt.utils.outputs import open_no_follow, refuse_symlink
     tmp = partial_path(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    refuse_symlink(tmp, "partial feature file")  # never truncate or map a link's target
     if reuse and tmp.exists():
         try:
             mm = np.load(tmp, mmap_mode="r+")
@@ -244,8 +259,9 @@ def write_feature_memmap(path: Union[str, os.PathLike], rows: int, dim: int,
             return mm
         raise DataError(f"partial feature file {tmp}: shape {mm.shape} {mm.dtype}, expected "
                         f"({rows}, {dim}) float32; delete it to start over")
+    fd = open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "partial feature file")
     try:
-        with open(tmp, "wb") as fh:
+        with open(fd, "wb") as fh:
             np.lib.format.write_array_header_1_0(fh, {"descr": FEATURE_DTYPE.str,
                                                       "fortran_order": False,
                                                       "shape": (int(rows), int(dim))})

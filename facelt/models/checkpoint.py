@@ -80,10 +80,22 @@ def check_checkpoint_structure(state: dict[str, Any], path: str | Path) -> None:
                               "expected a tensor")
 
 
+def check_finite_weights(model_state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Raise :class:`CheckpointError` naming ``path``, the first parameter key holding NaN or inf
+    and how many keys do: such a network classifies every image alike (confidence nan)."""
+    bad = [k for k, v in model_state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more keys)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{path}: model weight '{bad[0]}'{more} holds NaN or inf values; "
+                              "the run diverged or the file is damaged: use an earlier checkpoint")
+
+
 def net_from_checkpoint(path: str | Path, device: torch.device) -> tuple[OLTRNet, Config, dict]:
     """Rebuild the network a checkpoint was trained with and load its weights (strictly);
     returns ``(net on device, in eval mode; its config; the checkpoint dict)``."""
     state = load_checkpoint(path)
+    check_finite_weights(state["model"], path)
     where = f"{path} (embedded config)"
     cfg = check_component_names(config_from_dict(upgrade_saved_config(state["config"]), where), where)
     net = build_net(cfg, int(state["stage"]), int(state["num_classes"]))

@@ -42,6 +42,12 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def is_primary_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (or runs alone): the one that prints
+    a command's final line."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(requested_device: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun (idempotent)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -7,12 +7,17 @@ and modification times plus ``samples`` windows of bytes spread evenly over thei
 re-packing other pixels under the same keys changes the ``.rec``'s mtime (and, almost always,
 sampled bytes and sizes), so it changes the fingerprint.  Cost: one stat a file, the index files
 read once, ``samples x window`` bytes read (256 KiB by default), whatever the source's size.
+
+:func:`derived_file_fingerprint` is what every cached artefact (a feature file) is named by: the
+model files (path, size, mtime), the settings that change it, the exact rows, and the image
+source's content (:func:`image_source_fingerprint`).
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
 import itertools
+import json
 import os
 from pathlib import Path
 from typing import Sequence, Union
@@ -69,4 +74,23 @@ def image_source_fingerprint(data_files: Sequence[PathLike], index_files: Sequen
                 h.update(fh.read(take))
             pos += take
             want -= take
+    return h.hexdigest()
+
+
+def derived_file_fingerprint(model_files: Sequence[PathLike], rows: Sequence[str], settings: object,
+                             data_files: Sequence[PathLike] = (),
+                             index_files: Sequence[PathLike] = ()) -> str:
+    """A hex sha256 naming everything a derived file (features) is computed from: each model file
+    (resolved path, size, mtime), ``settings`` (JSON-able: flip, an output name ...), the rows in
+    order and, when given, the content of the images (``data_files`` / ``index_files``, see
+    :func:`image_source_fingerprint`)."""
+    stamp = []
+    for f in map(Path, model_files):
+        st = _stat(f)
+        stamp.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    h = hashlib.sha256(json.dumps([stamp, settings]).encode())
+    for r in rows:
+        h.update(str(r).encode() + b"\n")
+    if data_files or index_files:
+        h.update(image_source_fingerprint(data_files, index_files).encode())
     return h.hexdigest()

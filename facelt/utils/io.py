@@ -123,6 +123,36 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+#: folders :func:`ensure_writable_dir` created in this process (the topmost new one of each)
+_CREATED_FOLDERS: list[Path] = []
+
+
+def forget_created_folders() -> None:
+    """Start a new command: folders created before are no longer its to remove."""
+    _CREATED_FOLDERS.clear()
+
+
+def remove_created_empty_folders() -> list[Path]:
+    """Remove the folders :func:`ensure_writable_dir` created in this process that hold no file
+    (empty sub-folders are removed with them); a folder holding any file is kept whole.  What a
+    failed command calls, so that it leaves no empty output folder behind.  Returns the removed."""
+    removed = []
+    while _CREATED_FOLDERS:
+        top = _CREATED_FOLDERS.pop()
+        if not top.is_dir() or top.is_symlink():
+            continue
+        walked = list(os.walk(top, topdown=False))
+        if any(files for _, _, files in walked):
+            continue
+        try:
+            for folder, _, _ in walked:
+                os.rmdir(folder)
+        except OSError:
+            continue
+        removed.append(top)
+    return removed
+
+
 def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Create folder ``path`` if needed and check a file can be written in it, before any work.
 
@@ -132,6 +162,10 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{what} {folder} is a file, expected a folder")
+    new = None
+    probe_at = folder.absolute()
+    while not probe_at.exists() and probe_at != probe_at.parent and not probe_at.is_symlink():
+        new, probe_at = probe_at, probe_at.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -142,6 +176,8 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
         raise OutputError(f"{what} {folder} cannot be created: permission denied") from None
     except OSError as exc:
         raise OutputError(f"{what} {folder} cannot be created: {exc.strerror}") from None
+    if new is not None:
+        _CREATED_FOLDERS.append(new)
     try:
         fd, probe = tempfile.mkstemp(prefix=".facelt-write-check.", dir=folder)
     except PermissionError:

@@ -16,6 +16,12 @@ from facelt.errors import DataError, FaceltError
 __all__ = ["memory_limit_bytes", "check_allocation", "format_bytes"]
 
 
+#: the largest class index a list or a rec may hold: 16.7M identities (the largest public face
+#: sets hold a few million); a larger label is a damaged file, and would size the classifier,
+#: the class counts and the identity ranges by it
+MAX_LABEL = 2 ** 24 - 1
+
+
 def format_bytes(n: int) -> str:
     """``1288490188`` -> ``'1.2 GiB'`` (for messages)."""
     value = float(n)

@@ -7,7 +7,8 @@ holder. The kernel drops a flock when its process dies (also after ``kill -9``),
 of a killed run is stale by construction: the next run takes it over and rewrites the holder.
 Where flock is not enforced (some network file systems), the recorded holder is checked as well:
 a holder on this host whose pid is alive blocks; a dead pid on this host is stale (O_CREAT without
-O_EXCL: the file of a killed run is reused, never a reason to refuse).
+O_EXCL: the file of a killed run is reused, never a reason to refuse). A symbolic link at the
+lock's path is refused (naming it), never followed: its target is never truncated.
 
 Under torchrun only rank 0 takes the lock (:func:`lock_run_folder` with ``primary=False`` is a
 no-op); the trainer shares rank 0's verdict with the other ranks.
@@ -25,6 +26,7 @@ from typing import Optional
 
 from facelt.errors import OutputError
 from facelt.utils.io import pid_alive
+from facelt.utils.outputs import open_no_follow
 
 LOCK_NAME = ".facelt.lock"
 
@@ -124,7 +126,7 @@ def lock_run_folder(folder: str | os.PathLike, primary: bool = True,
     folder.mkdir(parents=True, exist_ok=True)
     path = lock_path(folder)
     for _ in range(50):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT, "the run lock")  # never via a link
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
