@@ -229,13 +229,12 @@ def lr_factor(st: StageConfig, epoch: int) -> float:
         return (1.0 + math.cos(math.pi * (epoch + 1) / st.epochs)) / 2.0
     if st.lr_schedule in ("cosine_annealing", "multistep"):
         warm = min(st.warmup_epochs, st.epochs - 1)
-        if epoch < warm:
-            # LDAM-DRW / RIDE / GPaCo warm up linearly to the full LR at epoch ``warm``
-            factor = (epoch + 1) / warm
-            return factor * (st.lr_gamma ** sum(1 for m in st.lr_milestones if m <= epoch)
-                             if st.lr_schedule == "multistep" else factor)
+        # LDAM-DRW / RIDE / GPaCo warm up linearly to the full LR at epoch ``warm``
+        warmup = (epoch + 1) / warm if epoch < warm else 1.0
         if st.lr_schedule == "multistep":
-            return st.lr_gamma ** sum(1 for m in st.lr_milestones if m <= epoch)
+            return warmup * st.lr_gamma ** sum(1 for m in st.lr_milestones if m <= epoch)
+        if epoch < warm:
+            return warmup
         return (1.0 + math.cos(math.pi * (epoch - warm) / (st.epochs - warm))) / 2.0
     warm = min(st.warmup_epochs, st.epochs - 1)
     if epoch < warm:
