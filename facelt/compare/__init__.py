@@ -28,7 +28,9 @@ F-measure on test + open; plus the threshold-free known-vs-open AUROC.
 Open-set thresholds: probability scores (``msp``, ``openmax``) use ``eval.threshold`` as in the
 paper; unbounded scores (``energy``, ``max_logit``) get the threshold that accepts, on the *val*
 split's known images, the same fraction as the same model's MSP at ``eval.threshold`` (so they are
-compared at the same operating point); ``tau_norm`` picks tau on val accuracy.
+compared at the same operating point); ``tau_norm`` picks tau on val accuracy. Beside its own
+score, every method's ``open_set`` has ``best_f`` (the best-F threshold on test + open: an oracle
+point) and ``by_score`` (MSP, energy and max-logit on the same logits: :mod:`facelt.compare.scores`).
 """
 from __future__ import annotations
 
