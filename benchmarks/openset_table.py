@@ -1,6 +1,6 @@
 """Closed- and open-set table over seeds from the per-seed reports of ``facelt compare --seeds``
 (``OUT/seed<N>/report.json``): per method, mean ± sample std over the seeds of the closed-set
-many / medium / few accuracy, the F-measure at the method's threshold (``eval.threshold`` for
+overall / many / medium / few accuracy, the F-measure at the method's threshold (``eval.threshold`` for
 max softmax), the best-F threshold and the F there (an oracle point on test + open), the AUROC of
 the method's score, and the AUROC of energy and max-logit on the same logits (``by_score``).
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEAD = ["method", "closed many", "closed medium", "closed few", "F at threshold",
+HEAD = ["method", "closed overall", "closed many", "closed medium", "closed few", "F at threshold",
         "best-F threshold", "best F", "AUROC (its score)", "AUROC energy", "AUROC max-logit"]
 
 
@@ -42,7 +42,7 @@ def table(reports: list[dict]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for m in reports[0]["methods"]:
         per = [r["methods"][m] for r in reports]
-        cols = [[_get(p, "closed_set", k) for p in per] for k in ("many", "medium", "few")]
+        cols = [[_get(p, "closed_set", k) for p in per] for k in ("overall", "many", "medium", "few")]
         cols.append([_get(p, "open_set", "f_measure") for p in per])
         row = [m] + [_cell(c) for c in cols]
         row.append(_cell([_get(p, "open_set", "best_f", "threshold") for p in per], 1.0, 3))
