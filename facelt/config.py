@@ -159,6 +159,120 @@ class LogitAdjustedConfig:
 
 
 @dataclass
+class NormedLinearConfig:
+    """The normalised linear classifier (``head: normed_linear``; each expert of ``head: ride``)."""
+
+    scale: float = field(default=1.0, metadata={"gt": 0})
+    """``logits = scale * cos(v, w_k)``: 1 as LDAM-DRW's ``NormedLinear`` (its loss multiplies by
+    ``ldam.s``), 30 as RIDE's experts (then ``ldam.scale_logits: false``)."""
+
+
+@dataclass
+class LDAMConfig:
+    """``loss: ldam`` (and the LDAM-DRW part of ``loss: ride``): per-class margins
+    ``max_m * (n_min / n_k)^(1/4)``, scale ``s``, deferred re-weighting (facelt/losses/ldam.py)."""
+
+    max_m: float = field(default=0.5, metadata={"gt": 0})
+    s: float = field(default=30.0, metadata={"gt": 0})
+    scale_logits: bool = True
+    """Multiply the head's logits by ``s`` (cosine logits in); false when the head already did
+    (``normed_linear.scale`` = ``s``)."""
+    drw_epoch: int = field(default=-1, metadata={"ge": -1})
+    """First epoch (0-based) with the effective-number class weights (DRW); -1: never."""
+    beta: float = field(default=0.9999, metadata={"ge": 0, "lt": 1})
+    """Effective-number beta of the DRW weights."""
+
+
+@dataclass
+class RIDEConfig:
+    """``loss: ride``: LDAM-DRW per expert (the ``ldam`` section) + the distribution-aware
+    diversity term (facelt/losses/ride.py)."""
+
+    base_loss_factor: float = 1.0
+    diversity_factor: float = -0.2
+    diversity_temperature: float = field(default=1.0, metadata={"gt": 0})
+    reweight_factor: float = field(default=0.05, metadata={"ge": 0, "le": 1})
+
+
+@dataclass
+class LabelAwareSmoothingConfig:
+    """``loss: label_aware_smoothing`` (MiSLAS): per-class smoothing from ``smooth_head`` (largest
+    class) to ``smooth_tail`` (smallest) along ``shape``."""
+
+    smooth_head: float = field(default=0.3, metadata={"ge": 0, "lt": 1})
+    smooth_tail: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+    shape: Literal["concave", "linear", "convex", "exp"] = "concave"
+    power: Optional[float] = field(default=None, metadata={"gt": 0})
+    """``shape: exp`` only."""
+
+
+@dataclass
+class ClassBalancedConfig:
+    """``loss: class_balanced`` (weight balancing's stage 2: the reference's softmax ``CB_loss``)."""
+
+    beta: float = field(default=0.9999, metadata={"ge": 0, "lt": 1})
+
+
+@dataclass
+class PaCoConfig:
+    """``head: paco`` / ``loss: paco`` (GPaCo): classifier centres inside a supervised contrastive
+    loss over two views of each image and a queue of past keys (facelt/losses/paco.py)."""
+
+    alpha: float = field(default=0.05, metadata={"ge": 0})
+    """Weight of the sample-sample positives."""
+    beta: float = field(default=1.0, metadata={"ge": 0})
+    """Weight of the sample-centre positive."""
+    gamma: float = field(default=1.0, metadata={"ge": 0})
+    """Weight of the samples in the denominator."""
+    temperature: float = field(default=0.2, metadata={"gt": 0})
+    """The reference's ``moco-t``."""
+    queue_size: int = field(default=8192, metadata={"ge": 1})
+    projection_dim: int = field(default=128, metadata={"ge": 1})
+    mlp: bool = True
+    """MoCo v2's 3-layer MLP projection (else one Linear)."""
+    log_prior: bool = True
+    """Add ``log pi_c`` to the centre logits (the reference's long-tailed form)."""
+
+
+@dataclass
+class LWSConfig:
+    """``head: lws``."""
+
+    train_classifier: bool = False
+    """False: stage 1's classifier stays frozen and only the scales learn (Kang et al.); true: it
+    trains too, at ``classifier_lr * classifier_lr_factor`` (MiSLAS's stage 2: factor 0.05)."""
+    classifier_lr_factor: float = field(default=1.0, metadata={"ge": 0})
+
+
+@dataclass
+class MixupConfig:
+    """mixup of each training batch (MiSLAS's stage 1): one ``lam ~ Beta(alpha, alpha)`` per
+    batch; ``alpha: 0`` (the default) is off."""
+
+    alpha: float = field(default=0.0, metadata={"ge": 0})
+
+
+@dataclass
+class MaxNormConfig:
+    """MaxNorm on the classifier's per-class weight norms (weight balancing's stage 2): radius
+    ``min + thresh * (max - min)`` of the norms the stage starts from; ``thresh: null`` is off."""
+
+    thresh: Optional[float] = field(default=None, metadata={"ge": 0, "le": 1})
+    every: Literal["epoch", "step"] = "epoch"
+    """Project after each epoch's steps (the reference) or after every optimizer step."""
+
+
+@dataclass
+class TwoViewConfig:
+    """Two views of each training image in one batch (``loss: paco``): each view a random crop
+    (``pad`` pixels of zero padding) and horizontal flip of the loaded image, drawn per image."""
+
+    enabled: bool = False
+    pad: int = field(default=4, metadata={"ge": 0})
+    flip: bool = True
+
+
+@dataclass
 class CentroidLossConfig:
     """The discriminative-centroid loss, added for heads that keep centroids (``meta``)."""
 
@@ -191,10 +305,26 @@ class StageConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     margin: MarginConfig = field(default_factory=MarginConfig)
     fslwf: FSLwFConfig = field(default_factory=FSLwFConfig)
+    normed_linear: NormedLinearConfig = field(default_factory=NormedLinearConfig)
+    lws: LWSConfig = field(default_factory=LWSConfig)
+    experts: int = field(default=1, metadata={"ge": 1})
+    """Multi-expert body (RIDE): the backbone's later stages (ResNet ``layer3``-``layer4``, the
+    small CNN's last block) ``experts`` times, each with fresh weights, after one shared early
+    part; ``v`` is the experts' pooled features side by side (``experts * C``). Needs
+    ``neck: pool`` and no attention; ``head: ride`` gives each expert its classifier."""
     loss: str = "ce"
     """Classification loss on the logits: a name of ``facelt.losses.classification.LOSSES``."""
     focal: FocalConfig = field(default_factory=FocalConfig)
     logit_adjusted: LogitAdjustedConfig = field(default_factory=LogitAdjustedConfig)
+    ldam: LDAMConfig = field(default_factory=LDAMConfig)
+    ride: RIDEConfig = field(default_factory=RIDEConfig)
+    label_aware_smoothing: LabelAwareSmoothingConfig = field(
+        default_factory=LabelAwareSmoothingConfig)
+    class_balanced: ClassBalancedConfig = field(default_factory=ClassBalancedConfig)
+    paco: PaCoConfig = field(default_factory=PaCoConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    maxnorm: MaxNormConfig = field(default_factory=MaxNormConfig)
+    two_views: TwoViewConfig = field(default_factory=TwoViewConfig)
     aux_loss: str = "none"
     """Feature loss added to the classification loss (the paper's Table 3 baselines): a name of
     ``facelt.losses.feature.AUX_LOSSES``."""
@@ -237,17 +367,26 @@ class StageConfig:
     centroids_lr: float = field(default=0.01, metadata={"ge": 0})
     momentum: float = field(default=0.9, metadata={"ge": 0, "le": 1})
     weight_decay: float = field(default=5e-4, metadata={"ge": 0})
-    lr_schedule: Literal["step", "cosine", "poly"] = "step"
+    lr_schedule: Literal["step", "cosine", "poly", "cosine_annealing", "multistep"] = "step"
     """``step``: multiply by ``lr_gamma`` every ``lr_step`` epochs (OLTR); ``cosine``: cosine
     annealing to 0 over the stage's epochs, stepped at each epoch's start as classifier-balancing's
     cRT / LWS (10 epochs from 0.2: 0.195, 0.181, ..., 0.0049, 0); ``poly``: linear
     warmup over ``warmup_epochs``, then ``(1 - t)^poly_power`` decay to 0 (arcface_torch). The
-    LR is set once per epoch."""
+    LR is set once per epoch. ``cosine_annealing``: ``(1 + cos(pi (epoch - w) / (epochs - w))) / 2``
+    after ``w = warmup_epochs`` epochs of linear warmup ``(epoch + 1) / w`` (PyTorch's
+    CosineAnnealingLR stepped after each epoch, so epoch 1 trains at the full LR: MiSLAS, weight
+    balancing); ``multistep``: ``lr_gamma ** (milestones <= epoch)`` after the same warmup
+    (LDAM-DRW, RIDE)."""
+    lr_milestones: list[int] = field(default_factory=list, metadata={"ge": 1})
+    """``multistep``: the 0-based epochs from which the LR is multiplied by ``lr_gamma`` once more."""
+    nesterov: bool = False
+    """Nesterov momentum (RIDE)."""
     lr_step: int = field(default=10, metadata={"ge": 1})
     """Step LR: multiply by ``lr_gamma`` every ``lr_step`` epochs."""
     lr_gamma: float = field(default=0.1, metadata={"gt": 0})
     warmup_epochs: int = field(default=0, metadata={"ge": 0})
-    """``poly``: epochs of linear warmup (from ``1 / (warmup_epochs + 1)`` of the LR)."""
+    """Epochs of linear warmup: ``poly``: from ``1 / (warmup_epochs + 1)`` of the LR;
+    ``cosine_annealing`` / ``multistep``: ``(epoch + 1) / warmup_epochs`` (LDAM-DRW, RIDE, GPaCo)."""
     poly_power: float = field(default=2.0, metadata={"gt": 0})
     centroid_loss: CentroidLossConfig = field(default_factory=CentroidLossConfig)
     checkpoint_every: int = field(default=0, metadata={"ge": 0})

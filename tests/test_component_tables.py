@@ -31,7 +31,7 @@ def _train(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("override, message", [
     ("stage2.head=foo", "stage2.head: unknown head 'foo' (known: linear, cosine, meta, arcface, "
-                        "cosface, lws, fslwf)"),
+                        "cosface, lws, normed_linear, ride, paco, fslwf)"),
     ("model.backbone=vgg16", "model.backbone: unknown backbone 'vgg16' (known: resnet10, "),
     ("stage1.loss=hinge", "stage1.loss: unknown loss 'hinge' (known: ce, focal, "),
     ("stage2.aux_loss=center", "stage2.aux_loss: unknown feature loss 'center' (known: none, "),

@@ -28,7 +28,9 @@ F-measure on test + open; plus the threshold-free known-vs-open AUROC.
 Open-set thresholds: probability scores (``msp``, ``openmax``) use ``eval.threshold`` as in the
 paper; unbounded scores (``energy``, ``max_logit``) get the threshold that accepts, on the *val*
 split's known images, the same fraction as the same model's MSP at ``eval.threshold`` (so they are
-compared at the same operating point); ``tau_norm`` picks tau on val accuracy.
+compared at the same operating point); ``tau_norm`` picks tau on val accuracy. Beside its own
+score, every method's ``open_set`` has ``best_f`` (the best-F threshold on test + open: an oracle
+point) and ``by_score`` (MSP, energy and max-logit on the same logits: :mod:`facelt.compare.scores`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from facelt.compare.evaluator import MethodEvaluator, Outputs
 from facelt.compare.methods import BASE_METHOD, MethodSpec, load_method, method_config
 from facelt.compare.report import COLUMNS, bar_chart, markdown_table, method_report
 from facelt.compare.runs import ensure_trained, recipe_diff, run_dir
+from facelt.compare.scores import best_f, score_variants
 from facelt.data.build import Split, build_split
 from facelt.data.shots import shot_rule_text
 from facelt.errors import ConfigError, FaceltError
@@ -157,6 +160,7 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
             counts = np.asarray(state["class_counts"], dtype=np.int64)
             need_val, need_train = _needs(spec)
             val = get(ckpt, "val") if need_val else None
+            val_all = get(ckpt, "val")  # the val-matched thresholds of the other scores
             evaluator = MethodEvaluator(spec, net, counts, device)
             evaluator.prepare(val, get(ckpt, "train") if need_train else None)
             test = get(ckpt, "test")
@@ -176,6 +180,11 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
             rep = method_report(evaluator.outputs(test), test.labels,
                                 evaluator.outputs(open_c) if open_c else None, counts,
                                 threshold, ev.many, ev.few, ev.shot_rule)
+            rep["open_set"]["best_f"] = best_f(evaluator.outputs(test), test.labels,
+                                               evaluator.outputs(open_c) if open_c else None,
+                                               spec.score, list(ev.sweep))
+            rep["open_set"]["by_score"] = score_variants(evaluator, test, open_c, val_all,
+                                                         ev.threshold)
             rep.update(checkpoint=str(ckpt), weights=weights_label(state, ckpt),
                        train=spec.train, posthoc=spec.posthoc,
                        score=spec.score, details=evaluator.info, method_file=str(spec.source))
@@ -192,7 +201,9 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
         "threshold": ev.threshold,
         "protocol": ("closed: top-1 on test; open: test + open, rejected when score < threshold; "
                      "msp/openmax at eval.threshold, energy/max_logit at the val-matched "
-                     "operating point of MSP; auroc: known vs open by the score"),
+                     "operating point of MSP; auroc: known vs open by the score; best_f: the "
+                     "best-F threshold on test + open (an oracle point); by_score: every logit "
+                     "score on the same logits"),
         "shot_rule": shot_rule_text(ev.shot_rule, ev.many, ev.few) + "; bucket accuracy = "
                      "mean of per-class accuracies; overall = accuracy over known test images",
     }

@@ -27,15 +27,21 @@ class Outputs:
     score: np.ndarray   # open-set score, higher = known (N,)
 
 
-def _score_fn(spec: MethodSpec) -> Callable[[np.ndarray], np.ndarray]:
-    if spec.score == "msp":
+#: the open-set scores with a logit form (every method whose score is one of them is also
+#: reported under the others: :func:`facelt.compare.scores.score_variants`)
+LOGIT_SCORES = ("msp", "energy", "max_logit")
+
+
+def _score_fn(spec: MethodSpec, score: Optional[str] = None) -> Callable[[np.ndarray], np.ndarray]:
+    score = score or spec.score
+    if score == "msp":
         return msp
-    if spec.score == "energy":
+    if score == "energy":
         temp = float(spec.score_args.get("T", 1.0))
         return lambda lg: energy(lg, temp)
-    if spec.score == "max_logit":
+    if score == "max_logit":
         return max_logit
-    raise ConfigError(f"{spec.source}: score {spec.score!r} has no logit form")
+    raise ConfigError(f"{spec.source}: score {score!r} has no logit form")
 
 
 class MethodEvaluator:
@@ -114,11 +120,13 @@ class MethodEvaluator:
                          unfitted_classes=om.unfitted)
 
     # ------------------------------------------------------------------ outputs
-    def outputs(self, data: Collected) -> Outputs:
+    def outputs(self, data: Collected, score_name: Optional[str] = None) -> Outputs:
+        """Predictions and the method's open-set score (``score_name``: another logit score of
+        :data:`LOGIT_SCORES` on the same transformed logits)."""
         n = len(data.labels)
         pred = np.zeros(n, np.int64)
         score = np.zeros(n, np.float64)
-        score_fn = None if self.openmax else _score_fn(self.spec)
+        score_fn = None if self.openmax else _score_fn(self.spec, score_name)
         for sl, f, lg in chunk_logits(self.net, data.features, self.device):
             if self.openmax is not None:
                 _, best, sc = self.openmax.predict(lg, self._av(f, lg))

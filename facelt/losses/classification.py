@@ -109,6 +109,48 @@ def logit_adjusted_loss(class_counts: Counts, tau: float = 1.0) -> ShiftedCrossE
     return ShiftedCrossEntropy(shift)
 
 
+def _ldam(st: StageConfig, counts: Counts) -> nn.Module:
+    from facelt.losses.ldam import LDAMLoss
+    c = st.ldam
+    return LDAMLoss(counts, max_m=c.max_m, s=c.s, defer_epoch=c.drw_epoch, beta=c.beta,
+                    scale_logits=c.scale_logits)
+
+
+def _ride(st: StageConfig, counts: Counts) -> nn.Module:
+    from facelt.losses.output_losses import ExpertLogitsLoss
+    from facelt.losses.ride import RIDELoss
+    c, r = st.ldam, st.ride
+    return ExpertLogitsLoss(RIDELoss(counts, max_m=c.max_m, s=c.s, defer_epoch=c.drw_epoch,
+                                     beta=c.beta, base_loss_factor=r.base_loss_factor,
+                                     diversity_factor=r.diversity_factor,
+                                     diversity_temperature=r.diversity_temperature,
+                                     reweight_factor=r.reweight_factor))
+
+
+def _label_aware_smoothing(st: StageConfig, counts: Counts) -> nn.Module:
+    from facelt.losses.label_aware_smoothing import LabelAwareSmoothingLoss
+    c = st.label_aware_smoothing
+    return LabelAwareSmoothingLoss(counts, c.smooth_head, c.smooth_tail, c.shape, c.power)
+
+
+def _class_balanced(st: StageConfig, counts: Counts) -> nn.Module:
+    from facelt.losses.class_balanced import ClassBalancedSoftmaxBCE
+    return ClassBalancedSoftmaxBCE(counts, beta=st.class_balanced.beta)
+
+
+def _paco(st: StageConfig, counts: Counts) -> nn.Module:
+    from facelt.losses.output_losses import PaCoObjective
+    from facelt.losses.paco import PaCoLoss
+    if not st.two_views.enabled:
+        raise ConfigError("stageN.loss paco contrasts two views of each image: set "
+                          "stageN.two_views.enabled true")
+    c = st.paco
+    n = len(np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts))
+    return PaCoObjective(PaCoLoss(n, alpha=c.alpha, beta=c.beta, gamma=c.gamma,
+                                  temperature=c.temperature,
+                                  class_counts=counts if c.log_prior else None))
+
+
 LossFactory = Callable[[StageConfig, Counts], nn.Module]
 
 #: the one table of classification losses: ``StageConfig.loss`` names an entry (adding a loss =
@@ -118,6 +160,11 @@ LOSSES: dict[str, LossFactory] = {
     "focal": lambda st, counts: FocalLoss(gamma=st.focal.gamma),
     "balanced_softmax": lambda st, counts: balanced_softmax_loss(counts),
     "logit_adjusted": lambda st, counts: logit_adjusted_loss(counts, st.logit_adjusted.tau),
+    "ldam": _ldam,
+    "ride": _ride,
+    "label_aware_smoothing": _label_aware_smoothing,
+    "class_balanced": _class_balanced,
+    "paco": _paco,
 }
 
 

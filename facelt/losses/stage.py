@@ -17,6 +17,7 @@ from facelt.losses.feature import build_aux_loss
 
 if TYPE_CHECKING:
     from facelt.config import StageConfig
+    from facelt.losses.mixup import MixedBatch
 
 
 class StageLoss:
@@ -45,8 +46,29 @@ class StageLoss:
         self.classify.to(device)
         return self
 
-    def __call__(self, out: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        ce = self.classify(out["logits"].float(), labels)
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the losses that change with the epoch (DRW weights, RIDE's temperatures) which
+        epoch (0-based) trains next."""
+        for m in (self.classify, self.aux):
+            if m is not None and hasattr(m, "set_epoch"):
+                m.set_epoch(epoch)
+
+    def classification(self, out: dict, labels: torch.Tensor) -> torch.Tensor:
+        """The classification term: ``classify(logits, labels)``, or ``classify.from_output(out,
+        labels)`` for a loss that reads more of the output (:mod:`facelt.losses.output_losses`)."""
+        if hasattr(self.classify, "from_output"):
+            return self.classify.from_output(out, labels)
+        return self.classify(out["logits"].float(), labels)
+
+    def __call__(self, out: dict, labels: torch.Tensor, mix: Optional["MixedBatch"] = None
+                 ) -> tuple[torch.Tensor, dict]:
+        """``mix`` (a mixup batch): the classification term is ``lam * L(y_a) + (1 - lam) *
+        L(y_b)`` (``labels`` = ``y_a``); the feature terms use ``labels``."""
+        if mix is None:
+            ce = self.classification(out, labels)
+        else:
+            ce = (mix.lam * self.classification(out, mix.labels_a)
+                  + (1.0 - mix.lam) * self.classification(out, mix.labels_b))
         parts = {"ce": ce.detach()}
         loss = ce
         if self.aux is not None:
@@ -71,5 +93,8 @@ def build_stage_loss(st: "StageConfig", head: nn.Module, class_counts: Counts,
         centroid = DiscCentroidLoss(margin=cl.margin, repel_weight=cl.repel_weight,
                                     centroid_update=cl.update, global_sum=global_sum,
                                     loss_weight=cl.weight)
-    return StageLoss(build_loss(st, class_counts), build_aux_loss(st), st.aux_loss_weight,
+    classify = build_loss(st, class_counts)
+    if hasattr(classify, "bind_head"):  # a loss that uses the head's state (GPaCo's queue)
+        classify.bind_head(head)
+    return StageLoss(classify, build_aux_loss(st), st.aux_loss_weight,
                      centroid, cl.weight, lambda: head.centroids)

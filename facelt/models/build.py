@@ -44,6 +44,12 @@ def build_body(cfg: Config, stage: int, image_size: int | None = None) -> Body:
     """The stage's body: backbone -> optional modulated attention -> neck -> optional fc_add."""
     st = cfg.stage(stage)
     backbone = _backbone(cfg)
+    if st.experts > 1:
+        if st.attention or cfg.model.neck != "pool":
+            raise ConfigError(f"stage{stage}.experts = {st.experts}: a multi-expert body needs "
+                              f"model.neck pool and stage{stage}.attention false")
+        from facelt.models.expert_body import ExpertTrunk
+        backbone = ExpertTrunk(backbone, st.experts)
     channels = backbone.out_channels
     size = None
     if (st.attention and st.spatial_attention == "reference") or cfg.model.neck != "pool":

@@ -15,7 +15,10 @@ from __future__ import annotations
 from typing import Callable
 
 from facelt.config import StageConfig, check_name
+from facelt.models.expert_head import MultiExpertHead
 from facelt.models.fslwf import FSLwFHead
+from facelt.models.normed_linear import NormedLinearHead
+from facelt.models.paco import PaCoHead
 from facelt.models.heads import CosineHead, Head, LinearHead, LWSHead, MarginHead, MetaEmbeddingHead
 
 HeadFactory = Callable[[int, int, StageConfig], Head]
@@ -27,7 +30,13 @@ HEADS: dict[str, HeadFactory] = {
                                                  cos_scale=st.cosine.scale),
     "arcface": lambda dim, k, st: MarginHead(dim, k, kind="arcface", s=st.margin.s, m=st.margin.m),
     "cosface": lambda dim, k, st: MarginHead(dim, k, kind="cosface", s=st.margin.s, m=st.margin.m),
-    "lws": lambda dim, k, st: LWSHead(dim, k),
+    "lws": lambda dim, k, st: LWSHead(dim, k, train_classifier=st.lws.train_classifier,
+                                      classifier_lr_factor=st.lws.classifier_lr_factor),
+    "normed_linear": lambda dim, k, st: NormedLinearHead(dim, k, scale=st.normed_linear.scale),
+    "ride": lambda dim, k, st: MultiExpertHead(dim, k, experts=st.experts,
+                                               scale=st.normed_linear.scale),
+    "paco": lambda dim, k, st: PaCoHead(dim, k, projection_dim=st.paco.projection_dim,
+                                        mlp=st.paco.mlp, queue_size=st.paco.queue_size),
     "fslwf": lambda dim, k, st: FSLwFHead(dim, k, novel_max_count=st.fslwf.novel_max_count,
                                           fake_novel_prob=st.fslwf.fake_novel_prob),
 }

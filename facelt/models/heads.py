@@ -41,6 +41,14 @@ class Head(nn.Module):
     def init_centroids(self, centroids: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} keeps no centroids")
 
+    def lr_factor(self, param: nn.Parameter) -> float:
+        """The factor on ``classifier_lr`` that ``param`` (one of this head's) trains at."""
+        return 1.0
+
+    def class_weight(self) -> nn.Parameter:
+        """The ``(K, d)`` per-class weight matrix (what MaxNorm constrains)."""
+        raise ConfigError(f"{type(self).__name__} has no per-class weight matrix to constrain")
+
     def init_class_counts(self, counts: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} keeps no class counts")
 
@@ -63,6 +71,9 @@ class LinearHead(Head):
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
         return self.fc(v), {}
+
+    def class_weight(self) -> nn.Parameter:
+        return self.fc.weight
 
 
 class CosineHead(Head):
@@ -167,16 +178,23 @@ class MarginHead(Head):
 
 class LWSHead(Head):
     """Learnable weight scaling (Kang et al., ICLR 2020): stage 1's linear classifier, frozen, with
-    one learnable scale per class: ``logits_k = s_k * (w_k . v + b_k)``.
+    one learnable scale per class: ``logits_k = s_k * (w_k . v + b_k)``. With ``train_classifier``
+the classifier trains too (at ``classifier_lr_factor`` of the LR: MiSLAS's stage 2).
 
     Its ``fc`` has the parameter names of :class:`LinearHead`, so stage 1's classifier loads into it.
     """
 
-    def __init__(self, in_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, train_classifier: bool = False,
+                 classifier_lr_factor: float = 1.0) -> None:
         super().__init__()
         self.fc = nn.Linear(in_dim, num_classes)
-        self.fc.requires_grad_(False)
+        self.fc.requires_grad_(train_classifier)
         self.scales = nn.Parameter(torch.ones(num_classes))
+        self.classifier_lr_factor = float(classifier_lr_factor)
+
+    def lr_factor(self, param: nn.Parameter) -> float:
+        """``fc`` (with ``train_classifier``) trains at ``classifier_lr_factor`` of the LR."""
+        return self.classifier_lr_factor if any(param is p for p in self.fc.parameters()) else 1.0
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Aux]:
         return self.fc(v) * self.scales, {}

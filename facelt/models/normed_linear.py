@@ -34,3 +34,6 @@ class NormedLinearHead(Head):
                 ) -> tuple[torch.Tensor, Aux]:
         cos = F.normalize(v, dim=1) @ F.normalize(self.weight, dim=1).t()
         return self.scale * cos, {}
+
+    def class_weight(self) -> nn.Parameter:
+        return self.weight

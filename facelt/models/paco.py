@@ -6,7 +6,8 @@ builder.py``): the head over the pooled backbone feature, and the queue of label
   prediction) and, beside it, the projection the contrastive part uses: MoCo v2's MLP
   ``Linear(d, d) - ReLU - Linear(d, d) - ReLU - Linear(d, 128)`` (the reference replaces the
   torchvision ``fc`` by it, ``--mlp`` on by default), L2-normalised.
-  ``forward(v) -> (logits, {"projection": z})``.
+  ``forward(v) -> (logits, {"projection": z})``. With ``queue_size`` it holds the
+  :class:`LabelledQueue` (``head.queue``) too.
 * :class:`LabelledQueue`: ``size`` (8192) past keys and their labels, a ring written at a pointer.
   As in the reference it starts as Gaussian noise normalised along the queue axis (the reference's
   ``normalize(queue, dim=0)`` on a ``(K, dim)`` buffer) with random labels, and is filled by
@@ -30,9 +31,12 @@ class PaCoHead(Head):
     """Classifier logits plus the normalised projection of the same pooled feature."""
 
     def __init__(self, in_dim: int, num_classes: int, projection_dim: int = 128,
-                 mlp: bool = True) -> None:
+                 mlp: bool = True, queue_size: int = 0) -> None:
         super().__init__()
         self.classifier = nn.Linear(in_dim, num_classes)
+        # the queue of past keys lives with the head: saved in its checkpoint, restored on resume
+        self.queue = (LabelledQueue(queue_size, projection_dim, num_classes) if queue_size > 0
+                      else None)
         last = nn.Linear(in_dim, projection_dim)
         self.projection = (nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True),
                                          nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), last)
@@ -41,6 +45,9 @@ class PaCoHead(Head):
     def forward(self, v: torch.Tensor, labels: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, Aux]:
         return self.classifier(v), {"projection": F.normalize(self.projection(v), dim=1)}
+
+    def class_weight(self) -> nn.Parameter:
+        return self.classifier.weight
 
 
 class LabelledQueue(nn.Module):

@@ -129,3 +129,16 @@ def matched_threshold(scores: np.ndarray, accept_fraction: float) -> float:
     if n_acc <= 0 or len(s) == 0:
         return float("inf")
     return float(s[n_acc - 1])
+
+
+def best_f_threshold(scores: Sequence[float], raw_preds: Sequence[int], labels: Sequence[int],
+                     thresholds: Iterable[float]) -> tuple[Optional[float], float]:
+    """``(threshold, F)`` of the rejection threshold among ``thresholds`` with the highest
+    open-set F-measure (ties: the first given); ``(None, 0.0)`` for no threshold. An oracle
+    operating point when ``labels`` are the evaluated ones."""
+    best_t, best_f = None, -1.0
+    for t in thresholds:
+        f = open_set_f_measure(reject(scores, raw_preds, float(t)), labels)
+        if f > best_f:
+            best_t, best_f = float(t), f
+    return best_t, max(best_f, 0.0)

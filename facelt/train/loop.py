@@ -94,6 +94,8 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
     sampler, loader = parts.sampler, parts.loader
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+    if hasattr(parts.loss, "set_epoch"):  # losses that change with the epoch (DRW)
+        parts.loss.set_epoch(epoch)
     set_train_mode(net, st)
     steps = steps_in_epoch(parts)
     sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64)
@@ -119,9 +121,13 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
             break
         x = x.to(device, non_blocking=True)
         y = torch.as_tensor(y, device=device).long()
+        mix = None
+        if parts.batch_transform is not None:  # mixup, two views (facelt/train/batch.py)
+            batch = parts.batch_transform(x, y)
+            x, y, mix = batch.inputs, batch.labels, batch.mix
         with autocast:
             out = parts.model(x, y)
-        loss, terms = parts.loss(out, y)
+        loss, terms = parts.loss(out, y) if mix is None else parts.loss(out, y, mix=mix)
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
         col.all_reduce_sum(bad)
         if bad.item() > 0:
@@ -134,6 +140,8 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
             torch.nn.utils.clip_grad_norm_(net.parameters(), st.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        for constraint in parts.constraints:  # e.g. MaxNorm every step
+            constraint.after_step(net)
         n = y.shape[0]
         value = loss.item()
         sums += torch.tensor([value * n, terms["ce"].item() * n,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +38,7 @@ from facelt.models.state import load_model_state
 from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.parallel.strategy import HeadStrategy, head_strategy
+from facelt.train.batch import BatchTransform, build_batch_transform, build_constraints
 
 BACKBONE_PREFIXES = ("body.backbone.", "body.neck.")
 
@@ -84,6 +85,10 @@ class StageParts:
     sampler: object
     loader: DataLoader
     strategy: HeadStrategy
+    #: the stage's batch transform (mixup, two views) and parameter constraints (MaxNorm):
+    #: :mod:`facelt.train.batch`
+    batch_transform: Optional[BatchTransform] = None
+    constraints: list = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -198,10 +203,17 @@ def build_optimizer(net: OLTRNet, st: StageConfig) -> torch.optim.Optimizer:
     params = []
     for name, ps in param_groups(net).items():
         ps = [p for p in ps if p.requires_grad]
-        if ps:
+        if name == "classifier":  # a head may train some of its parameters at a scaled LR
+            factors: dict[float, list] = {}
+            for p in ps:
+                factors.setdefault(float(net.head.lr_factor(p)), []).append(p)
+            for f, fps in factors.items():
+                params.append({"params": fps, "lr": lrs[name] * f,
+                               "name": name if f == 1.0 else f"{name}_x{f:g}"})
+        elif ps:
             params.append({"params": ps, "lr": lrs[name], "name": name})
     return torch.optim.SGD(params, lr=st.classifier_lr, momentum=st.momentum,
-                           weight_decay=st.weight_decay)
+                           weight_decay=st.weight_decay, nesterov=st.nesterov)
 
 
 def lr_factor(st: StageConfig, epoch: int) -> float:
@@ -215,6 +227,15 @@ def lr_factor(st: StageConfig, epoch: int) -> float:
         return st.lr_gamma ** (epoch // max(1, st.lr_step))
     if st.lr_schedule == "cosine":
         return (1.0 + math.cos(math.pi * (epoch + 1) / st.epochs)) / 2.0
+    if st.lr_schedule in ("cosine_annealing", "multistep"):
+        warm = min(st.warmup_epochs, st.epochs - 1)
+        # LDAM-DRW / RIDE / GPaCo warm up linearly to the full LR at epoch ``warm``
+        warmup = (epoch + 1) / warm if epoch < warm else 1.0
+        if st.lr_schedule == "multistep":
+            return warmup * st.lr_gamma ** sum(1 for m in st.lr_milestones if m <= epoch)
+        if epoch < warm:
+            return warmup
+        return (1.0 + math.cos(math.pi * (epoch - warm) / (st.epochs - warm))) / 2.0
     warm = min(st.warmup_epochs, st.epochs - 1)
     if epoch < warm:
         return (epoch + 1) / (warm + 1)
@@ -266,6 +287,8 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
         init_from_stage1(net, st, stage, src, data.num_classes)
     if st.freeze_backbone:
         freeze_backbone(net)
+    constraints = build_constraints(st, stage, net)  # calibrated on the starting weights
+    batch_transform = build_batch_transform(st, stage)
     strategy.prepare(net, data.num_classes)  # e.g. this rank's slice of the classes
     net.to(dist.device)
     loss = strategy.build_loss(net, data.counts)
@@ -286,7 +309,7 @@ def build_stage(cfg: Config, stage: int, dist: Optional[D.DistInfo] = None,
                          persistent=True)
     model = strategy.wrap(net)
     return StageParts(cfg, stage, st, dist, data, net, model, optimizer, scheduler, scaler, loss,
-                      sampler, loader, strategy)
+                      sampler, loader, strategy, batch_transform, constraints)
 
 
 def init_head_from_data(parts: StageParts) -> None:

@@ -211,6 +211,8 @@ class StageTrainer:
             began = time.monotonic()
             position, state.position = state.position, None
             train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path)
+            for constraint in parts.constraints:  # e.g. MaxNorm after the epoch's steps
+                constraint.after_epoch(parts.net)
             trained_lr = learning_rates(parts.optimizer)  # the rates this epoch trained at
             parts.scheduler.step()
             val_m = validate(parts, self.validation)
