@@ -264,6 +264,30 @@ class StageConfig:
 
 
 @dataclass
+class FaceEvalConfig:
+    """Face identification inputs of ``facelt compare``'s face table (paths; empty: not used).
+
+    With ``probes`` (and ``probe_list``, ``distractors``) each method is judged the MegaFace way:
+    rank-1 per pseudo-shot bucket of the probe (training images with cosine > 0.7: many > 5, few
+    2..5, one 1, zero 0), in full and per value of every extra column of ``probe_list``, at each
+    of ``gallery_sizes``; ``eval.verification`` sets give verification accuracies; ``ijb_root``
+    gives IJB TAR@FAR (1:1)."""
+
+    probes: str = ""
+    """Probe images: a rec prefix (``PREFIX.rec`` / ``PREFIX.idx``), rows in ``probe_list``'s order."""
+    probe_list: str = ""
+    """Probe CSV (``path,identity[,attribute columns]``), one row per probe image."""
+    distractors: str = ""
+    """Distractor images: a rec prefix."""
+    gallery_sizes: list[int] = field(default_factory=lambda: [10, 100, 1000], metadata={"ge": 1})
+    """Distractors in the gallery, one evaluation each (the first is the table's)."""
+    ijb_root: str = ""
+    """An IJB folder in insightface's layout (``meta/``, ``loose_crop/``): TAR@FAR of the 1:1
+    protocol."""
+    ijb_target: Literal["IJBB", "IJBC"] = "IJBC"
+
+
+@dataclass
 class EvalConfig:
     threshold: float = field(default=0.1, metadata={"ge": 0, "le": 1})
     """Open-set rejection: predict ``unknown`` when max softmax < threshold."""
@@ -286,6 +310,8 @@ class EvalConfig:
     ``/`` or ending in ``.bin`` is a path. Empty: none."""
     verify_every: int = field(default=0, metadata={"ge": 0})
     """Also evaluate ``verification`` every N optimizer steps of the stage (0: epoch ends only)."""
+    faces: FaceEvalConfig = field(default_factory=FaceEvalConfig)
+    """Face identification inputs of ``facelt compare``'s face table."""
 
 
 @dataclass
