@@ -44,7 +44,7 @@ def _head(title: str, columns: list[str]) -> list[str]:
 
 def table_markdown(name: str, table: dict) -> list[str]:
     """A table of ``report.json``'s ``tables`` (values in %) and the link to its chart."""
-    lines = _head(table["title"], table["columns"])
+    lines = ["", *_head(table["title"], table["columns"])]
     for m, row in table["rows"].items():
         cells = [m] + ["-" if row.get(c) is None else f"{100 * row[c]:.2f}"
                        for c in table["columns"]]
@@ -79,7 +79,7 @@ def summarize_tables(reports: dict[int, dict]) -> dict:
 
 
 def summary_markdown(name: str, table: dict, seeds: list[int]) -> list[str]:
-    lines = _head(f"{table['title']}, seeds {', '.join(map(str, seeds))}", table["columns"])
+    lines = ["", *_head(f"{table['title']}, seeds {', '.join(map(str, seeds))}", table["columns"])]
     for m, row in table["rows"].items():
         cells = [m] + ["-" if row[c]["mean"] is None
                        else f"{100 * row[c]['mean']:.2f} ± {100 * row[c]['std']:.2f}"
