@@ -254,6 +254,15 @@ class StageConfig:
     max_steps_per_epoch: int = field(default=0, metadata={"ge": 0})
     """Cap on iterations per epoch (0: a full pass); for smoke runs."""
     grad_clip: float = field(default=0.0, metadata={"ge": 0})
+    recalibrate_bn_batches: int = field(default=0, metadata={"ge": 0})
+    """Stage 2 with centroids: re-estimate the BatchNorm running statistics of the body from this
+    many training batches (weights fixed; facelt/train/precise_bn.py) before the centroids are
+    computed in eval mode. 0: use stage 1's running statistics (the OLTR reference). After a
+    short stage 1 they lag the weights and the eval-mode centroids explode."""
+    divergence_factor: float = field(default=1e4, metadata={"ge": 0})
+    """Divergence guard: stop with a TrainingError (no checkpoint written for it) when a step's
+    loss exceeds this many times the median of the stage's first 5 steps (floored at 0.01);
+    0 turns it off. A non-finite loss or embedding always stops the run."""
     shard_head: bool = False
     """Class-sharded head under torchrun (Partial-FC style, heads ``meta``, ``arcface``,
     ``cosface``, ``linear``): each process owns a contiguous slice of the classes and their
