@@ -395,6 +395,15 @@ class StageConfig:
     max_steps_per_epoch: int = field(default=0, metadata={"ge": 0})
     """Cap on iterations per epoch (0: a full pass); for smoke runs."""
     grad_clip: float = field(default=0.0, metadata={"ge": 0})
+    recalibrate_bn_batches: int = field(default=0, metadata={"ge": 0})
+    """Stage 2 with centroids: re-estimate the BatchNorm running statistics of the body from this
+    many training batches (weights fixed; facelt/train/precise_bn.py) before the centroids are
+    computed in eval mode. 0: use stage 1's running statistics (the OLTR reference). After a
+    short stage 1 they lag the weights and the eval-mode centroids explode."""
+    divergence_factor: float = field(default=1e4, metadata={"ge": 0})
+    """Divergence guard: stop with a TrainingError (no checkpoint written for it) when a step's
+    loss exceeds this many times the median of the stage's first 5 steps (floored at 0.01);
+    0 turns it off. A non-finite loss or embedding always stops the run."""
     shard_head: bool = False
     """Class-sharded head under torchrun (Partial-FC style, heads ``meta``, ``arcface``,
     ``cosface``, ``linear``): each process owns a contiguous slice of the classes and their
@@ -402,6 +411,30 @@ class StageConfig:
     sample_rate: float = field(default=1.0, metadata={"gt": 0, "le": 1})
     """With ``shard_head`` and a ``linear`` / ``arcface`` / ``cosface`` head: each step trains the
     classes of the batch and a random ``sample_rate`` share of the others (Partial FC)."""
+
+
+@dataclass
+class FaceEvalConfig:
+    """Face identification inputs of ``facelt compare``'s face table (paths; empty: not used).
+
+    With ``probes`` (and ``probe_list``, ``distractors``) each method is judged the MegaFace way:
+    rank-1 per pseudo-shot bucket of the probe (training images with cosine > 0.7: many > 5, few
+    2..5, one 1, zero 0), in full and per value of every extra column of ``probe_list``, at each
+    of ``gallery_sizes``; ``eval.verification`` sets give verification accuracies; ``ijb_root``
+    gives IJB TAR@FAR (1:1)."""
+
+    probes: str = ""
+    """Probe images: a rec prefix (``PREFIX.rec`` / ``PREFIX.idx``), rows in ``probe_list``'s order."""
+    probe_list: str = ""
+    """Probe CSV (``path,identity[,attribute columns]``), one row per probe image."""
+    distractors: str = ""
+    """Distractor images: a rec prefix."""
+    gallery_sizes: list[int] = field(default_factory=lambda: [10, 100, 1000], metadata={"ge": 1})
+    """Distractors in the gallery, one evaluation each (the first is the table's)."""
+    ijb_root: str = ""
+    """An IJB folder in insightface's layout (``meta/``, ``loose_crop/``): TAR@FAR of the 1:1
+    protocol."""
+    ijb_target: Literal["IJBB", "IJBC"] = "IJBC"
 
 
 @dataclass
@@ -427,6 +460,8 @@ class EvalConfig:
     ``/`` or ending in ``.bin`` is a path. Empty: none."""
     verify_every: int = field(default=0, metadata={"ge": 0})
     """Also evaluate ``verification`` every N optimizer steps of the stage (0: epoch ends only)."""
+    faces: FaceEvalConfig = field(default_factory=FaceEvalConfig)
+    """Face identification inputs of ``facelt compare``'s face table."""
 
 
 @dataclass

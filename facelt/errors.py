@@ -25,3 +25,8 @@ class CheckpointError(FaceltError):
 
 class OutputError(FaceltError):
     """An output path cannot be written (a file where a folder is needed, no permission ...)."""
+
+
+class TrainingError(FaceltError):
+    """Training stopped: its loss turned non-finite or exploded, or its embeddings turned
+    non-finite (the last good checkpoint is kept; none is written for the bad step)."""

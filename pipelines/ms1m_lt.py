@@ -299,8 +299,33 @@ def prepare_ms1m_lt(source_prefix: str | os.PathLike, out_dir: str | os.PathLike
     finally:
         reader.close()
     progress_file.unlink(missing_ok=True)
+    manifest["verification_sets"] = carry_verification_sets(src_rec.parent, out)
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def carry_verification_sets(source_dir: str | os.PathLike, out_dir: str | os.PathLike
+                            ) -> list[str]:
+    """Hard-link (a copy where linking fails: another file system) every verification ``.bin``
+    beside the source's train.rec (faces_emore keeps lfw.bin, cfp_fp.bin, agedb_30.bin there)
+    into ``out_dir``, so ``eval.verification: [lfw, ...]`` finds them beside the new train.rec.
+    A file already there with the same size is kept. Returns the names carried, sorted."""
+    import shutil
+    src, out = Path(source_dir), Path(out_dir)
+    names = []
+    for f in sorted(src.glob("*.bin")):
+        dst = out / f.name
+        names.append(f.name)
+        if dst.exists() and dst.stat().st_size == f.stat().st_size:
+            continue
+        tmp = out / f".{f.name}.partial"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(f, tmp)
+        except OSError:
+            shutil.copyfile(f, tmp)
+        os.replace(tmp, dst)
+    return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

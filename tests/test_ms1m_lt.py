@@ -271,3 +271,27 @@ def test_interrupted_prepare_resumes_to_identical_files(synthetic_source, tmp_pa
         (tmp_path / "cut" / m.PROGRESS_NAME).write_text(json.dumps({"settings": {}, "writer": {},
                                                                      "images_done": 1}))
         prepare_ms1m_lt(prefix, tmp_path / "cut", seed=4, target_images=300)
+
+
+def test_prepare_carries_the_verification_sets(tmp_path: Path) -> None:
+    """issue 21: after prepare, the README's eval.verification=[lfw, ...] finds the .bin files
+    that sat beside the source's train.rec (hard-linked on one file system)."""
+    from facelt.config import load_config
+    from facelt.faces.verify_callback import resolve_verification_sets
+    from pipelines.synthetic_verification import write_synthetic_verification_bin
+    src = tmp_path / "faces_emore"
+    write_synthetic_rec(src / "train", np.array([6, 5, 4, 3]), seed=2, quality=80, size=32)
+    for name in ("lfw", "cfp_fp"):
+        write_synthetic_verification_bin(src / f"{name}.bin", np.arange(10, 14), 10, seed=1,
+                                         size=32)
+    out = tmp_path / "ms1m_lt"
+    manifest = prepare_ms1m_lt(src / "train", out, seed=0, target_images=10)
+    assert manifest["verification_sets"] == ["cfp_fp.bin", "lfw.bin"]
+    for name in ("lfw", "cfp_fp"):
+        assert (out / f"{name}.bin").read_bytes() == (src / f"{name}.bin").read_bytes()
+        assert (out / f"{name}.bin").stat().st_ino == (src / f"{name}.bin").stat().st_ino
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "ms1m_lt.yaml",
+                      [f"data.root={out}", "eval.verification=[lfw,cfp_fp]"])
+    assert resolve_verification_sets(cfg) == [out / "lfw.bin", out / "cfp_fp.bin"]
+    prepare_ms1m_lt(src / "train", out, seed=0, target_images=10)  # a rerun keeps them
+    assert (out / "lfw.bin").read_bytes() == (src / "lfw.bin").read_bytes()

@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     from facelt.utils.io import ensure_writable_dir
     ensure_writable_dir(args.out, "--out")
+    from facelt.jobs.face_table import face_tables  # the face table, when the recipe names inputs
     from facelt.utils.run_lock import lock_run_folder
     with lock_run_folder(args.out):  # one compare per --out (each method's run locks its own)
         if args.summarize_only:
@@ -73,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.seeds:
             from facelt.compare.seeds import compare_seeds, parse_seeds
             compare_seeds(recipe, methods, Path(args.out), mdir, parse_seeds(args.seeds), overrides,
-                          resume=args.resume, same_epochs=True, weights=args.weights)
+                          resume=args.resume, same_epochs=True, weights=args.weights,
+                          tables=face_tables)
         else:
             compare(recipe, methods, Path(args.out), mdir, overrides, resume=args.resume,
-                    same_epochs=args.same_epochs, weights=args.weights)
+                    same_epochs=args.same_epochs, weights=args.weights, tables=face_tables)
     from facelt.parallel.process import is_primary_process
     if is_primary_process():  # under torchrun: one final line, rank 0's
         print(f"report: {Path(args.out) / 'report.md'}")

@@ -47,6 +47,8 @@ from facelt.compare.methods import BASE_METHOD, MethodSpec, load_method, method_
 from facelt.compare.report import COLUMNS, bar_chart, markdown_table, method_report
 from facelt.compare.runs import ensure_trained, recipe_diff, run_dir
 from facelt.compare.scores import best_f, score_variants
+from facelt.compare.tables import (ResultTable, TableEvaluation, chart_name, table_chart,
+                                   table_markdown)
 from facelt.data.build import Split, build_split
 from facelt.data.shots import shot_rule_text
 from facelt.errors import ConfigError, FaceltError
@@ -56,7 +58,7 @@ from facelt.utils.io import write_json, write_text
 __all__ = ["compare", "load_method", "method_config", "method_report", "Outputs", "auroc",
            "matched_threshold", "recipe_diff", "run_dir", "ensure_trained", "collect_logits",
            "chunk_logits", "Collected", "MethodEvaluator", "MethodSpec", "markdown_table",
-           "bar_chart"]
+           "bar_chart", "ResultTable", "TableEvaluation", "write_report_files"]
 
 
 def _needs(spec: MethodSpec) -> tuple[bool, bool]:
@@ -68,14 +70,17 @@ def _needs(spec: MethodSpec) -> tuple[bool, bool]:
 def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir: str | Path,
             overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
             log: Callable[[str], None] = print, same_epochs: bool = False,
-            weights: str = "auto") -> dict:
+            weights: str = "auto", tables: Optional[TableEvaluation] = None) -> dict:
     """Train or reuse every method, evaluate all with one protocol, write the report files.
 
     ``same_epochs``: add the ``plain_same_epochs`` row (plain trained as long as both OLTR stages,
     :func:`facelt.compare.seeds.same_epochs_method`). ``weights``: evaluate each run's best-on-val
     weights (``best``: ``best.pt``, as the reference does), its last epoch (``last``:
     ``checkpoint.pt``) or ``auto`` (best where the run has a val split, else the last epoch;
-    :func:`facelt.models.eval_weights.evaluation_weights`)."""
+    :func:`facelt.models.eval_weights.evaluation_weights`). ``tables``: a further evaluation of
+    the checkpoints (:data:`facelt.compare.tables.TableEvaluation`, e.g. the face table of
+    :func:`facelt.jobs.face_table.face_tables`); its tables go to ``report.json`` (``tables``),
+    ``report.md`` and a chart each. A recipe without ``data.test`` is judged by them alone."""
     from facelt.compare.seeds import SAME_EPOCHS_METHOD, same_epochs_method
     from facelt.models.checkpoint import net_from_checkpoint
     from facelt.models.eval_weights import WEIGHT_CHOICES, evaluation_weights, weights_label
@@ -130,7 +135,9 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
         "open": build_split(data, "open", train=False, check_files=True),
         "val": build_split(data, "val", train=False, check_files=True),
         "train": build_split(data, "train", train=False, check_files=True)}
-    if splits["test"] is None:
+    more = (tables({m: ckpts[m] for m in methods}, base_cfg, out, log)
+            if tables is not None else [])
+    if splits["test"] is None and not more:
         raise FaceltError("data.test is not set: nothing to evaluate")
     results: dict[str, dict] = {}
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +159,7 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
                                                 folder=folder, name=split)
             return collected[key]
 
-        for m in methods:
+        for m in methods if splits["test"] is not None else []:
             spec, ckpt = specs[m], ckpts[m]
             if ckpt not in nets:
                 nets[ckpt] = net_from_checkpoint(ckpt, device)
@@ -207,9 +214,24 @@ def compare(recipe: str | Path, methods: list[str], out: str | Path, methods_dir
         "shot_rule": shot_rule_text(ev.shot_rule, ev.many, ev.few) + "; bucket accuracy = "
                      "mean of per-class accuracies; overall = accuracy over known test images",
     }
+    if more:
+        report["tables"] = {t.name: t.to_dict() for t in more}
     from facelt.openset.reporting import round_floats
     report = round_floats(report)
-    write_json(out / "report.json", report)
-    write_text(out / "report.md", markdown_table(report))
-    bar_chart(report, out / "report.png")
+    write_report_files(out, report)
     return report
+
+
+def write_report_files(out: Path, report: dict) -> None:
+    """``report.json``, ``report.md`` (the classification table when there are results, then
+    every extra table) and the charts of one comparison."""
+    write_json(out / "report.json", report)
+    extra = report.get("tables") or {}
+    md = markdown_table(report) if report["methods"] or not extra else (
+        f"# facelt compare ({report['recipe']})\n\n")
+    for name, table in extra.items():
+        md += "\n".join(table_markdown(name, table))
+        table_chart(table, out / chart_name(name))
+    write_text(out / "report.md", md)
+    if report["methods"]:
+        bar_chart(report, out / "report.png")

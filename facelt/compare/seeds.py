@@ -88,8 +88,9 @@ def compare_seeds(recipe: str | Path, methods: list[str], out: str | Path,
                   methods_dir: str | Path, seeds: list[int],
                   overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
                   same_epochs: bool = True, weights: str = "auto",
-                  log: Callable[[str], None] = print) -> dict:
-    """Run :func:`facelt.compare.compare` once per seed into ``OUT/seed<N>`` and summarise."""
+                  log: Callable[[str], None] = print, tables=None) -> dict:
+    """Run :func:`facelt.compare.compare` once per seed into ``OUT/seed<N>`` and summarise
+    (``tables``: its further evaluation, :data:`facelt.compare.tables.TableEvaluation`)."""
     from facelt.compare import compare
     out = Path(out)
     reports: dict[int, dict] = {}
@@ -97,7 +98,7 @@ def compare_seeds(recipe: str | Path, methods: list[str], out: str | Path,
         log(f"== seed {s}")
         reports[s] = compare(recipe, methods, out / f"seed{s}", methods_dir,
                              list(overrides) + [f"seed={s}"], resume=resume,
-                             same_epochs=same_epochs, weights=weights, log=log)
+                             same_epochs=same_epochs, weights=weights, log=log, tables=tables)
     return write_seed_summary(out, reports, weights)
 
 
@@ -111,8 +112,17 @@ def write_seed_summary(out: str | Path, reports: dict[int, dict], weights: str =
                    shot_rule=first["shot_rule"], threshold=first["threshold"],
                    weights=first.get("weights", weights),
                    runs={str(s): str(out / f"seed{s}") for s in seeds})
+    from facelt.compare.tables import chart_name, summarize_tables, summary_markdown, table_chart
+    md = (seeds_markdown(summary, str(first["recipe"]), first["protocol"])
+          if summary["methods"] else f"# facelt compare ({first['recipe']})\n\n")
+    tables = summarize_tables(reports)
+    if tables:
+        summary["tables"] = tables
+        for name, table in tables.items():
+            md += "\n".join(summary_markdown(name, table, seeds))
+            table_chart(table, out / chart_name(name))
     write_json(out / "report.json", summary)
-    write_text(out / "report.md", seeds_markdown(summary, str(first["recipe"]), first["protocol"]))
+    write_text(out / "report.md", md)
     return summary
 
 

@@ -10,8 +10,11 @@
    (OUT/model.onnx, checked against facelt and verified too);
 5. extract flip-summed, L2-normalised features of probes, SYNTHETIC distractors and the training
    set, and run the MegaFace challenge-1 protocol at several gallery sizes with pseudo-shot buckets
-   and a breakdown by whether the probe identity was seen in training;
-6. write OUT/report.md linking everything.
+   and a breakdown by whether the probe identity was seen in training and by a SYNTHETIC binary
+   attribute (``synthetic_group``);
+6. the face table (the OLTR paper's Table 4, left): the same protocol on the stage-1 (plain)
+   features beside stage 2's (OLTR), rank-1 per pseudo-shot bucket and group;
+7. write OUT/report.md linking everything.
 
 Every step skips work that is already complete, so re-running after an interruption continues.
 """
@@ -33,7 +36,8 @@ from facelt.utils.io import atomic_path, write_json
 
 __all__ = ["DemoOptions", "DemoSource", "demo", "run_demo", "sample_training_set",
            "write_eval_sets", "verify_and_export", "write_probes", "megaface_identification",
-           "VERIFY_PAIRS", "VERIFY_IDENTITIES"]
+           "VERIFY_PAIRS", "VERIFY_IDENTITIES", "demo_face_table", "synthetic_group",
+           "SYNTHETIC_GROUP", "GALLERY_SIZES"]
 
 #: the demo's verification set: pairs, and SYNTHETIC identities never seen in training
 VERIFY_PAIRS = 200
@@ -44,6 +48,14 @@ TEST_IMAGES, PROBE_IMAGES = 6, 5
 UNSEEN_IDENTITIES, UNSEEN_PROBES = 12, 6
 #: seen identities among the MegaFace probes (spread over the training order)
 SEEN_PROBES = 14
+#: the probe list's SYNTHETIC binary attribute column (stands in for MegaFace's gender)
+SYNTHETIC_GROUP = "synthetic_group"
+
+
+def synthetic_group(identity: int) -> str:
+    """The SYNTHETIC binary attribute of an identity: ``A`` for even ids, ``B`` for odd ones (no
+    meaning; it makes the attribute-group path of the face table run)."""
+    return "A" if identity % 2 == 0 else "B"
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,9 @@ def run_demo(opts: DemoOptions) -> Path:
     _step("face verification on unseen SYNTHETIC identities; ONNX export of stage 2")    # 4.
     ver = verify_and_export(out, evd / "verification.bin", cfg.data.image_size)
     mf = megaface_identification(out, src, evd, unseen, opts, size)                      # 5.
-    report = write_demo_summary(out, src.manifest, cls, mf, time.time() - t0, ver)       # 6.
+    table = demo_face_table(out, src, evd, opts, mf)                                     # 6.
+    report = write_demo_summary(out, src.manifest, cls, mf, time.time() - t0, ver,       # 7.
+                                table)
     _step(f"done in {time.time() - t0:.0f} s. Report: {report}")
     return report
 
@@ -223,9 +237,10 @@ def write_probes(evd: Path, src: DemoSource, unseen: np.ndarray, seed: int, size
     known = set(src.kept_source.tolist())
     with atomic_path(evd / "probes.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "identity", "seen_in_training"])
+        w.writerow(["path", "identity", "seen_in_training", SYNTHETIC_GROUP])
         for i, ident in enumerate(ids):
-            w.writerow([f"probe/{ident}/{i}.jpg", int(ident), "yes" if ident in known else "no"])
+            w.writerow([f"probe/{ident}/{i}.jpg", int(ident), "yes" if ident in known else "no",
+                        synthetic_group(int(ident))])
     return prefix
 
 
@@ -252,7 +267,7 @@ def megaface_identification(out: Path, src: DemoSource, evd: Path, unseen: np.nd
         extract_checkpoint_features(ck2, ds, [f"{prefix}#{int(k)}" for k in ds.keys],
                                     feats / f"{name}.npy", batch_size=256)
     _step("MegaFace protocol: galleries of 10, 100 and 1,000 distractors")
-    sizes = [s for s in (10, 100, 1000) if s <= opts.distractors]
+    sizes = gallery_sizes(opts.distractors)
     mf = run_evaluation(MegaFaceEvalConfig(
         gallery_sizes=sizes, probe_features=feats / "probes.npy", probe_list=evd / "probes.csv",
         distractor_features=feats / "distractors.npy", train_features=feats / "train.npy",
@@ -260,3 +275,27 @@ def megaface_identification(out: Path, src: DemoSource, evd: Path, unseen: np.nd
     mf.setdefault("meta", {})["stage"] = 2  # features of the stage-2 model
     write_report(mf, out / "megaface")
     return mf
+
+
+#: the demo's MegaFace gallery sizes (those up to --distractors)
+GALLERY_SIZES = (10, 100, 1000)
+
+
+def gallery_sizes(distractors: int) -> list[int]:
+    return [s for s in GALLERY_SIZES if s <= distractors]
+
+
+def demo_face_table(out: Path, src: DemoSource, evd: Path, opts: DemoOptions, mf: dict
+                    ) -> dict:
+    """Step 6: the face table's rows (:func:`facelt.jobs.face_table.megaface_row`, at the first
+    gallery size): ``plain`` from the stage-1 checkpoint's features (``OUT/face_table/plain``),
+    ``oltr`` from step 5's stage-2 report (the same numbers as ``OUT/megaface``)."""
+    from facelt.jobs.face_table import FaceInputs, checkpoint_megaface, megaface_row
+    _step("face table: the MegaFace protocol on the stage-1 (plain) features")
+    inputs = FaceInputs(probes=evd / "probes", probe_list=evd / "probes.csv",
+                        distractors=out / "distractors" / "train", train=src.folder / "train",
+                        gallery_sizes=tuple(gallery_sizes(opts.distractors)), verification=(),
+                        ijb_root=None, ijb_target="IJBC", seed=opts.seed, batch_size=256)
+    plain = checkpoint_megaface(out / "train" / "stage1" / "checkpoint.pt", inputs,
+                                out / "face_table" / "plain", log=_step)
+    return {"plain": megaface_row(plain), "oltr": megaface_row(mf)}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from facelt.utils.io import write_json, write_text
 
-__all__ = ["SUMMARY_NAME", "write_demo_summary", "write_demo_report"]
+__all__ = ["SUMMARY_NAME", "write_demo_summary", "write_demo_report", "face_table_lines"]
 
 #: what the top-level report.md is made from (``facelt report OUT`` rebuilds it from this)
 SUMMARY_NAME = "demo_summary.json"
@@ -60,7 +60,7 @@ def _previous_summary(path: Path) -> dict:
 
 
 def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: float,
-                       ver: dict | None = None) -> Path:
+                       ver: dict | None = None, face_table: dict | None = None) -> Path:
     """Record the demo's results in ``OUT/demo_summary.json`` and write ``OUT/report.md`` from it.
     The total time is the first complete run's: a rerun (which skips finished steps) records its
     own time beside it and never replaces it."""
@@ -76,6 +76,9 @@ def write_demo_summary(out: Path, manifest: dict, cls: dict, mf: dict, seconds: 
                                  for r in mf.get("results", [mf])],
                      "pseudo_shots": mf.get("pseudo_shots") or {}},
         "verification": ver,
+        **({"face_table": {m: {k: row[k] for k in ("many", "few", "one", "zero", "full",
+                                                    "groups", "gallery")}
+                           for m, row in face_table.items()}} if face_table else {}),
         "total_seconds": previous.get("total_seconds", round(seconds, 1)),
         "last_run_seconds": round(seconds, 1),
     }
@@ -126,9 +129,33 @@ def write_demo_report(out: Path) -> Path:
         lines += ["", "Pseudo-shots (training images with cosine > 0.7) at the first gallery size: " +
                   ", ".join(f"{k}: {_fmt(v['rank1'])} ({v['probes']} probes)" for k, v in ps.items())]
     lines += ["", "Full MegaFace report with CMC and bucket plots: [megaface/report.md](megaface/report.md).",
-              "", "Values in %.", "", f"Total time: {total:.0f} s" +
+              ""]
+    if summary.get("face_table"):
+        lines += face_table_lines(summary["face_table"])
+    lines += [ "Values in %.", "", f"Total time: {total:.0f} s" +
               (f" (the first complete run; the last rerun took {last:.0f} s)." if last != total else "."),
               ""]
     report = Path(out) / "report.md"
     write_text(report, "\n".join(lines))
     return report
+
+
+def face_table_lines(table: dict) -> list[str]:
+    """The face table (the OLTR paper's Table 4, left layout): one row per method; rank-1 per
+    pseudo-shot bucket, in full and per group value, at the first gallery size."""
+    from facelt.jobs.face_table import row_columns
+    methods = list(table)
+    cols = list(dict.fromkeys(c for m in methods for c in row_columns(table[m])))
+    names = {"plain": "plain (stage 1)", "oltr": "OLTR (stage 2)"}
+    gallery = table[methods[0]]["gallery"]
+    lines = ["## Face table (the OLTR paper's Table 4, left layout)", "",
+             f"MegaFace rank-1 at {gallery} SYNTHETIC distractors. Buckets: the probe's "
+             "pseudo-shots, training images with cosine > 0.7 to it (many > 5, few 2..5, one 1, "
+             "zero 0); full: every probe; A / B: the SYNTHETIC binary attribute "
+             "`synthetic_group` of the probe list.", "",
+             "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in methods:
+        cells = row_columns(table[m])
+        lines.append(f"| {names.get(m, m)} | " + " | ".join(_fmt(cells.get(c)) for c in cols)
+                     + " |")
+    return lines + [""]

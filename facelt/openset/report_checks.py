@@ -63,7 +63,10 @@ DEMO_SUMMARY = Fields({
     {"verification": nullable(Fields({"pairs": INTEGER, "positive": INTEGER, "identities": ANY,
                                       "onnx_min_cosine": NUMBER,
                                       "results": Fields({k: _VER_ROW for k in
-                                                         ("stage1", "stage2", "onnx")})}))})
+                                                         ("stage1", "stage2", "onnx")})})),
+     "face_table": MapOf(Fields({**{b: nullable(_PCT) for b in ("many", "few", "one", "zero")},
+                                 "full": _PCT, "groups": MapOf(MapOf(nullable(_PCT))),
+                                 "gallery": INTEGER}))})
 
 
 def check_classification_report(report: Any, where: Union[str, Path]) -> dict:

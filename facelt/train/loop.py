@@ -1,7 +1,8 @@
 """One epoch of training over :class:`~facelt.train.stage.StageParts`, with step callbacks.
 
 :func:`train_one_epoch` runs the steps of one epoch (from a mid-epoch position when resuming),
-stops on a non-finite loss on any rank, and returns the epoch's metrics. After each step it calls
+stops on a non-finite loss or embedding, or a loss that explodes (:class:`DivergenceGuard`), on
+any rank, and returns the epoch's metrics. After each step it calls
 every callback with a :class:`StepContext` (arcface_torch style: a list of callables); the
 trainer's mid-epoch checkpoint is one of them. Callbacks run on every rank (a collective inside
 one is fine: all ranks call it at the same step).
@@ -18,7 +19,7 @@ import torch
 
 from facelt.data.build import make_loader
 from facelt.data.samplers import SkipSampler
-from facelt.errors import FaceltError
+from facelt.errors import TrainingError
 from facelt.parallel import collectives as col
 from facelt.train.stage import StageParts, set_train_mode
 from facelt.utils.progress import progress
@@ -27,8 +28,46 @@ from facelt.utils.progress import progress
 SUM_NAMES = ("loss", "ce", "centroid", "correct", "images")
 
 
-class NonFiniteLoss(FaceltError):
-    pass
+class NonFiniteLoss(TrainingError):
+    """The loss or the embeddings of a step are not finite."""
+
+
+class DivergedLoss(TrainingError):
+    """A step's loss exploded (:class:`DivergenceGuard`)."""
+
+
+#: the stage's first steps whose median loss is the guard's reference
+DIVERGENCE_WARMUP_STEPS = 5
+#: the reference is at least this (a fine-tune that starts near 0 is not stopped by noise)
+DIVERGENCE_MIN_REFERENCE = 0.01
+
+
+class DivergenceGuard:
+    """Stops a stage whose loss explodes: a finite loss above ``factor`` x the median of the
+    stage's first :data:`DIVERGENCE_WARMUP_STEPS` losses (floored at
+    :data:`DIVERGENCE_MIN_REFERENCE`); ``factor`` 0 never stops. A loss of 1.4e16 is finite,
+    so the non-finite check alone lets it through."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = float(factor)
+        self.first: list[float] = []
+
+    @property
+    def reference(self) -> Optional[float]:
+        if len(self.first) < DIVERGENCE_WARMUP_STEPS:
+            return None
+        import statistics
+        return max(statistics.median(self.first), DIVERGENCE_MIN_REFERENCE)
+
+    def exploded(self, value: float) -> bool:
+        """Whether ``value`` (a finite loss) exceeds the limit; records it among the first."""
+        if self.factor <= 0:
+            return False
+        ref = self.reference
+        if ref is None:
+            self.first.append(value)
+            return False
+        return value > self.factor * ref
 
 
 @dataclass
@@ -76,6 +115,25 @@ def _non_finite(parts: StageParts, epoch: int, step: int, checkpoint: Optional[P
         f"the data.")
 
 
+def _stop(parts: StageParts, epoch: int, step: int, checkpoint: Optional[Path], flags: list,
+          value: float, guard: "DivergenceGuard") -> TrainingError:
+    if flags[0] > 0:
+        return _non_finite(parts, epoch, step, checkpoint)
+    kept = (f"the last good checkpoint ({checkpoint}) is kept"
+            if checkpoint is not None and checkpoint.exists()
+            else f"no checkpoint of stage {parts.stage} had been written yet")
+    where = f"stage {parts.stage}, epoch {epoch + 1}, step {step + 1}"
+    if flags[1] > 0:
+        return NonFiniteLoss(f"non-finite embeddings at {where}: training stopped; {kept}. Lower "
+                             f"the learning rates or set stage{parts.stage}.grad_clip.")
+    ref = guard.reference
+    return DivergedLoss(
+        f"the loss diverged at {where}: {value:.4g} (on one rank at least) is more than "
+        f"stage{parts.stage}.divergence_factor = {guard.factor:g} x the median of the stage's "
+        f"first {DIVERGENCE_WARMUP_STEPS} steps ({ref:.4g}); training stopped; {kept}. Lower "
+        f"the learning rates, add warmup, or set stage{parts.stage}.grad_clip.")
+
+
 def _correct(out: dict, y: torch.Tensor, terms: dict) -> float:
     """Correct predictions this rank counts: the loss's own count when it gives one (a sharded
     head's logits are one rank's columns), else the arg-max of the logits."""
@@ -85,11 +143,13 @@ def _correct(out: dict, y: torch.Tensor, terms: dict) -> float:
 
 
 def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosition] = None,
-                    callbacks: Sequence[StepCallback] = (), checkpoint: Optional[Path] = None) -> dict:
+                    callbacks: Sequence[StepCallback] = (), checkpoint: Optional[Path] = None,
+                    guard: Optional[DivergenceGuard] = None) -> dict:
     """Train ``parts.model`` for epoch ``epoch`` (0-based) and return its metrics (summed over
     ranks): ``loss``, ``ce``, ``centroid_loss``, ``train_acc``, ``images``, ``seconds``,
     ``images_per_s``. ``checkpoint``: the stage's checkpoint file, named in the error on a
-    non-finite loss (it is kept as it was)."""
+    non-finite loss (it is kept as it was). ``guard``: the stage's divergence guard (kept over
+    its epochs; a fresh one from ``stageN.divergence_factor`` when None)."""
     st, net, device = parts.st, parts.net, parts.device
     sampler, loader = parts.sampler, parts.loader
     if hasattr(sampler, "set_epoch"):
@@ -114,6 +174,8 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
                    unit="batch", disable=not parts.dist.is_primary)
     autocast = torch.autocast("cuda", dtype=parts.amp_dtype) if parts.use_amp else nullcontext()
     optimizer, scaler = parts.optimizer, parts.scaler
+    if guard is None:
+        guard = DivergenceGuard(st.divergence_factor)
     for step in range(first, steps):
         try:
             x, y, _ = next(batches)
@@ -128,10 +190,16 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
         with autocast:
             out = parts.model(x, y)
         loss, terms = parts.loss(out, y) if mix is None else parts.loss(out, y, mix=mix)
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+        value = loss.item()
+        finite = bool(torch.isfinite(loss))
+        feats = out.get("features") if isinstance(out, dict) else None
+        bad = torch.tensor([0.0 if finite else 1.0,
+                            0.0 if feats is None or bool(torch.isfinite(feats).all()) else 1.0,
+                            1.0 if finite and guard.exploded(value) else 0.0], device=device)
         col.all_reduce_sum(bad)
-        if bad.item() > 0:
-            raise _non_finite(parts, epoch, step, checkpoint)
+        flags = bad.tolist()
+        if any(f > 0 for f in flags):
+            raise _stop(parts, epoch, step, checkpoint, flags, value, guard)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         parts.strategy.after_backward(net, scaler)  # e.g. AMP: ranks agree on skipping a step
@@ -143,7 +211,6 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
         for constraint in parts.constraints:  # e.g. MaxNorm every step
             constraint.after_step(net)
         n = y.shape[0]
-        value = loss.item()
         sums += torch.tensor([value * n, terms["ce"].item() * n,
                               float(terms.get("centroid", torch.tensor(0.0))) * n,
                               _correct(out, y, terms), n], dtype=torch.float64)

@@ -319,6 +319,14 @@ def init_head_from_data(parts: StageParts) -> None:
     if not parts.net.head.needs_centroids:
         return
     cfg, dist = parts.cfg, parts.dist
+    st = parts.st
+    if st.recalibrate_bn_batches > 0 and not (st.freeze_backbone and st.frozen_bn == "eval"):
+        from facelt.train.precise_bn import recalibrate_batchnorm
+        used = recalibrate_batchnorm(parts.net.body, parts.loader, st.recalibrate_bn_batches,
+                                     parts.device, dist.world_size)
+        if dist.is_primary:
+            print(f"stage {parts.stage}: BatchNorm statistics re-estimated from {used} training "
+                  f"batches before the centroids", flush=True)
     eval_split = build_split(cfg.data, "train", train=False)
     empty = parts.strategy.init_centroids(parts.net, eval_split.dataset, parts.data.num_classes,
                                           cfg.eval.batch_size, cfg.data.num_workers)

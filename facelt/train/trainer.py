@@ -36,14 +36,15 @@ from facelt.models.checkpoint import load_checkpoint, save_checkpoint
 from facelt.train.resume_check import check_resume_config
 from facelt.train.hooks import EpochEvaluation, StageStart, Validation
 from facelt.train.run_log import config_key_lines, eta_line, learning_rates, tensorboard_logger
-from facelt.train.loop import (EpochPosition, NonFiniteLoss, StepCallback, StepContext,
-                               steps_in_epoch, train_one_epoch)
+from facelt.train.loop import (DivergedLoss, DivergenceGuard, EpochPosition, NonFiniteLoss,
+                               StepCallback, StepContext, steps_in_epoch, train_one_epoch)
 from facelt.train.stage import StageParts, build_stage, init_head_from_data, stage_dir
 from facelt.train.state import (TrainState, checkpoint_state, restore_checkpoint,
                                 without_training_state)
 from facelt.utils.io import append_jsonl, write_text
 
 __all__ = ["StageTrainer", "StageResult", "EpochContext", "MidEpochCheckpoint", "NonFiniteLoss",
+           "DivergedLoss",
            "stage_dir", "validate"]
 
 
@@ -207,10 +208,12 @@ class StageTrainer:
         ckpt_path = self.checkpoint_path
         epoch_seconds: list[float] = []
         run_epochs = 0
+        guard = DivergenceGuard(self.st.divergence_factor)  # over the stage's epochs
         for epoch in range(start, self.st.epochs):
             began = time.monotonic()
             position, state.position = state.position, None
-            train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path)
+            train_m = train_one_epoch(parts, epoch, position, callbacks, checkpoint=ckpt_path,
+                                      guard=guard)
             for constraint in parts.constraints:  # e.g. MaxNorm after the epoch's steps
                 constraint.after_epoch(parts.net)
             trained_lr = learning_rates(parts.optimizer)  # the rates this epoch trained at
