@@ -47,6 +47,12 @@ HOWTO["fashion_lt"] = (
     "facelt prepare --dataset fashion_lt --out data/fashion_lt, then "
     "facelt train --dataset fashion_lt")
 
+# the face-team recipe trains on the same MS1M-LT data
+HOWTO["ms1m_lt_iresnet50"] = (
+    HOWTO["ms1m_lt"][0],
+    HOWTO["ms1m_lt"][1].replace("facelt train --dataset ms1m_lt ",
+                                "facelt train --dataset ms1m_lt_iresnet50 "))
+
 MEGAFACE_HOWTO = (
     "MegaFace challenge 1 needs the FaceScrub probe images (with facescrub_actors.txt / "
     "facescrub_actresses.txt) and the MegaFace 1M distractor set (megaface.cs.washington.edu), "
