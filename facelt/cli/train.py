@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     missing = missing_data_message(cfg)
     if missing:
         raise DataError(missing)
-    from facelt.data.image_size import check_recipe_image_size
-    check_recipe_image_size(cfg)  # before the verification sets are decoded or a step is taken
     out = Path(args.out or cfg.out or f"runs/{cfg.name}")
     stages = [1, 2] if args.stage == "all" else [int(args.stage)]
     from facelt.utils.outputs import refuse_output_over_inputs

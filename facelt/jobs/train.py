@@ -21,6 +21,7 @@ from facelt.openset.evaluate import ClosedSetValidation
 from facelt.parallel import collectives as col
 from facelt.parallel import process as D
 from facelt.train.trainer import StageResult, StageTrainer
+from facelt.data.image_size import check_recipe_image_size
 from facelt.utils.run_lock import RunLock, lock_run_folder
 
 __all__ = ["train", "lock_output"]
@@ -35,7 +36,8 @@ def train(cfg: Config, stages: list[int], out: Path, resume: bool = False,
     results = []
     lock = None
     try:
-        lock = lock_output(out, dist)
+        lock = lock_output(out, dist)  # a folder another run holds is refused first
+        check_recipe_image_size(cfg)  # before the verification sets are decoded or a step is taken
         verification = VerificationCallback.from_config(cfg, dist)  # read once for all stages
         validation = ClosedSetValidation.from_config(cfg, dist.device)
         for i, s in enumerate(stages):
