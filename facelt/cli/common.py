@@ -91,26 +91,25 @@ def configs_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "configs"
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (batch sizes, counts)."""
+def int_at_least(text: str, low: int) -> int:
+    """``text`` as an integer >= ``low``; :class:`argparse.ArgumentTypeError` otherwise."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, counts)."""
+    return int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (seeds, counts that may be zero)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    """argparse type: an integer >= 0 (seeds, limits where 0 means all)."""
+    return int_at_least(text, 0)
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:

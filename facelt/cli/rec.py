@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from facelt.cli.common import non_negative_int
+
 _COLUMNS = (("key", 8), ("offset", 12), ("flag", 4), ("label", 22), ("id", 10), ("id2", 6),
             ("payload_len", 11), ("payload_sha256", 64))
 
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("prefix", help="PREFIX of PREFIX.rec (and PREFIX.idx when present)")
     inspect.add_argument("--json", action="store_true", help="JSON lines instead of a table (no "
                                                              "summary line)")
-    inspect.add_argument("--limit", type=_count, default=20, metavar="N",
+    inspect.add_argument("--limit", type=non_negative_int, default=20, metavar="N",
                          help="print the first N records; 0 prints every record")
     pack = actions.add_parser("pack", help="im2rec without mxnet, insightface layout")
     pack.add_argument("--list", required=True, type=Path,
@@ -40,16 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--force", action="store_true",
                       help="replace an existing PREFIX.rec / PREFIX.idx (refused without it)")
     parser.set_defaults(func=run)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a count (0 or more), got {value}")
-    return value
 
 
 def _size(text: str) -> tuple[int, int]:
