@@ -143,3 +143,59 @@ def test_closed_set_validation_by_hand():
     assert rep["overall"] == pytest.approx(0.75)
     assert rep["many"] == pytest.approx(1.0) and rep["few"] == pytest.approx(0.5)
     assert rep["medium"] is None or math.isnan(rep["medium"])
+
+
+class SlowScorer:
+    """An EpochEvaluation that takes ``pause`` seconds at every step and publishes a score there
+    (``10 * global step``) for the loggers after it; its epoch-end entry is ``-epoch``."""
+
+    key = "slow"
+
+    def __init__(self, pause):
+        self.pause = pause
+
+    def start_stage(self, start):
+        pass
+
+    def __call__(self, ctx):
+        import time
+        time.sleep(self.pause)
+        ctx.results[self.key] = {"score": 10.0 * ctx.global_step, "note": "text is not a scalar"}
+
+    def at_epoch_end(self, epoch):
+        return {"score": -float(epoch + 1)}
+
+    def summary(self, result):
+        return ""
+
+
+def test_an_evaluation_inside_the_epoch_is_left_out_of_images_per_s_and_reaches_tensorboard_per_step(
+        demo_data, tmp_path):
+    """The seconds spent in step callbacks are reported as callback_seconds and left out of the
+    epoch's images/s; what a callback publishes at a step is drawn in TensorBoard at that global
+    step, and its epoch-end entry at the epoch's last global step (arcface_torch's x axis)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from facelt.train.trainer import StageTrainer
+    pause = 0.4
+    cfg = load_config(ROOT / "configs" / "demo_list.yaml",
+                      demo_overrides(demo_data, epochs=2)
+                      + [f"stage1.max_steps_per_epoch={STEPS}", "log.tensorboard=true",
+                         "log_every=100"])
+    StageTrainer(cfg, 1, tmp_path, evaluations=[SlowScorer(pause)]).run()
+    rows = read_jsonl(tmp_path / "stage1" / "metrics.jsonl")
+    for r in rows:
+        assert r["callback_seconds"] >= STEPS * pause  # every step slept inside a callback
+        training = r["seconds"] - r["callback_seconds"]
+        assert training > 0 and r["seconds"] >= training + STEPS * pause
+        assert r["images_per_s"] == pytest.approx(r["images"] / training, rel=0.02, abs=0.2)
+        assert r["images_per_s"] > r["images"] / r["seconds"]  # wall time would be slower
+    acc = EventAccumulator(str(tmp_path / "stage1" / "tensorboard"))
+    acc.Reload()
+    points = [(e.step, e.value) for e in acc.Scalars("slow/score")]
+    per_step = [(g, 10.0 * g) for g in range(1, 2 * STEPS + 1)]
+    epoch_ends = [(STEPS, -1.0), (2 * STEPS, -2.0)]
+    assert sorted(points) == sorted(per_step + epoch_ends)
+    assert not any(t.startswith("slow/note") for t in acc.Tags()["scalars"])
+    assert "train/loss" not in acc.Tags()["scalars"]  # log_every 100 > the steps run
+    assert [e.step for e in acc.Scalars("epoch/centroid")] == [1, 2]  # metrics' centroid_loss

@@ -47,6 +47,9 @@ def faces(tmp_path_factory):
     return d
 
 
+TB = ("log.tensorboard=true", "log_every=100")  # no loss points: only the evaluations'
+
+
 def _over(faces, *extra):
     return [f"data.root={faces}", "data.format=rec", "data.train=train", "data.image_size=32",
             "data.num_workers=0", "data.augment=false", "device=cpu", "model.backbone=small_cnn",
@@ -56,13 +59,14 @@ def _over(faces, *extra):
 
 
 def test_verification_every_steps_and_epoch_ends(faces, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
     out = tmp_path / "run"
     # epoch 1, then epoch 2 as a resumed run: the record and the highest so far carry over
     assert main(["train", *CONFIG, "--stage", "1", "--out", str(out),
-                 *set_args(_over(faces, "eval.verify_every=2", "stage1.epochs=1"))]) == 0
+                 *set_args(_over(faces, "eval.verify_every=2", "stage1.epochs=1", *TB))]) == 0
     printed = capsys.readouterr().out
     assert main(["train", *CONFIG, "--stage", "1", "--out", str(out), "--resume",
-                 *set_args(_over(faces, "eval.verify_every=2"))]) == 0
+                 *set_args(_over(faces, "eval.verify_every=2", *TB))]) == 0
     printed += capsys.readouterr().out
     # 2 epochs x 3 steps: global steps 2 and 4 evaluate from the step callback (step 6 is the
     # second epoch's end and evaluates there, once), plus both epoch ends
@@ -83,6 +87,18 @@ def test_verification_every_steps_and_epoch_ends(faces, tmp_path, capsys):
     assert any(line.startswith("stage 1 epoch 2 | loss") and "| lfw " in line
                for line in printed.splitlines())  # the epoch's progress line
     assert "| lfw | 20 |" in (out / "stage1" / "verification.md").read_text()
+    # TensorBoard draws every evaluation, step or epoch end, at its global step (arcface_torch's
+    # x axis), over both runs; the steps' evaluation time is left out of the epochs' images/s
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(out / "stage1" / "tensorboard"))
+    tb.Reload()
+    drawn = sorted((e.step, e.value) for e in tb.Scalars("verification/lfw/accuracy"))
+    assert [g for g, _ in drawn] == [2, 3, 4, 6]
+    assert [v for _, v in drawn] == pytest.approx(accs, abs=1e-6)
+    for r in rows:
+        assert r["callback_seconds"] > 0
+        assert r["images_per_s"] == pytest.approx(
+            r["images"] / (r["seconds"] - r["callback_seconds"]), rel=0.02, abs=0.2)
 
     # the epoch-end figure is the final model's: `facelt verify` on the checkpoint agrees
     capsys.readouterr()

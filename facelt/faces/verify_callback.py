@@ -5,7 +5,9 @@
 a path (:func:`resolve_verification_sets`; a missing file is a :class:`~facelt.errors.DataError`
 before any training). :class:`VerificationCallback` reads and decodes every set **once** on rank
 0 (uint8 RGB at the model's input size, :class:`facelt.faces.verification.VerificationSet`) and then,
-every ``eval.verify_every`` optimizer steps (a step callback) and at each epoch end
+every ``eval.verify_every`` optimizer steps (a step callback; its results are published in the
+step context for the TensorBoard logger, which draws them at the global step, as arcface_torch
+does; the time it takes is left out of the epoch's images/s) and at each epoch end
 (:meth:`VerificationCallback.at_epoch_end`, called by the trainer before the epoch's metrics are
 written), embeds them with the bare network in eval mode (flip-sum, batches of
 ``eval.batch_size``) and runs insightface's 10-fold protocol.
@@ -187,10 +189,11 @@ class VerificationCallback:
         (the epoch end evaluates then)."""
         if not self.every or ctx.step >= ctx.steps:
             return
-        g = _global_step(ctx.epoch, ctx.step, ctx.steps)
+        g = ctx.global_step
         if g % self.every:
             return
         results = self.evaluate(ctx.epoch + 1, ctx.step, g, "step")
+        ctx.results[self.key] = results  # for the loggers after this callback (TensorBoard)
         if self.dist.is_primary:
             print(f"stage {ctx.parts.stage} epoch {ctx.epoch + 1} step {ctx.step} | "
                   f"{verification_summary(results)}", flush=True)

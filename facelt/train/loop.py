@@ -6,12 +6,19 @@ any rank, and returns the epoch's metrics. After each step it calls
 every callback with a :class:`StepContext` (arcface_torch style: a list of callables); the
 trainer's mid-epoch checkpoint is one of them. Callbacks run on every rank (a collective inside
 one is fine: all ranks call it at the same step).
+
+The epoch's ``images_per_s`` counts training time only: the seconds spent inside step callbacks
+(a verification every N steps, a mid-epoch checkpoint) are measured, reported as
+``callback_seconds`` and left out of it, as the epoch-end evaluation and checkpoint are. A callback
+that measures something publishes it in :attr:`StepContext.results` under its key, in the shape
+of its epoch-metrics entry, for the loggers after it (the TensorBoard logger writes it at the
+global step).
 """
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -72,19 +79,24 @@ class DivergenceGuard:
 
 @dataclass
 class EpochPosition:
-    """Where a resumed epoch continues: steps done, their running sums and seconds, and the RNG
-    state to restore once the data iterator exists."""
+    """Where a resumed epoch continues: steps done, their running sums, the seconds spent (of
+    them ``callback_seconds`` inside step callbacks) and the RNG state to restore once the data
+    iterator exists."""
 
     epoch: int
     step: int
     sums: list[float]
     seconds: float
     rng: Optional[torch.Tensor] = None
+    callback_seconds: float = 0.0
 
 
 @dataclass
 class StepContext:
-    """What a step callback sees, after the optimizer step: ``step`` steps of ``steps`` are done."""
+    """What a step callback sees, after the optimizer step: ``step`` steps of ``steps`` are done,
+    in ``seconds`` since the epoch began (``callback_seconds`` of them inside step callbacks).
+    ``results``: what a callback measured at this step, ``{key: nested metrics}``, for the
+    loggers that run after it."""
 
     parts: StageParts
     epoch: int
@@ -93,6 +105,13 @@ class StepContext:
     loss: float
     sums: torch.Tensor
     seconds: float
+    callback_seconds: float = 0.0
+    results: dict = field(default_factory=dict)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps since the stage began (``epoch * steps + step``)."""
+        return self.epoch * self.steps + self.step
 
 
 StepCallback = Callable[[StepContext], None]
@@ -146,8 +165,9 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
                     callbacks: Sequence[StepCallback] = (), checkpoint: Optional[Path] = None,
                     guard: Optional[DivergenceGuard] = None) -> dict:
     """Train ``parts.model`` for epoch ``epoch`` (0-based) and return its metrics (summed over
-    ranks): ``loss``, ``ce``, ``centroid_loss``, ``train_acc``, ``images``, ``seconds``,
-    ``images_per_s``. ``checkpoint``: the stage's checkpoint file, named in the error on a
+    ranks): ``loss``, ``ce``, ``centroid_loss``, ``train_acc``, ``images``, ``seconds`` (wall),
+    ``callback_seconds`` (inside step callbacks) and ``images_per_s`` (images over the seconds
+    outside them). ``checkpoint``: the stage's checkpoint file, named in the error on a
     non-finite loss (it is kept as it was). ``guard``: the stage's divergence guard (kept over
     its epochs; a fresh one from ``stageN.divergence_factor`` when None)."""
     st, net, device = parts.st, parts.net, parts.device
@@ -159,9 +179,10 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
     set_train_mode(net, st)
     steps = steps_in_epoch(parts)
     sums = torch.zeros(len(SUM_NAMES), dtype=torch.float64)
-    first, spent = 0, 0.0
+    first, spent, in_callbacks = 0, 0.0, 0.0
     if position is not None:  # continue inside the epoch: skip the batches already trained on
         first, spent = int(position.step), float(position.seconds)
+        in_callbacks = float(position.callback_seconds)
         sums += torch.tensor(position.sums, dtype=torch.float64)
         loader = make_loader(loader.dataset, loader.batch_size, loader.num_workers,
                              sampler=SkipSampler(sampler, first * loader.batch_size),
@@ -216,11 +237,13 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
                               _correct(out, y, terms), n], dtype=torch.float64)
         bar.update(1)
         bar.set_postfix(loss=f"{value:.3f}",
-                        img_s=f"{sums[4].item() / max(time.time() - t0, 1e-9):.0f}")
+                        img_s=f"{sums[4].item() / max(time.time() - t0 - in_callbacks, 1e-9):.0f}")
         if callbacks:
-            ctx = StepContext(parts, epoch, step + 1, steps, value, sums, time.time() - t0)
+            entered = time.time()
+            ctx = StepContext(parts, epoch, step + 1, steps, value, sums, entered - t0, in_callbacks)
             for cb in callbacks:
                 cb(ctx)
+            in_callbacks += time.time() - entered
     bar.close()
     totals = sums.to(device, copy=True)  # NCCL reduces device tensors only
     col.all_reduce_sum(totals)
@@ -230,4 +253,5 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
     return {"loss": totals[0].item() / n, "ce": totals[1].item() / n,
             "centroid_loss": totals[2].item() / n, "train_acc": totals[3].item() / n,
             "images": int(totals[4].item()), "seconds": round(dt, 3),
-            "images_per_s": round(totals[4].item() / max(dt, 1e-9), 1)}
+            "callback_seconds": round(in_callbacks, 3),
+            "images_per_s": round(totals[4].item() / max(dt - in_callbacks, 1e-9), 1)}

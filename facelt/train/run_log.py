@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from facelt.errors import ConfigError
+from facelt.train.loop import steps_in_epoch
 
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_PIP = "pip install 'facelt[tensorboard]'  (or: pip install tensorboard)"
@@ -108,28 +109,45 @@ def check_tensorboard_available() -> None:
                           f"installed: {TENSORBOARD_PIP}; or set log.tensorboard: false") from None
 
 
-def _numbers(prefix: str, tree, out: dict) -> dict:
-    """Finite numbers of a (nested) metrics dict as ``prefix/key`` tags."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            _numbers(f"{prefix}/{k}" if prefix else str(k), v, out)
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
-        out[prefix] = float(tree)
+def scalar_tags(prefix: str, tree) -> dict[str, float]:
+    """The finite numbers of a (nested) metrics dict as ``prefix/key/...`` tags (booleans and
+    non-finite values left out)."""
+    out: dict[str, float] = {}
+
+    def walk(tag: str, node) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{tag}/{k}" if tag else str(k), v)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
+            out[tag] = float(node)
+
+    walk(prefix, tree)
     return out
+
+
+#: the epoch's TensorBoard scalars: (tag under ``epoch/``, key in the epoch's metrics)
+EPOCH_SCALARS = (("loss", "loss"), ("ce", "ce"), ("centroid", "centroid_loss"),
+                 ("train_acc", "train_acc"), ("images_per_s", "images_per_s"))
 
 
 class TensorBoardLogger:
     """Step and epoch callback writing TensorBoard scalars to ``log_dir`` (rank 0 only).
 
-    Tags: ``train/loss`` and ``lr/<group>`` every ``every`` steps (x = global step);
-    ``epoch/loss``, ``epoch/train_acc``, ``epoch/images_per_s``, ``epoch_lr/<group>``, ``val/<bucket>``
-    and ``verification/...`` per epoch (x = epoch number)."""
+    Per step (x = global step): ``train/loss`` and ``lr/<group>`` every ``every`` steps, and at
+    any step what an earlier callback published in ``StepContext.results`` (a verification every
+    N steps: ``verification/<set>/accuracy``, ...). Per epoch: ``epoch/loss``, ``epoch/ce``,
+    ``epoch/centroid``, ``epoch/train_acc``, ``epoch/images_per_s``, ``epoch_lr/<group>`` and
+    ``val/<bucket>`` at x = epoch number; the entries named in ``step_keys`` (the stage's
+    evaluations, e.g. ``verification``) at x = the global step of the epoch's end, so their
+    epoch-end points continue the curve their step points draw."""
 
-    def __init__(self, log_dir: Path, every: int, primary: bool = True) -> None:
+    def __init__(self, log_dir: Path, every: int, primary: bool = True,
+                 step_keys: Sequence[str] = ()) -> None:
         check_tensorboard_available()
         self.log_dir = Path(log_dir)
         self.every = max(int(every), 1)
         self.primary = primary
+        self.step_keys = tuple(step_keys)
         self._writer = None
 
     def _w(self):
@@ -139,9 +157,17 @@ class TensorBoardLogger:
         return self._writer
 
     def on_step(self, ctx) -> None:
-        if not self.primary or ctx.step % self.every:
+        if not self.primary:
             return
-        step = (ctx.epoch * ctx.steps) + ctx.step
+        step = ctx.global_step
+        if ctx.results:
+            w = self._w()
+            for key, tree in ctx.results.items():
+                for tag, v in scalar_tags(key, tree).items():
+                    w.add_scalar(tag, v, step)
+            w.flush()
+        if ctx.step % self.every:
+            return
         w = self._w()
         if math.isfinite(ctx.loss):
             w.add_scalar("train/loss", ctx.loss, step)
@@ -156,15 +182,16 @@ class TensorBoardLogger:
         m = ctx.metrics
         epoch = int(m.get("epoch", 0))
         w = self._w()
-        for key in ("loss", "ce", "centroid", "train_acc", "images_per_s"):
-            if isinstance(m.get(key), (int, float)) and math.isfinite(m[key]):
-                w.add_scalar(f"epoch/{key}", m[key], epoch)
+        for tag, v in scalar_tags("epoch", {name: m.get(key) for name, key in EPOCH_SCALARS}).items():
+            w.add_scalar(tag, v, epoch)
         for name, lr in (m.get("lr") or {}).items():
             w.add_scalar(f"epoch_lr/{name}", lr, epoch)
-        for tag, v in _numbers("val", m.get("val") or {}, {}).items():
+        for tag, v in scalar_tags("val", m.get("val") or {}).items():
             w.add_scalar(tag, v, epoch)
-        for tag, v in _numbers("verification", m.get("verification") or {}, {}).items():
-            w.add_scalar(tag, v, epoch)
+        end = epoch * steps_in_epoch(ctx.parts)
+        for key in self.step_keys:
+            for tag, v in scalar_tags(key, m.get(key) or {}).items():
+                w.add_scalar(tag, v, end)
         w.flush()
 
     def close(self) -> None:
@@ -173,8 +200,10 @@ class TensorBoardLogger:
             self._writer = None
 
 
-def tensorboard_logger(cfg, stage_dir: Path, primary: bool) -> Optional[TensorBoardLogger]:
-    """The run's :class:`TensorBoardLogger` when ``log.tensorboard`` is on (else None)."""
+def tensorboard_logger(cfg, stage_dir: Path, primary: bool,
+                       step_keys: Sequence[str] = ()) -> Optional[TensorBoardLogger]:
+    """The run's :class:`TensorBoardLogger` when ``log.tensorboard`` is on (else None);
+    ``step_keys``: the epoch-metrics entries logged at the global step (the evaluations' keys)."""
     if not cfg.log.tensorboard:
         return None
-    return TensorBoardLogger(Path(stage_dir) / TENSORBOARD_DIR, cfg.log_every, primary)
+    return TensorBoardLogger(Path(stage_dir) / TENSORBOARD_DIR, cfg.log_every, primary, step_keys)

@@ -59,7 +59,8 @@ def checkpoint_state(parts: StageParts, state: TrainState) -> dict:
     rng = gather_rng_states(parts.dist)
     pos = state.position
     partial = None if pos is None else {"epoch": pos.epoch, "step": pos.step,
-                                        "seconds": pos.seconds, "sums": list(pos.sums)}
+                                        "seconds": pos.seconds, "callback_seconds": pos.callback_seconds,
+                                        "sums": list(pos.sums)}
     data = parts.data
     out = {
         "config": parts.cfg.to_dict(), "stage": parts.stage, "epoch": state.epoch,
@@ -96,7 +97,8 @@ def restore_checkpoint(parts: StageParts, path: Path) -> TrainState:
     p = saved.get("partial")
     if p is not None:
         state.position = EpochPosition(int(p["epoch"]), int(p["step"]), list(p["sums"]),
-                                       float(p["seconds"]), rng)
+                                       float(p["seconds"]), rng,
+                                       float(p.get("callback_seconds", 0.0)))
     done = (state.epoch + 1) * steps_in_epoch(parts)
     parts.strategy.resume_at_step(parts.net, done + (state.position.step if state.position else 0))
     return state

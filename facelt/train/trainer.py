@@ -100,7 +100,8 @@ class MidEpochCheckpoint:
         sums = (totals.cpu() / parts.dist.world_size).tolist()
         state = TrainState(epoch=ctx.epoch - 1, complete=False, best=self.state.best,
                            metrics=self.state.metrics,
-                           position=EpochPosition(ctx.epoch, ctx.step, sums, ctx.seconds))
+                           position=EpochPosition(ctx.epoch, ctx.step, sums, ctx.seconds,
+                                                  callback_seconds=ctx.callback_seconds))
         ckpt = checkpoint_state(parts, state)  # collective
         if parts.dist.is_primary:
             save_checkpoint(self.path, ckpt)
@@ -133,7 +134,8 @@ class StageTrainer:
         self.evaluations = list(evaluations)
         self.state = TrainState()
         self.later_epochs = later_epochs  # epochs of the stages this run trains after this one
-        self.tensorboard = tensorboard_logger(cfg, self.dir, self.dist.is_primary)  # before work
+        self.tensorboard = tensorboard_logger(  # before work; evaluations' points at global steps
+            cfg, self.dir, self.dist.is_primary, [e.key for e in self.evaluations])
 
     def build(self) -> StageParts:
         return build_stage(self.cfg, self.stage, self.dist, init_checkpoint=self.init_checkpoint,
