@@ -144,3 +144,75 @@ def test_compare_face_table_end_to_end(faces):
     compare(RECIPE, ["plain", "oltr"], out, METHODS, overrides, log=lambda s: None,
             tables=face_tables)
     assert (out / "face_features" / "plain" / "distractors.npy").stat().st_mtime_ns == stamp
+
+
+def _face_checkpoint_112(path: Path, seed: int) -> tuple[Path, "torch.nn.Module"]:
+    """A 112-px face network (IJB aligns to the 112x112 template) saved as a stage-1 checkpoint."""
+    import torch
+    from facelt.models.build import build_net
+    from facelt.models.checkpoint import save_checkpoint
+    torch.manual_seed(seed)
+    cfg = load_config(RECIPE, ["model.embedding_dim=16", "data.image_size=112"])
+    net = build_net(cfg, 1, 5).eval()
+    save_checkpoint(path, {"config": cfg.to_dict(), "stage": 1, "num_classes": 5,
+                           "model": net.state_dict(), "class_counts": [1] * 5})
+    return path, net
+
+
+def test_face_table_ijb_columns_are_each_checkpoints_tar_at_far(tmp_path):
+    """eval.faces.ijb_root alone: each method's checkpoint embeds the IJB photos (landmarks on the
+    ArcFace template, so each photo aligns to itself), and its row holds TAR@FAR over the pairs
+    scored here from a flip-sum of the network written out independently (detector score x
+    feature, one image per media, templates the sum of their media)."""
+    import cv2
+    import torch
+    from facelt.faces.align import template
+    from facelt.faces.ijb import FARS, far_key, roc_points, tar_at_far
+    from facelt.jobs.face_table import face_tables
+    root = tmp_path / "ijb"
+    (root / "meta").mkdir(parents=True)
+    (root / "loose_crop").mkdir()
+    rng = np.random.default_rng(7)
+    photos = rng.integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
+    pts = " ".join(f"{v:.6f}" for v in template(112).reshape(-1))
+    scores = 0.5 + 0.1 * np.arange(6)
+    marks, faces = [], []
+    for i, ph in enumerate(photos):
+        cv2.imwrite(str(root / "loose_crop" / f"{i}.png"), cv2.cvtColor(ph, cv2.COLOR_RGB2BGR))
+        marks.append(f"{i}.png {pts} {scores[i]:.1f}\n")
+        faces.append(f"{i}.png {1 + i // 2} {i}\n")  # templates 1 (0, 1), 2 (2, 3), 3 (4, 5)
+    pairs = [(1, 2, 1), (1, 3, 0), (2, 3, 0), (3, 1, 1), (2, 1, 0)]
+    (root / "meta" / "ijbc_name_5pts_score.txt").write_text("".join(marks))
+    (root / "meta" / "ijbc_face_tid_mid.txt").write_text("".join(faces))
+    (root / "meta" / "ijbc_template_pair_label.txt").write_text(
+        "".join(f"{a} {b} {l}\n" for a, b, l in pairs))
+    ckpts, nets = {}, {}
+    for m, seed in (("plain", 0), ("oltr", 1)):
+        ckpts[m], nets[m] = _face_checkpoint_112(tmp_path / f"{m}.pt", seed)
+    cfg = load_config(RECIPE, ["device=cpu", f"eval.faces.ijb_root={root}",
+                               "eval.faces.ijb_target=IJBC", "eval.batch_size=4"])
+    out = tmp_path / "cmp"
+    tables = face_tables(ckpts, cfg, out, log=lambda s: None)
+    assert [t.name for t in tables] == ["face_verification"]
+    table = tables[0]
+    assert table.columns == [f"IJBC TAR@FAR={far_key(f)}" for f in FARS]
+    x = torch.from_numpy(photos.astype(np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    labels = np.array([l for _, _, l in pairs])
+    for m, net in nets.items():
+        with torch.no_grad():
+            raw = (net.embed(x) + net.embed(torch.flip(x, dims=[3]))).numpy()
+        np.testing.assert_allclose(np.load(out / "face_features" / m / "ijb" / "features.npy"),
+                                   raw, rtol=1e-4, atol=1e-5)  # raw: before any scaling
+        w = raw * scores[:, None]
+        t = {1: w[0] + w[1], 2: w[2] + w[3], 3: w[4] + w[5]}
+        cos = np.array([t[a] @ t[b] / np.linalg.norm(t[a]) / np.linalg.norm(t[b])
+                        for a, b, _ in pairs])
+        fpr, tpr, _ = roc_points(cos, labels)
+        want = tar_at_far(fpr, tpr)
+        got = {c.split("=", 1)[1]: v for c, v in table.rows[m].items()}
+        assert got == pytest.approx(want), m
+    # a rerun reuses the IJB features (fingerprinted)
+    feats = out / "face_features" / "plain" / "ijb" / "features.npy"
+    stamp = feats.stat().st_mtime_ns
+    again = face_tables(ckpts, cfg, out, log=lambda s: None)
+    assert again[0].rows == table.rows and feats.stat().st_mtime_ns == stamp
