@@ -711,13 +711,13 @@ def megaface_floor(d: Path, device: str, k: int = 10) -> dict:
 
 
 def cpu_search_backend() -> str:
-    """The CPU path of eval_megaface: ``blas`` (numpy matmul + faiss heaps) when faiss imports,
-    else ``numpy`` (matmul + argpartition: the reference, no faiss)."""
+    """The CPU path of eval_megaface: ``faiss`` (``faiss.knn``, its CPU default) when faiss
+    imports, else ``numpy`` (matmul + argpartition: the reference, no faiss)."""
     try:
         import faiss  # noqa: F401
     except ImportError:
         return "numpy"
-    return "blas"
+    return "faiss"
 
 
 def section_megaface(work: Path, sz: Sizes, device: str) -> dict:
