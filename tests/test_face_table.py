@@ -164,28 +164,15 @@ def test_face_table_ijb_columns_are_each_checkpoints_tar_at_far(tmp_path):
     ArcFace template, so each photo aligns to itself), and its row holds TAR@FAR over the pairs
     scored here from a flip-sum of the network written out independently (detector score x
     feature, one image per media, templates the sum of their media)."""
-    import cv2
     import torch
-    from facelt.faces.align import template
     from facelt.faces.ijb import FARS, far_key, roc_points, tar_at_far
     from facelt.jobs.face_table import face_tables
+    from tests.ijb_photos import write_self_aligned_ijb
     root = tmp_path / "ijb"
-    (root / "meta").mkdir(parents=True)
-    (root / "loose_crop").mkdir()
     rng = np.random.default_rng(7)
     photos = rng.integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
-    pts = " ".join(f"{v:.6f}" for v in template(112).reshape(-1))
-    scores = 0.5 + 0.1 * np.arange(6)
-    marks, faces = [], []
-    for i, ph in enumerate(photos):
-        cv2.imwrite(str(root / "loose_crop" / f"{i}.png"), cv2.cvtColor(ph, cv2.COLOR_RGB2BGR))
-        marks.append(f"{i}.png {pts} {scores[i]:.1f}\n")
-        faces.append(f"{i}.png {1 + i // 2} {i}\n")  # templates 1 (0, 1), 2 (2, 3), 3 (4, 5)
     pairs = [(1, 2, 1), (1, 3, 0), (2, 3, 0), (3, 1, 1), (2, 1, 0)]
-    (root / "meta" / "ijbc_name_5pts_score.txt").write_text("".join(marks))
-    (root / "meta" / "ijbc_face_tid_mid.txt").write_text("".join(faces))
-    (root / "meta" / "ijbc_template_pair_label.txt").write_text(
-        "".join(f"{a} {b} {l}\n" for a, b, l in pairs))
+    scores = write_self_aligned_ijb(root, photos, pairs)  # templates 1 (0, 1), 2 (2, 3), 3 (4, 5)
     ckpts, nets = {}, {}
     for m, seed in (("plain", 0), ("oltr", 1)):
         ckpts[m], nets[m] = _face_checkpoint_112(tmp_path / f"{m}.pt", seed)

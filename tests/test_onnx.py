@@ -14,12 +14,12 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from facelt.faces.align import template  # noqa: E402
 from facelt.cli import main  # noqa: E402
 from facelt.config import load_config  # noqa: E402
 from facelt.models.build import build_net  # noqa: E402
 from facelt.faces.onnx_io import OnnxEmbedder, export_onnx, normalisation_in_graph  # noqa: E402
 from facelt.models.checkpoint import save_checkpoint  # noqa: E402
+from tests.ijb_photos import write_self_aligned_ijb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -156,19 +156,10 @@ def test_ijb_with_a_112_onnx_model(tmp_path, capsys):
                               torch.nn.AvgPool2d(9), torch.nn.Flatten()).eval()
     model = export_onnx(net, tmp_path / "m.onnx", image_size=112)
     root = tmp_path / "ijb"
-    (root / "meta").mkdir(parents=True)
-    (root / "loose_crop").mkdir()
     rng = np.random.default_rng(4)
     photos = rng.integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
-    pts = " ".join(f"{v:.6f}" for v in template(112).reshape(-1))
-    lines, faces = [], []
-    for i, ph in enumerate(photos):
-        cv2.imwrite(str(root / "loose_crop" / f"{i}.png"), cv2.cvtColor(ph, cv2.COLOR_RGB2BGR))
-        lines.append(f"{i}.png {pts} {0.5 + 0.1 * i}\n")
-        faces.append(f"{i}.png {1 + i // 2} {i}\n")  # templates 1 (0,1), 2 (2,3), 3 (4)
-    (root / "meta" / "ijbc_name_5pts_score.txt").write_text("".join(lines))
-    (root / "meta" / "ijbc_face_tid_mid.txt").write_text("".join(faces))
-    (root / "meta" / "ijbc_template_pair_label.txt").write_text("1 2 1\n1 3 0\n2 3 0\n")
+    # templates 1 (photos 0, 1), 2 (2, 3), 3 (4)
+    scores = write_self_aligned_ijb(root, photos, [(1, 2, 1), (1, 3, 0), (2, 3, 0)])
     out = tmp_path / "o"
     assert main(["ijb", "--root", str(root), "--target", "IJBC", "--onnx", str(model),
                  "--out", str(out), "--json", "--batch-size", "2"]) == 0
@@ -178,7 +169,7 @@ def test_ijb_with_a_112_onnx_model(tmp_path, capsys):
         want = (net(x) + net(torch.flip(x, dims=[3]))).numpy()
     got = np.load(out / "features.npy")
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # raw: not normalised
-    w = want * (0.5 + 0.1 * np.arange(5))[:, None]
+    w = want * scores[:, None]
     t = [w[0] + w[1], w[2] + w[3], w[4]]  # one image per media: template = sum of its images
     cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     np.testing.assert_allclose(np.load(out / "pair_scores.npy"),
