@@ -312,29 +312,13 @@ def test_onnx_features_are_re_extracted_after_the_images_change(kit, tmp_path, c
 
 
 def _ijb_112(tmp_path: Path) -> tuple[Path, Path]:
-    """An IJB tree of 4 photos and a 112x112 ONNX model (as test_onnx's IJB test builds)."""
-    import cv2
-
-    from facelt.faces.align import template
+    """An IJB tree of 4 photos (templates 1 and 2, detector scores 1) and a 112x112 ONNX model."""
     from facelt.faces.onnx_io import export_onnx
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU(),
-                              torch.nn.AvgPool2d(9), torch.nn.Flatten()).eval()
-    model = export_onnx(net, tmp_path / "m.onnx", image_size=112)
+    from tests.ijb_photos import tiny_112_network, write_self_aligned_ijb
+    model = export_onnx(tiny_112_network(), tmp_path / "m.onnx", image_size=112)
     root = tmp_path / "ijb"
-    (root / "meta").mkdir(parents=True)
-    (root / "loose_crop").mkdir()
-    rng = np.random.default_rng(4)
-    pts = " ".join(f"{v:.6f}" for v in template(112).reshape(-1))
-    lines, faces = [], []
-    for i in range(4):
-        cv2.imwrite(str(root / "loose_crop" / f"{i}.png"),
-                    rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
-        lines.append(f"{i}.png {pts} 1.0\n")
-        faces.append(f"{i}.png {1 + i // 2} {i}\n")
-    (root / "meta" / "ijbc_name_5pts_score.txt").write_text("".join(lines))
-    (root / "meta" / "ijbc_face_tid_mid.txt").write_text("".join(faces))
-    (root / "meta" / "ijbc_template_pair_label.txt").write_text("1 2 0\n1 1 1\n")
+    photos = np.random.default_rng(4).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    write_self_aligned_ijb(root, photos, [(1, 2, 0), (1, 1, 1)], scores=np.ones(4))
     return root, model
 
 

@@ -19,7 +19,7 @@ from facelt.config import load_config  # noqa: E402
 from facelt.models.build import build_net  # noqa: E402
 from facelt.faces.onnx_io import OnnxEmbedder, export_onnx, normalisation_in_graph  # noqa: E402
 from facelt.models.checkpoint import save_checkpoint  # noqa: E402
-from tests.ijb_photos import write_self_aligned_ijb  # noqa: E402
+from tests.ijb_photos import tiny_112_network, write_self_aligned_ijb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -151,9 +151,7 @@ def test_ijb_embeds_aligned_faces_with_onnx(stage2_checkpoint, tmp_path, capsys)
 def test_ijb_with_a_112_onnx_model(tmp_path, capsys):
     """Photos whose landmarks sit on the ArcFace template align to themselves, so the expected raw
     features are the torch model's flip-sum of the photos, written out independently."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.ReLU(),
-                              torch.nn.AvgPool2d(9), torch.nn.Flatten()).eval()
+    net = tiny_112_network()
     model = export_onnx(net, tmp_path / "m.onnx", image_size=112)
     root = tmp_path / "ijb"
     rng = np.random.default_rng(4)
