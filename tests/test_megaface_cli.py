@@ -14,6 +14,7 @@ import pytest
 
 from facelt.cli import main
 from tests.conftest import ROOT
+from tests.linear_embedding import linear_flip_sum
 
 # Two identities of two probes each, three distractors, all unit vectors in 2-D.
 PROBES = np.array([[1.0, 0.0], [0.8, 0.6],        # identity a (gender m)
@@ -134,11 +135,7 @@ def two_output_model(path: Path) -> Path:
 
 def by_hand(images: np.ndarray) -> np.ndarray:
     """insightface's convention written out: (x - 127.5) / 127.5, NCHW, flip-sum, L2."""
-    def emb(x):
-        t = (x.astype(np.float32) - 127.5) / 127.5
-        return t.transpose(0, 3, 1, 2).reshape(len(x), -1) @ W_EMB
-    e = emb(images) + emb(images[:, :, ::-1])
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
+    return linear_flip_sum(images, W_EMB)
 
 
 def write_images(folder: Path, names: list[str], images: np.ndarray) -> None:

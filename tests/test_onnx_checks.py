@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from facelt.cli import main as cli_main  # noqa: E402
 from facelt.errors import CheckpointError  # noqa: E402
+from tests.linear_embedding import linear_flip_sum  # noqa: E402
 
 SIDE = 8
 DIM = 4
@@ -72,11 +73,7 @@ def _model(path: Path, batch="N", side=SIDE, in_type=TensorProto.FLOAT, outputs=
 
 def _reference(images: np.ndarray) -> np.ndarray:
     """flip-sum of (x - 127.5) / 127.5 flattened NCHW @ W_EMB, L2-normalised (by hand)."""
-    def emb(x):
-        t = (x.astype(np.float32) - 127.5) / 127.5
-        return t.transpose(0, 3, 1, 2).reshape(len(x), -1) @ W_EMB
-    e = emb(images) + emb(images[:, :, ::-1])
-    return e / np.linalg.norm(e, axis=1, keepdims=True)
+    return linear_flip_sum(images, W_EMB)
 
 
 @pytest.fixture
