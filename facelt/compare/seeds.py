@@ -15,10 +15,10 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from facelt.compare.methods import MethodSpec
 from facelt.compare.report import COLUMNS, table_head
+from facelt.compare.tables import (chart_name, mean_std, summarize_tables, summary_markdown,
+                                   table_chart)
 from facelt.config import Config
 from facelt.errors import ConfigError
 from facelt.utils.io import write_json, write_text
@@ -43,12 +43,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: expected distinct integers, got {text!r}")
     return seeds
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof = 1``; 0 for one value)."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def summarize_seeds(reports: dict[int, dict]) -> dict:
@@ -112,7 +106,6 @@ def write_seed_summary(out: str | Path, reports: dict[int, dict], weights: str =
                    shot_rule=first["shot_rule"], threshold=first["threshold"],
                    weights=first.get("weights", weights),
                    runs={str(s): str(out / f"seed{s}") for s in seeds})
-    from facelt.compare.tables import chart_name, summarize_tables, summary_markdown, table_chart
     md = (seeds_markdown(summary, str(first["recipe"]), first["protocol"])
           if summary["methods"] else f"# facelt compare ({first['recipe']})\n\n")
     tables = summarize_tables(reports)

@@ -12,6 +12,12 @@ import numpy as np
 
 from facelt.utils.io import atomic_path
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof = 1``; 0 for one value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
 #: ``(checkpoints by method, the base config, OUT, log) -> tables``: an evaluation compare runs
 #: after training (an empty list: the recipe names no inputs for it)
 TableEvaluation = Callable[[dict, object, Path, Callable[[str], None]], list["ResultTable"]]
@@ -56,7 +62,6 @@ def table_markdown(name: str, table: dict) -> list[str]:
 def summarize_tables(reports: dict[int, dict]) -> dict:
     """Per table, method and column of the per-seed reports: values, mean and sample std
     (``ddof = 1``, 0 for one seed; None where a seed has no value)."""
-    from facelt.compare.seeds import mean_std
     seeds = sorted(reports)
     first = reports[seeds[0]].get("tables") or {}
     out = {}
