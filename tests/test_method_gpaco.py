@@ -10,7 +10,8 @@ import torch
 
 from facelt.errors import ConfigError
 from facelt.losses.paco import PaCoLoss
-from facelt.models.paco import LabelledQueue, PaCoHead, paco_inputs
+from facelt.losses.paco import paco_inputs
+from facelt.models.paco import LabelledQueue, PaCoHead
 
 
 def test_paco_loss_by_hand():

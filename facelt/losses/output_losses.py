@@ -6,7 +6,7 @@
   from the ``ride`` head);
 * :class:`PaCoObjective`: GPaCo's loss over a two-view batch (``stageN.two_views``: the batch is
   ``[view 1; view 2]``, labels repeated), the ``paco`` head's projections and logits and its queue
-  of past keys (:func:`facelt.models.paco.paco_inputs`); after the loss the batch's second-view
+  of past keys (:func:`facelt.losses.paco.paco_inputs`); after the loss the batch's second-view
   keys are enqueued.
 
 Both pass :meth:`set_epoch` on to the loss they wrap (DRW / RIDE's deferred re-weighting).
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from facelt.errors import ConfigError
+from facelt.losses.paco import paco_inputs
 
 
 class ExpertLogitsLoss(nn.Module):
@@ -64,7 +65,6 @@ class PaCoObjective(nn.Module):
         y = labels[:b]
         q, k = z[:b].float(), z[b:].float()
         if self.queue is not None:
-            from facelt.models.paco import paco_inputs
             feats, all_labels, sup = paco_inputs(q, k, y, logits[:b], logits[b:], self.queue)
         else:
             feats, all_labels, sup = torch.cat((q, k)), torch.cat((y, y)), logits

@@ -101,3 +101,16 @@ class PaCoLoss(nn.Module):
         log_prob = logits - torch.log((logits.exp() * in_denominator).sum(1, keepdim=True) + 1e-12)
         mean_log_prob_pos = (positives * log_prob).sum(1) / positives.sum(1)
         return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()
+
+
+def paco_inputs(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, logits_q: torch.Tensor,
+                logits_k: torch.Tensor, queue
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features, labels, sup_logits)`` for :class:`facelt.losses.paco.PaCoLoss` as GPaCo builds
+    them: ``[q; k; queue]``, ``[y; y; queue labels]``, ``[logits_q; logits_k]`` (the queue's
+    contents as they were before this batch is enqueued). ``queue``: anything with
+    ``contents() -> (features, labels)``, e.g. :class:`facelt.models.paco.LabelledQueue`."""
+    qf, ql = queue.contents()
+    features = torch.cat((q, k, qf.to(q.dtype)), dim=0)
+    all_labels = torch.cat((labels, labels, ql.to(labels.device)), dim=0)
+    return features, all_labels, torch.cat((logits_q, logits_k), dim=0)

@@ -83,15 +83,3 @@ class LabelledQueue(nn.Module):
         self.features[idx] = keys.detach().to(self.features.dtype)
         self.labels[idx] = labels.to(self.labels.device, self.labels.dtype)
         self.ptr.fill_((int(self.ptr) + n) % self.size)
-
-
-def paco_inputs(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, logits_q: torch.Tensor,
-                logits_k: torch.Tensor, queue: LabelledQueue
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features, labels, sup_logits)`` for :class:`facelt.losses.paco.PaCoLoss` as GPaCo builds
-    them: ``[q; k; queue]``, ``[y; y; queue labels]``, ``[logits_q; logits_k]`` (the queue's
-    contents as they were before this batch is enqueued)."""
-    qf, ql = queue.contents()
-    features = torch.cat((q, k, qf.to(q.dtype)), dim=0)
-    all_labels = torch.cat((labels, labels, ql.to(labels.device)), dim=0)
-    return features, all_labels, torch.cat((logits_q, logits_k), dim=0)
