@@ -12,6 +12,7 @@ import numpy as np
 
 from facelt.utils.io import atomic_path
 
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (``ddof = 1``; 0 for one value)."""
     a = np.asarray(values, dtype=np.float64)

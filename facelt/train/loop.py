@@ -110,8 +110,14 @@ class StepContext:
 
     @property
     def global_step(self) -> int:
-        """Optimizer steps since the stage began (``epoch * steps + step``)."""
-        return self.epoch * self.steps + self.step
+        """Optimizer steps since the stage began (:func:`global_step`)."""
+        return global_step(self.epoch, self.step, self.steps)
+
+
+def global_step(epoch: int, step: int, steps: int) -> int:
+    """Optimizer steps since the stage began after ``step`` of ``steps`` steps of epoch ``epoch``
+    (0-based): ``epoch * steps + step``; an epoch's end is ``global_step(epoch + 1, 0, steps)``."""
+    return epoch * steps + step
 
 
 StepCallback = Callable[[StepContext], None]
@@ -236,8 +242,8 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
                               float(terms.get("centroid", torch.tensor(0.0))) * n,
                               _correct(out, y, terms), n], dtype=torch.float64)
         bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}",
-                        img_s=f"{sums[4].item() / max(time.time() - t0 - in_callbacks, 1e-9):.0f}")
+        training = max(time.time() - t0 - in_callbacks, 1e-9)  # outside the step callbacks
+        bar.set_postfix(loss=f"{value:.3f}", img_s=f"{sums[4].item() / training:.0f}")
         if callbacks:
             entered = time.time()
             ctx = StepContext(parts, epoch, step + 1, steps, value, sums, entered - t0, in_callbacks)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from facelt.errors import ConfigError
-from facelt.train.loop import steps_in_epoch
+from facelt.train.loop import global_step, steps_in_epoch
 
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_PIP = "pip install 'facelt[tensorboard]'  (or: pip install tensorboard)"
@@ -182,13 +182,14 @@ class TensorBoardLogger:
         m = ctx.metrics
         epoch = int(m.get("epoch", 0))
         w = self._w()
-        for tag, v in scalar_tags("epoch", {name: m.get(key) for name, key in EPOCH_SCALARS}).items():
+        epoch_numbers = {name: m.get(key) for name, key in EPOCH_SCALARS}
+        for tag, v in scalar_tags("epoch", epoch_numbers).items():
             w.add_scalar(tag, v, epoch)
         for name, lr in (m.get("lr") or {}).items():
             w.add_scalar(f"epoch_lr/{name}", lr, epoch)
         for tag, v in scalar_tags("val", m.get("val") or {}).items():
             w.add_scalar(tag, v, epoch)
-        end = epoch * steps_in_epoch(ctx.parts)
+        end = global_step(epoch, 0, steps_in_epoch(ctx.parts))  # metrics' epoch is 1-based
         for key in self.step_keys:
             for tag, v in scalar_tags(key, m.get(key) or {}).items():
                 w.add_scalar(tag, v, end)

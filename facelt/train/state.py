@@ -59,7 +59,8 @@ def checkpoint_state(parts: StageParts, state: TrainState) -> dict:
     rng = gather_rng_states(parts.dist)
     pos = state.position
     partial = None if pos is None else {"epoch": pos.epoch, "step": pos.step,
-                                        "seconds": pos.seconds, "callback_seconds": pos.callback_seconds,
+                                        "seconds": pos.seconds,
+                                        "callback_seconds": pos.callback_seconds,
                                         "sums": list(pos.sums)}
     data = parts.data
     out = {
