@@ -169,8 +169,8 @@ class SlowScorer:
         return ""
 
 
-def test_an_evaluation_inside_the_epoch_is_left_out_of_images_per_s_and_reaches_tensorboard_per_step(
-        demo_data, tmp_path):
+def test_step_evaluation_time_is_not_in_images_per_s_and_its_points_reach_tensorboard(demo_data,
+                                                                                     tmp_path):
     """The seconds spent in step callbacks are reported as callback_seconds and left out of the
     epoch's images/s; what a callback publishes at a step is drawn in TensorBoard at that global
     step, and its epoch-end entry at the epoch's last global step (arcface_torch's x axis)."""

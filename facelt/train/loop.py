@@ -246,7 +246,8 @@ def train_one_epoch(parts: StageParts, epoch: int, position: Optional[EpochPosit
         bar.set_postfix(loss=f"{value:.3f}", img_s=f"{sums[4].item() / training:.0f}")
         if callbacks:
             entered = time.time()
-            ctx = StepContext(parts, epoch, step + 1, steps, value, sums, entered - t0, in_callbacks)
+            ctx = StepContext(parts, epoch, step + 1, steps, value, sums, entered - t0,
+                              in_callbacks)
             for cb in callbacks:
                 cb(ctx)
             in_callbacks += time.time() - entered
